@@ -1,0 +1,72 @@
+"""Shared fixtures: synthetic ntuples, law environment, subprocess runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from utils.config import load_config
+from utils.synthetic import write_synthetic_ntuple
+
+REPO = Path(__file__).resolve().parents[1]
+CMS_DATA = REPO.parent / "shared" / "data" / "cms-nanoaod"
+
+
+@pytest.fixture(scope="session")
+def offline_config():
+    return load_config("offline_run3")
+
+
+@pytest.fixture(scope="session")
+def synthetic_files(tmp_path_factory, offline_config):
+    """Two TT files and one QCD file (offline_run3 schema) plus their file list."""
+    directory = tmp_path_factory.mktemp("ntuples")
+    files = [
+        write_synthetic_ntuple(directory / "TT_0.root", offline_config, 1500, seed=1,
+                               nan_fraction=0.01),
+        write_synthetic_ntuple(directory / "TT_1.root", offline_config, 1200, seed=2),
+        write_synthetic_ntuple(directory / "QCD_0.root", offline_config, 1800, seed=3,
+                               nan_fraction=0.01),
+    ]
+    filelist = directory / "files.txt"
+    filelist.write_text("# synthetic test inputs\n" + "\n".join(map(str, files)) + "\n\n")
+    return files, filelist
+
+
+@pytest.fixture(scope="session")
+def law_env(tmp_path_factory):
+    """Environment for ``law`` subprocesses with a fresh task index."""
+    home = tmp_path_factory.mktemp("law_home")
+    env = dict(os.environ)
+    env.update({
+        "B_HIVE_DIR": str(REPO),
+        "LAW_HOME": str(home),
+        "LAW_CONFIG_FILE": str(REPO / "law.cfg"),
+        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+    })
+    subprocess.run(["law", "index"], env=env, check=True, capture_output=True, cwd=REPO)
+    return env
+
+
+@pytest.fixture
+def run_law(law_env, tmp_path):
+    """Run ``law run <args>`` with DATA_PATH in a fresh directory; return the process."""
+    data = tmp_path / "data"
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        env = dict(law_env, DATA_PATH=str(data))
+        proc = subprocess.run(["law", "run", *map(str, args)], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=900)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"law run {' '.join(map(str, args))} failed "
+                                 f"({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                                 f"{proc.stderr[-4000:]}")
+        return proc
+
+    run.data_path = data
+    return run

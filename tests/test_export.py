@@ -1,0 +1,184 @@
+"""Export (processor + merge) against an independent awkward computation of the same jets."""
+
+from __future__ import annotations
+
+import json
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from utils.config import Derived, FeatureGroup
+from utils.dataset.chunk_format import read_chunk
+from utils.dataset.export import ExportError, export_dataset, read_processed_files
+from utils.dataset.layout import ColumnLayout
+from utils.dataset.reweighting import weight_tables
+from utils.synthetic import write_synthetic_ntuple
+
+
+def expected_rows(config, files):
+    """Rows the export must produce, computed independently with uproot + awkward."""
+    blocks, n_non_finite = [], 0
+    for f in files:
+        arrays = uproot.open(f)[config.tree_name].arrays(list(config.branches))
+        cols = {name: arrays[name] for name in arrays.fields}
+        for group in config.groups:
+            for d in group.derived:
+                cols[d.name] = d(cols)
+        pt, eta = ak.to_numpy(cols[config.pt_key]), ak.to_numpy(cols[config.eta_key])
+        flags = np.stack([ak.to_numpy(cols[t]) > 0 for t in config.truth_labels], axis=1)
+        sel = ((pt >= config.pt_bins[0]) & (pt < config.pt_bins[-1]) &
+               (eta >= config.eta_bins[0]) & (eta < config.eta_bins[-1]) & flags.any(axis=1))
+        parts = []
+        for group in config.groups:
+            if group.length is None:
+                parts += [ak.to_numpy(cols[name][sel])[:, None] for name in group.features]
+            else:
+                padded = [ak.to_numpy(ak.fill_none(ak.pad_none(cols[name][sel], group.length,
+                                                               clip=True), 0.0))
+                          for name in group.features]
+                parts.append(np.stack(padded, axis=2).reshape(int(sel.sum()), -1))
+        process = config.process_names.index("TT" if "TT_" in str(f) else "QCD")
+        parts.append(np.full((int(sel.sum()), 1), process))
+        first = np.argmax(flags[sel], axis=1)
+        parts.append(np.eye(len(config.truth_labels))[first])
+        rows = np.concatenate(parts, axis=1).astype(np.float32)
+        finite = np.isfinite(rows).all(axis=1)
+        n_non_finite += int((~finite).sum())
+        blocks.append(rows[finite])
+    return np.concatenate(blocks), n_non_finite
+
+
+def sort_rows(rows):
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+def run_export(config, files, tmp_path, **kwargs):
+    out = tmp_path / "dataset"
+    work = out / "work"
+    work.mkdir(parents=True)
+    kwargs.setdefault("executor", "iterative")
+    summary = export_dataset(config, [str(f) for f in files], out, work, **kwargs)
+    return summary, work
+
+
+def load_all(work):
+    chunks = [read_chunk(work / p.name)[0] for p in read_processed_files(work)]
+    return chunks
+
+
+@pytest.mark.parametrize("chunk_size", [100, 1000, 10000])
+def test_jets_in_equal_jets_out(tmp_path, offline_config, synthetic_files, chunk_size):
+    files, _ = synthetic_files
+    summary, work = run_export(offline_config, files, tmp_path, chunk_size=chunk_size)
+    expected, n_bad = expected_rows(offline_config, files)
+    chunks = load_all(work)
+    sizes = [len(c) for c in chunks]
+    assert sum(sizes) == len(expected) == summary.counts["selected"]
+    assert all(s == chunk_size for s in sizes[:-1]) and 0 < sizes[-1] <= chunk_size
+    assert summary.counts["non_finite"] == n_bad > 0
+    rows = np.concatenate(chunks)
+    layout = ColumnLayout.from_config(offline_config)
+    without_weight = rows[:, :layout.weight_column]
+    # equal per-feature sums and identical jets (as a multiset)
+    np.testing.assert_allclose(without_weight.sum(axis=0, dtype=np.float64),
+                               expected.sum(axis=0, dtype=np.float64), rtol=1e-9, atol=1e-6)
+    np.testing.assert_array_equal(sort_rows(without_weight), sort_rows(expected))
+    # no all-zero padding rows: every row has one label and non-zero features
+    assert np.all(rows[:, layout.slice("truth")].sum(axis=1) == 1)
+    assert np.all(np.abs(rows[:, layout.slice("global")]).sum(axis=1) > 0)
+    assert np.isfinite(rows).all()
+
+
+def test_weights_histogram_and_metadata(tmp_path, offline_config, synthetic_files):
+    files, _ = synthetic_files
+    summary, work = run_export(offline_config, files, tmp_path, chunk_size=1000)
+    layout = ColumnLayout.from_config(offline_config)
+    rows = np.concatenate(load_all(work))
+    labels = np.argmax(rows[:, layout.slice("truth")], axis=1)
+    weights = rows[:, layout.weight_column]
+    assert weights.min() >= 0 and weights.max() <= 1
+    reference = offline_config.truth_labels.index("isB")
+    assert np.all(weights[labels == reference] == 1)
+    assert weights[labels != reference].min() < 1
+    # histogram.npy equals an independent 2D histogram of the exported jets
+    hist = np.load(work / "histogram.npy")
+    pt = rows[:, layout.column("jet_pt")]
+    eta = rows[:, layout.column("jet_eta")]
+    for i in range(len(offline_config.truth_labels)):
+        h, _, _ = np.histogram2d(pt[labels == i], eta[labels == i],
+                                 bins=(offline_config.pt_bins, offline_config.eta_bins))
+        np.testing.assert_array_equal(hist[i], h)
+    tables = weight_tables(hist, reference)
+    expected_w = tables[labels,
+                        np.searchsorted(offline_config.pt_bins, pt, side="right") - 1,
+                        np.searchsorted(offline_config.eta_bins, eta, side="right") - 1]
+    np.testing.assert_array_equal(weights, expected_w.astype(np.float32))
+    meta = json.loads((work / "weights.json").read_text())
+    chunks = load_all(work)
+    assert meta["rows"] == [len(c) for c in chunks]
+    assert meta["files"] == [f"file_{k}.lz4" for k in range(len(chunks))]
+    np.testing.assert_allclose(meta["sum_weight"],
+                               [c[:, -1].sum(dtype=np.float64) for c in chunks], rtol=1e-9)
+    info = json.loads((work / "dataset_info.json").read_text())
+    assert info["counts"]["selected"] == len(rows)
+    assert sum(v["selected"] for v in info["inputs"].values()) == len(rows)
+    assert sum(info["jets_per_label"].values()) == len(rows)
+
+
+def test_shuffled_and_deterministic(tmp_path, offline_config, synthetic_files):
+    files, _ = synthetic_files
+    _, work_a = run_export(offline_config, files, tmp_path / "a", chunk_size=1000, seed=5)
+    _, work_b = run_export(offline_config, files, tmp_path / "b", chunk_size=1000, seed=5,
+                           executor="futures", workers=2, coffea_chunk_size=700)
+    _, work_c = run_export(offline_config, files, tmp_path / "c", chunk_size=1000, seed=6)
+    a, b, c = load_all(work_a), load_all(work_b), load_all(work_c)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+    layout = ColumnLayout.from_config(offline_config)
+    # TT and QCD jets are mixed in every chunk (QCD is the last input file)
+    for chunk in a:
+        assert len(np.unique(chunk[:, layout.process_column])) == 2
+
+
+def test_derived_features_and_observers(tmp_path, offline_config):
+    config = offline_config.replace(
+        groups=(
+            FeatureGroup("global", ("jet_pt", "jet_eta", "nsv"), derived=(
+                Derived("jet_px_like", ("jet_pt", "jet_eta"), lambda jet_pt, jet_eta:
+                        jet_pt * np.cos(jet_eta)),)),
+            FeatureGroup("cpf", ("Cpfcan_ptrel", "Cpfcan_BtagPf_trackSip2dSig"), length=3,
+                         derived=(Derived("Cpfcan_logptrel", ("Cpfcan_ptrel",),
+                                          lambda Cpfcan_ptrel: np.log1p(abs(Cpfcan_ptrel))),)),
+        ),
+        observers=("npv",),
+    )
+    path = write_synthetic_ntuple(tmp_path / "TT_x.root", config, 500, seed=9)
+    summary, work = run_export(config, [path], tmp_path, chunk_size=10000)
+    expected, _ = expected_rows(config, [path])
+    rows = np.concatenate(load_all(work))
+    layout = ColumnLayout.from_config(config)
+    observer = rows[:, layout.column("npv")]
+    features = np.delete(rows[:, :layout.weight_column], layout.column("npv"), axis=1)
+    np.testing.assert_array_equal(sort_rows(features), sort_rows(expected))
+    np.testing.assert_allclose(
+        rows[:, layout.column("jet_px_like")],
+        rows[:, layout.column("jet_pt")] * np.cos(rows[:, layout.column("jet_eta")]), rtol=1e-6)
+    assert np.isfinite(observer).all() and observer.std() > 0
+
+
+def test_debug_mode_limits_input(tmp_path, offline_config, synthetic_files):
+    files, _ = synthetic_files
+    summary, _ = run_export(offline_config, files, tmp_path, chunk_size=1000, debug=True)
+    assert sorted(summary.inputs) == sorted(str(f) for f in files if not f.name == "TT_1.root")
+    assert summary.counts["entries"] <= 2 * 3 * 5000
+
+
+def test_nothing_selected_is_an_error(tmp_path, offline_config):
+    config = offline_config.replace(pt_bins=(5000, 6000))
+    path = write_synthetic_ntuple(tmp_path / "TT_high.root", config.replace(
+        pt_bins=offline_config.pt_bins), 100)
+    with pytest.raises(ExportError, match="no jet passed the selection in 1 file"):
+        run_export(config, [path], tmp_path, chunk_size=10)

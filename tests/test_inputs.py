@@ -1,0 +1,73 @@
+"""File lists, process assignment and the pre-flight check of input files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from utils.config import Process
+from utils.dataset.inputs import InputError, assign_processes, inspect_files, read_filelist
+from utils.synthetic import synthetic_arrays, write_ntuple
+
+
+def test_filelist_parsing(tmp_path):
+    (tmp_path / "a.root").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.root").write_bytes(b"x")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# header\n\n{tmp_path / 'a.root'}\n  sub/b.root  \n"
+                       "root://eosuser.cern.ch//eos/user/x/file.root\n\n")
+    assert read_filelist(listing) == [str(tmp_path / "a.root"), str(tmp_path / "sub/b.root"),
+                                      "root://eosuser.cern.ch//eos/user/x/file.root"]
+
+
+def test_filelist_errors(tmp_path):
+    with pytest.raises(InputError, match="nolist.txt does not exist"):
+        read_filelist(tmp_path / "nolist.txt")
+    listing = tmp_path / "list.txt"
+    listing.write_text("# only comments\n\n")
+    with pytest.raises(InputError, match="lists no input files"):
+        read_filelist(listing)
+    listing.write_text(f"{tmp_path}/missing_1.root\n")
+    with pytest.raises(InputError, match="missing_1.root"):
+        read_filelist(listing)
+    (tmp_path / "a.root").write_bytes(b"x")
+    listing.write_text("a.root\na.root\n")
+    with pytest.raises(InputError, match="more than once"):
+        read_filelist(listing)
+
+
+def test_assign_processes():
+    processes = (Process("TT", "*/TT_*.root"), Process("QCD", "*/QCD_*.root"))
+    files = ["/d/TT_1.root", "/d/QCD_2.root", "/d/TT_0.root"]
+    assert assign_processes(files, processes) == {"TT": ["/d/TT_1.root", "/d/TT_0.root"],
+                                                  "QCD": ["/d/QCD_2.root"]}
+    with pytest.raises(InputError, match=r"match no process pattern: /d/WJets.root"):
+        assign_processes(files + ["/d/WJets.root"], processes)
+    overlapping = (Process("TT", "*TT*"), Process("QCD", "*QCD*"))
+    with pytest.raises(InputError, match=r"more than one process: /d/TT_QCD.root \(matches TT, QCD"):
+        assign_processes(["/d/TT_QCD.root"], overlapping)
+
+
+def test_inspect_files(tmp_path, offline_config):
+    good = write_ntuple(tmp_path / "good.root", offline_config.tree_name,
+                        synthetic_arrays(offline_config, 20))
+    arrays = synthetic_arrays(offline_config, 20)
+    del arrays["sv_mass"]
+    partial = write_ntuple(tmp_path / "partial.root", offline_config.tree_name, arrays)
+    other_tree = write_ntuple(tmp_path / "other.root", "events", {"x": np.ones(3)})
+    empty = write_ntuple(tmp_path / "empty.root", offline_config.tree_name,
+                         {b: np.zeros(0, np.float32) for b in offline_config.branches})
+    garbage = tmp_path / "garbage.root"
+    garbage.write_bytes(b"")
+    assert inspect_files([str(good)], offline_config.tree_name, offline_config.branches) == {
+        str(good): 20}
+    with pytest.raises(InputError) as err:
+        inspect_files([str(p) for p in (good, partial, other_tree, empty, garbage)],
+                      offline_config.tree_name, offline_config.branches)
+    message = str(err.value)
+    assert "4 input file problem(s)" in message
+    assert f"{partial}: missing branch(es) ['sv_mass']" in message
+    assert f"{other_tree}: no tree 'deepntuplizer/tree'" in message
+    assert f"{empty}: tree 'deepntuplizer/tree' has no entries" in message
+    assert f"{garbage}: cannot be read as a ROOT file" in message

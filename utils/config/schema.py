@@ -1,0 +1,370 @@
+"""Configuration schema: the declarative object that drives export, training and evaluation.
+
+A configuration is a Python module in ``config/`` that defines one object ``config`` of
+class :class:`Config`. Every value is validated when the object is built, so a broken
+configuration fails at load time with a message naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+STORAGE_DTYPES = ("float32", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid."""
+
+
+def _config_source() -> str:
+    """Return the config file that is building the object (first frame outside this package)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    while frame is not None:
+        raw = frame.f_code.co_filename
+        filename = os.path.abspath(raw)
+        internal = (raw.startswith("<") or filename.startswith(here) or "importlib" in filename
+                    or os.path.basename(filename) == "dataclasses.py")
+        if not internal:
+            return _short_path(filename)
+        frame = frame.f_back
+    return "<config>"
+
+
+def _short_path(path: str) -> str:
+    root = os.environ.get("B_HIVE_DIR")
+    if root and path.startswith(os.path.abspath(root) + os.sep):
+        return os.path.relpath(path, root)
+    return path
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(f"{_config_source()}: key '{key}': {message}")
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A column computed from branches: ``function(**{name: array for name in uses})``.
+
+    Used for derived features (the result is a per-jet or per-candidate array with the
+    shape of its inputs) and for truth-label conditions (the result is a boolean per jet).
+    Functions are ordinary Python callables; strings are never evaluated.
+    """
+
+    name: str
+    uses: tuple[str, ...]
+    function: Callable[..., Any]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uses", tuple(self.uses))
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            _fail("derived", f"name {self.name!r} must be a valid identifier")
+        if not self.uses or not all(isinstance(u, str) and u for u in self.uses):
+            _fail(self.name, "'uses' must list the branch names the function reads")
+        if not callable(self.function):
+            _fail(self.name, f"'function' must be callable, got {type(self.function).__name__}")
+
+    def __call__(self, columns: Mapping[str, Any]) -> Any:
+        return self.function(**{name: columns[name] for name in self.uses})
+
+
+@dataclass(frozen=True)
+class FeatureGroup:
+    """An input group: per-jet scalars (``length=None``) or candidates padded to ``length``."""
+
+    name: str
+    branches: tuple[str, ...]
+    length: int | None = None
+    derived: tuple[Derived, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "branches", tuple(self.branches))
+        object.__setattr__(self, "derived", tuple(self.derived))
+        key = f"groups.{self.name}"
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            _fail("groups", f"group name {self.name!r} must be a valid identifier")
+        if self.length is not None and (
+            isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1
+        ):
+            _fail(f"{key}.length", f"must be a positive integer or None, got {self.length!r}")
+        if not all(isinstance(b, str) and b for b in self.branches):
+            _fail(f"{key}.branches", "must be a list of non-empty branch names")
+        if not all(isinstance(d, Derived) for d in self.derived):
+            _fail(f"{key}.derived", "entries must be Derived(name, uses, function)")
+        if not self.features:
+            _fail(key, "group has no features")
+        dupes = sorted({f for f in self.features if self.features.count(f) > 1})
+        if dupes:
+            _fail(f"{key}.branches", f"duplicate features {dupes}")
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Feature names in storage order: branches first, then derived features."""
+        return self.branches + tuple(d.name for d in self.derived)
+
+    @property
+    def is_candidates(self) -> bool:
+        return self.length is not None
+
+    @property
+    def width(self) -> int:
+        return len(self.features) * (self.length or 1)
+
+    def rename(self, mapping: Mapping[str, str]) -> FeatureGroup:
+        """Return a copy with branches renamed (e.g. HLT counter names)."""
+        return dataclasses.replace(
+            self, branches=tuple(mapping.get(b, b) for b in self.branches)
+        )
+
+
+@dataclass(frozen=True)
+class Process:
+    """A physics process: files whose path matches ``pattern`` (fnmatch) belong to it.
+
+    ``pt_range``/``eta_range`` define the evaluation window used by ROC curves and working
+    points (half-open: ``low <= x < high``).
+    """
+
+    name: str
+    pattern: str
+    pt_range: tuple[float, float] = (0.0, math.inf)
+    eta_range: tuple[float, float] = (-math.inf, math.inf)
+
+    def __post_init__(self) -> None:
+        key = f"processes.{self.name}"
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            _fail("processes", f"process name {self.name!r} must be a valid identifier")
+        if not isinstance(self.pattern, str) or not self.pattern:
+            _fail(f"{key}.pattern", "must be a non-empty fnmatch pattern such as '*TTTo*'")
+        for attr in ("pt_range", "eta_range"):
+            value = tuple(getattr(self, attr))
+            if len(value) != 2 or not all(_is_number(v) for v in value) or not value[0] < value[1]:
+                _fail(f"{key}.{attr}", f"must be (low, high) with low < high, got {value!r}")
+            object.__setattr__(self, attr, (float(value[0]), float(value[1])))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _check_edges(key: str, edges: Sequence[float]) -> tuple[float, ...]:
+    edges = tuple(edges) if isinstance(edges, Sequence) and not isinstance(edges, str) else ()
+    if len(edges) < 2:
+        _fail(key, "needs at least two bin edges")
+    if not all(_is_number(e) and math.isfinite(e) for e in edges):
+        _fail(key, f"bin edges must be finite numbers, got {list(edges)}")
+    if any(b <= a for a, b in itertools.pairwise(edges)):
+        _fail(key, f"bin edges must be strictly increasing, got {list(edges)}")
+    return tuple(float(e) for e in edges)
+
+
+_REQUIRED = ("tree_name", "processes", "pt_bins", "eta_bins", "groups", "truths", "classes",
+             "reference_flavour")
+
+
+@dataclass(frozen=True, init=False)
+class Config:
+    """One complete configuration (see README "Configuration reference").
+
+    Build it with keyword arguments; unknown or missing keys raise :class:`ConfigError`.
+    """
+
+    tree_name: str
+    processes: tuple[Process, ...]
+    pt_bins: tuple[float, ...]
+    eta_bins: tuple[float, ...]
+    groups: tuple[FeatureGroup, ...]
+    truths: tuple[str | Derived, ...]
+    classes: Mapping[str, tuple[str, ...]]
+    reference_flavour: str
+    pt_key: str = "jet_pt"
+    eta_key: str = "jet_eta"
+    selection: Derived | None = None
+    observers: tuple[str, ...] = ()
+    processor: str = "jet_tuple"
+    storage_dtype: str = "float32"
+    name: str = ""
+    description: str = ""
+
+    def __init__(self, **values: Any) -> None:
+        names = [f.name for f in dataclasses.fields(self)]
+        for key in values:
+            if key not in names:
+                _fail(key, f"unknown key; valid keys are {', '.join(names)}")
+        for key in _REQUIRED:
+            if key not in values:
+                _fail(key, "is required")
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, values.get(f.name, f.default))
+        self._normalise_and_validate()
+
+    # -- validation -----------------------------------------------------------------------
+    def _normalise_and_validate(self) -> None:
+        set_ = object.__setattr__
+        if not isinstance(self.tree_name, str) or not self.tree_name:
+            _fail("tree_name", "must be the non-empty path of the TTree, e.g. 'deepntuplizer/tree'")
+        set_(self, "pt_bins", _check_edges("pt_bins", self.pt_bins))
+        set_(self, "eta_bins", _check_edges("eta_bins", self.eta_bins))
+
+        processes = tuple(self.processes) if isinstance(self.processes, Sequence) else ()
+        if not processes or not all(isinstance(p, Process) for p in processes):
+            _fail("processes", "must be a non-empty list of Process(name, pattern, ...)")
+        _check_unique("processes", [p.name for p in processes])
+        set_(self, "processes", processes)
+
+        groups = tuple(self.groups) if isinstance(self.groups, Sequence) else ()
+        if not groups or not all(isinstance(g, FeatureGroup) for g in groups):
+            _fail("groups", "must be a non-empty list of FeatureGroup(...)")
+        _check_unique("groups", [g.name for g in groups])
+        _check_unique("groups (feature names across groups)",
+                      [f for g in groups for f in g.features])
+        set_(self, "groups", groups)
+
+        truths = tuple(self.truths) if isinstance(self.truths, Sequence) else ()
+        if not truths or not all(isinstance(t, str | Derived) for t in truths):
+            _fail("truths", "must be a non-empty list of flag branch names or Derived conditions")
+        set_(self, "truths", truths)
+        labels = self.truth_labels
+        _check_unique("truths", list(labels))
+
+        if not isinstance(self.classes, Mapping) or not self.classes:
+            _fail("classes", "must map class names to lists of truth labels")
+        classes: dict[str, tuple[str, ...]] = {}
+        seen: dict[str, str] = {}
+        for cls, members in self.classes.items():
+            members = (members,) if isinstance(members, str) else tuple(members)
+            if not members:
+                _fail(f"classes.{cls}", "has no truth labels")
+            for label in members:
+                if label not in labels:
+                    _fail(f"classes.{cls}",
+                          f"names unknown truth label {label!r}; truths are {list(labels)}")
+                if label in seen:
+                    _fail(f"classes.{cls}", f"truth label {label!r} is already in class "
+                          f"{seen[label]!r}; each label belongs to one class")
+                seen[label] = cls
+            classes[cls] = members
+        missing = [label for label in labels if label not in seen]
+        if missing:
+            _fail("classes", f"truth labels {missing} belong to no class")
+        set_(self, "classes", classes)
+
+        if self.reference_flavour not in labels:
+            _fail("reference_flavour",
+                  f"{self.reference_flavour!r} is not one of the truth labels {list(labels)}")
+
+        scalars = [f for g in groups if not g.is_candidates for f in g.features]
+        for key in ("pt_key", "eta_key"):
+            if getattr(self, key) not in scalars:
+                _fail(key, f"{getattr(self, key)!r} must be a per-jet feature of a group "
+                      f"without length; per-jet features are {scalars}")
+        if self.selection is not None and not isinstance(self.selection, Derived):
+            _fail("selection", "must be a Derived condition or None")
+        observers = tuple(self.observers)
+        if not all(isinstance(o, str) and o for o in observers):
+            _fail("observers", "must be a list of branch names")
+        _check_unique("observers", list(observers))
+        clash = sorted(set(observers) & set(f for g in groups for f in g.features))
+        if clash:
+            _fail("observers", f"{clash} are already input features")
+        set_(self, "observers", observers)
+        if self.storage_dtype not in STORAGE_DTYPES:
+            _fail("storage_dtype", f"must be one of {STORAGE_DTYPES}, got {self.storage_dtype!r}")
+        if not isinstance(self.processor, str) or not self.processor:
+            _fail("processor", "must be the name of a registered processor")
+
+    # -- convenience ------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> Config:
+        """Return a validated copy with some keys changed (derive configs from a base)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key in changes:
+            if key not in values:
+                _fail(key, f"unknown key; valid keys are {', '.join(values)}")
+        values.update(changes)
+        return Config(**values)
+
+    def replace_group(self, name: str, **changes: Any) -> Config:
+        """Return a copy where feature group ``name`` has some attributes changed."""
+        self.group(name)
+        groups = tuple(dataclasses.replace(g, **changes) if g.name == name else g
+                       for g in self.groups)
+        return self.replace(groups=groups)
+
+    def group(self, name: str) -> FeatureGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise ConfigError(f"config {self.name!r}: no feature group {name!r}; groups are "
+                          f"{[g.name for g in self.groups]}")
+
+    @property
+    def truth_labels(self) -> tuple[str, ...]:
+        return tuple(t if isinstance(t, str) else t.name for t in self.truths)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.classes)
+
+    @property
+    def process_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.processes)
+
+    def class_of_label(self) -> dict[str, int]:
+        """Map each truth label to the index of its class."""
+        return {label: i for i, members in enumerate(self.classes.values()) for label in members}
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """Every ROOT branch the export reads, in a stable order."""
+        names: list[str] = []
+        derived: list[Derived] = [d for g in self.groups for d in g.derived]
+        derived += [t for t in self.truths if isinstance(t, Derived)]
+        if self.selection is not None:
+            derived.append(self.selection)
+        for g in self.groups:
+            names.extend(g.branches)
+        names.extend(t for t in self.truths if isinstance(t, str))
+        names.extend(self.observers)
+        for d in derived:
+            names.extend(d.uses)
+        return tuple(dict.fromkeys(names))
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the exported data (for version checks)."""
+        def describe(obj: Any) -> Any:
+            if isinstance(obj, Derived):
+                code = getattr(obj.function, "__code__", None)
+                body = code.co_code.hex() if code is not None else repr(obj.function)
+                return {"derived": obj.name, "uses": obj.uses, "code": body}
+            return obj
+
+        payload = {
+            "tree_name": self.tree_name,
+            "pt_bins": self.pt_bins, "eta_bins": self.eta_bins,
+            "pt_key": self.pt_key, "eta_key": self.eta_key,
+            "groups": [(g.name, g.length, g.branches, [describe(d) for d in g.derived])
+                       for g in self.groups],
+            "truths": [describe(t) for t in self.truths],
+            "processes": [(p.name, p.pattern) for p in self.processes],
+            "selection": describe(self.selection),
+            "observers": self.observers,
+            "processor": self.processor,
+            "storage_dtype": self.storage_dtype,
+        }
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_unique(key: str, names: list[str]) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        _fail(key, f"duplicate names {dupes}")

@@ -1,0 +1,195 @@
+"""Export ROOT jet ntuples to shuffled, reweighted LZ4 chunks (law-free core of the task)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.config import Config
+from utils.dataset.inputs import assign_processes, inspect_files
+from utils.dataset.layout import ColumnLayout
+from utils.dataset.merge import merge_staged
+from utils.dataset.reweighting import weight_tables
+from utils.io import write_json
+from utils.progress import console, progress_bar
+
+EXECUTORS = ("iterative", "futures")
+DEBUG_MAX_CHUNKS = 3
+DEBUG_CHUNK_ROWS = 5_000
+TARGET_CHUNK_BYTES = 64 * 1024**2
+
+PROCESSED_FILES = "processed_files.txt"
+HISTOGRAM = "histogram.npy"
+WEIGHTS = "weights.json"
+INFO = "dataset_info.json"
+
+
+class ExportError(RuntimeError):
+    """The export cannot produce a dataset (e.g. no jet passes the selection)."""
+
+
+@dataclass
+class ExportSummary:
+    files: list[Path]
+    rows: list[int]
+    sum_weight: list[float]
+    histogram: np.ndarray
+    counts: dict[str, int]
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def default_coffea_chunk_size(layout: ColumnLayout) -> int:
+    """Entries per coffea chunk so that one chunk's float32 rows take about 64 MB."""
+    return int(np.clip(TARGET_CHUNK_BYTES // (4 * layout.n_columns), 1_000, 200_000))
+
+
+def _make_runner(executor: str, workers: int, chunk_size: int, max_chunks: int | None) -> Any:
+    from coffea import processor
+    from coffea.nanoevents import BaseSchema
+
+    if executor == "iterative":
+        engine = processor.IterativeExecutor(status=True)
+    elif executor == "futures":
+        engine = processor.FuturesExecutor(workers=workers, status=True)
+    else:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
+    return processor.Runner(executor=engine, schema=BaseSchema, chunksize=chunk_size,
+                            maxchunks=max_chunks)
+
+
+def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir: Path,
+                   chunk_size: int = 100_000, seed: int = 123456, executor: str = "futures",
+                   workers: int = 1, debug: bool = False,
+                   coffea_chunk_size: int | None = None) -> ExportSummary:
+    """Run the export; write every output into ``work_dir`` naming final paths in ``out_dir``.
+
+    Outputs: ``file_<k>.lz4``, ``processed_files.txt``, ``histogram.npy``, ``weights.json``,
+    ``dataset_info.json``. The caller publishes ``work_dir`` into ``out_dir`` on success.
+    """
+    from utils.processors import get_processor
+
+    start = time.perf_counter()
+    if chunk_size < 1:
+        raise ValueError(f"--chunk-size must be >= 1, got {chunk_size}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor must be one of {EXECUTORS}, got {executor!r}")
+    if workers < 1:
+        raise ValueError(f"--coffea-worker must be >= 1, got {workers}")
+    by_process = assign_processes(files, config.processes)
+    if debug:
+        by_process = {name: fs[:1] for name, fs in by_process.items()}
+    used = [f for fs in by_process.values() for f in fs]
+    entries = inspect_files(used, config.tree_name, config.branches, workers=max(4, workers))
+    layout = ColumnLayout.from_config(config)
+    console.print(f"[bold]Dataset construction[/] config [cyan]{config.name}[/]: {len(used)} "
+                  f"input file(s), {sum(entries.values()):,} entries, "
+                  f"{layout.n_columns} columns per jet, processor {config.processor}, "
+                  f"executor {executor} x {workers}")
+    for name, fs in by_process.items():
+        console.print(f"  {name}: {len(fs)} file(s), {sum(entries[f] for f in fs):,} entries")
+
+    staging = work_dir / "staged"
+    buckets = work_dir / "buckets"
+    staging.mkdir()
+    buckets.mkdir()
+    file_index = {f: i for i, f in enumerate(used)}
+    processor_cls = get_processor(config.processor)
+    proc = processor_cls(config, staging, file_index)
+    rows_per_chunk = DEBUG_CHUNK_ROWS if debug else (coffea_chunk_size or
+                                                      default_coffea_chunk_size(layout))
+    runner = _make_runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None)
+    fileset = {name: {"files": {f: config.tree_name for f in fs}}
+               for name, fs in by_process.items()}
+    result = runner(fileset, proc, treename=config.tree_name)
+
+    counts = {k: int(v) for k, v in result["counts"].items()}
+    histogram = np.asarray(result["histogram"], dtype=np.float64)
+    staged = [Path(p) for p in result["staged"]]
+    if counts.get("non_finite"):
+        console.print(f"[yellow]Dropped {counts['non_finite']:,} jet(s) with NaN/inf "
+                      "features[/]")
+    if not staged:
+        raise ExportError(
+            f"no jet passed the selection in {len(used)} file(s) "
+            f"({counts.get('entries', 0):,} entries: {counts.get('out_of_window', 0):,} "
+            f"outside pT {config.pt_bins[0]}-{config.pt_bins[-1]} / eta "
+            f"{config.eta_bins[0]}-{config.eta_bins[-1]}, {counts.get('no_label', 0):,} "
+            f"without truth label, {counts.get('non_finite', 0):,} with NaN/inf)")
+
+    reference = config.truth_labels.index(config.reference_flavour)
+    if histogram[reference].sum() == 0:
+        warnings.warn(f"reference flavour {config.reference_flavour!r} has no jets in this "
+                      "dataset: weights are all 1 (no pT-eta reweighting)", stacklevel=2)
+        console.print(f"[yellow]Reference flavour {config.reference_flavour} has no jets: "
+                      "all weights set to 1[/]")
+    tables = weight_tables(histogram, reference)
+    n_rows = counts["selected"]
+    with progress_bar("Merging", total=2 * n_rows, unit="jets") as bar:
+        merged = merge_staged(staged, layout, out_dir=work_dir, work_dir=buckets,
+                              chunk_size=chunk_size, seed=seed, tables=tables,
+                              pt_key=config.pt_key, eta_key=config.eta_key,
+                              pt_bins=config.pt_bins, eta_bins=config.eta_bins,
+                              workers=workers, advance=bar.advance)
+    final_files = [out_dir / p.name for p in merged.files]
+
+    np.save(work_dir / HISTOGRAM, histogram)
+    write_json(work_dir / WEIGHTS, {
+        "files": [p.name for p in final_files],
+        "rows": merged.rows,
+        "sum_weight": merged.sum_weight,
+        "total_rows": int(sum(merged.rows)),
+        "total_weight": float(sum(merged.sum_weight)),
+        "chunk_size": chunk_size,
+    })
+    inputs = {f: {"process": name, "entries": entries[f],
+                  "selected": int(result["rows_per_file"].get(f, 0))}
+              for name, fs in by_process.items() for f in fs}
+    seconds = time.perf_counter() - start
+    write_json(work_dir / INFO, {
+        "config": config.name,
+        "config_fingerprint": config.fingerprint(),
+        "seed": seed,
+        "chunk_size": chunk_size,
+        "debug": debug,
+        "counts": counts,
+        "jets_per_label": dict(zip(config.truth_labels,
+                                   histogram.sum(axis=(1, 2)).astype(int).tolist(), strict=True)),
+        "inputs": inputs,
+        "layout": layout.to_dict(),
+        "seconds": round(seconds, 3),
+    })
+    (work_dir / PROCESSED_FILES).write_text("".join(f"{p}\n" for p in final_files))
+    for directory in (staging, buckets):
+        for leftover in directory.iterdir():
+            leftover.unlink()
+        directory.rmdir()
+    return ExportSummary(final_files, merged.rows, merged.sum_weight, histogram, counts,
+                         inputs, seconds)
+
+
+def read_processed_files(dataset_dir: str | Path) -> list[Path]:
+    """Chunk files of an exported dataset (paths in ``processed_files.txt``).
+
+    A listed absolute path that no longer exists is looked up by name in ``dataset_dir``
+    (datasets can be moved together with their directory).
+    """
+    dataset_dir = Path(dataset_dir)
+    listing = dataset_dir / PROCESSED_FILES
+    if not listing.is_file():
+        raise FileNotFoundError(f"{listing} does not exist; run DatasetConstructorTask first")
+    files = []
+    for line in listing.read_text().splitlines():
+        if not line.strip():
+            continue
+        path = Path(line.strip())
+        if not path.exists() and (dataset_dir / path.name).exists():
+            path = dataset_dir / path.name
+        files.append(path)
+    return files

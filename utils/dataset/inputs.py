@@ -1,0 +1,123 @@
+"""Input file lists: parsing, process assignment and a pre-flight check of every file."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import uproot
+
+from utils.config import Process
+
+MAX_LISTED = 20
+
+
+class InputError(ValueError):
+    """An input file list or input file is unusable."""
+
+
+def is_remote(path: str) -> bool:
+    """True for URLs such as ``root://eoscms.cern.ch//eos/...``."""
+    return "://" in path and not path.startswith("file://")
+
+
+def read_filelist(path: str | Path) -> list[str]:
+    """Read a file list: one path or URL per line; blank lines and ``#`` comments ignored.
+
+    Relative paths are taken relative to the list's directory. Every local file must exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"file list {path} does not exist")
+    files: list[str] = []
+    for line in path.read_text().splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if entry.startswith("file://"):
+            entry = entry[len("file://"):]
+        if not is_remote(entry):
+            entry = str((path.parent / entry).resolve())
+        files.append(entry)
+    if not files:
+        raise InputError(f"file list {path} lists no input files")
+    dupes = sorted({f for f in files if files.count(f) > 1})
+    if dupes:
+        raise InputError(f"file list {path} lists files more than once: {_listing(dupes)}")
+    missing = [f for f in files if not is_remote(f) and not Path(f).is_file()]
+    if missing:
+        raise InputError(f"file list {path}: {len(missing)} input file(s) do not exist: "
+                         f"{_listing(missing)}")
+    return files
+
+
+def assign_processes(files: Sequence[str], processes: Sequence[Process]) -> dict[str, list[str]]:
+    """Group files by the process whose pattern matches the path (exactly one must match)."""
+    groups: dict[str, list[str]] = {p.name: [] for p in processes}
+    unmatched, ambiguous = [], []
+    for f in files:
+        hits = [p.name for p in processes if fnmatch.fnmatchcase(f, p.pattern)]
+        if not hits:
+            unmatched.append(f)
+        elif len(hits) > 1:
+            ambiguous.append(f"{f} (matches {', '.join(hits)})")
+        else:
+            groups[hits[0]].append(f)
+    patterns = ", ".join(f"{p.name}: {p.pattern!r}" for p in processes)
+    problems = []
+    if unmatched:
+        problems.append(f"{len(unmatched)} file(s) match no process pattern: "
+                        f"{_listing(unmatched)}")
+    if ambiguous:
+        problems.append(f"{len(ambiguous)} file(s) match more than one process: "
+                        f"{_listing(ambiguous)}")
+    if problems:
+        raise InputError("; ".join(problems) + f". Process patterns are {patterns}")
+    return {name: fs for name, fs in groups.items() if fs}
+
+
+def inspect_files(files: Sequence[str], tree_name: str, branches: Sequence[str],
+                  workers: int = 4) -> dict[str, int]:
+    """Open every file before any work starts; return entries per file.
+
+    Raises :class:`InputError` listing every unreadable file, missing tree, missing branch
+    and empty tree.
+    """
+    def check(path: str) -> tuple[str, int | None, str | None]:
+        try:
+            with uproot.open(path) as f:
+                if tree_name not in f:
+                    return path, None, f"{path}: no tree '{tree_name}' (found " \
+                                       f"{sorted(f.keys(cycle=False))[:10]})"
+                tree = f[tree_name]
+                if not isinstance(tree, uproot.TTree):
+                    return path, None, f"{path}: '{tree_name}' is a {type(tree).__name__}, " \
+                                       "not a TTree"
+                available = set(tree.keys(recursive=True, full_paths=False)) | set(tree.keys())
+                missing = [b for b in branches if b not in available]
+                if missing:
+                    return path, None, f"{path}: missing branch(es) {missing} in tree " \
+                                       f"'{tree_name}'"
+                if tree.num_entries == 0:
+                    return path, None, f"{path}: tree '{tree_name}' has no entries"
+                return path, int(tree.num_entries), None
+        except Exception as exc:  # any reading problem is reported with its file
+            return path, None, f"{path}: cannot be read as a ROOT file ({type(exc).__name__}: " \
+                               f"{exc})"
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(check, files))
+    problems = [msg for _, _, msg in results if msg]
+    if problems:
+        raise InputError(f"{len(problems)} input file problem(s):\n  " +
+                         "\n  ".join(problems[:MAX_LISTED]) +
+                         (f"\n  ... and {len(problems) - MAX_LISTED} more"
+                          if len(problems) > MAX_LISTED else ""))
+    return {path: n for path, n, _ in results}
+
+
+def _listing(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f", ... ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else "")

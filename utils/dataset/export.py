@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import multiprocessing
 import time
 import warnings
 from collections.abc import Sequence
@@ -57,7 +60,10 @@ def _make_runner(executor: str, workers: int, chunk_size: int, max_chunks: int |
     if executor == "iterative":
         engine = processor.IterativeExecutor(status=True)
     elif executor == "futures":
-        engine = processor.FuturesExecutor(workers=workers, status=True)
+        # fork: workers inherit the imported modules instead of re-importing coffea/awkward
+        pool = functools.partial(concurrent.futures.ProcessPoolExecutor,
+                                 mp_context=multiprocessing.get_context("fork"))
+        engine = processor.FuturesExecutor(workers=workers, status=True, pool=pool)
     else:
         raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
     return processor.Runner(executor=engine, schema=BaseSchema, chunksize=chunk_size,
@@ -96,12 +102,11 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
         console.print(f"  {name}: {len(fs)} file(s), {sum(entries[f] for f in fs):,} entries")
 
     staging = work_dir / "staged"
-    buckets = work_dir / "buckets"
     staging.mkdir()
-    buckets.mkdir()
     file_index = {f: i for i, f in enumerate(used)}
+    n_buckets = max(1, -(-sum(entries.values()) // chunk_size))
     processor_cls = get_processor(config.processor)
-    proc = processor_cls(config, staging, file_index)
+    proc = processor_cls(config, staging, file_index, n_buckets=n_buckets, seed=seed)
     rows_per_chunk = DEBUG_CHUNK_ROWS if debug else (coffea_chunk_size or
                                                       default_coffea_chunk_size(layout))
     runner = _make_runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None)
@@ -111,7 +116,7 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
 
     counts = {k: int(v) for k, v in result["counts"].items()}
     histogram = np.asarray(result["histogram"], dtype=np.float64)
-    staged = [Path(p) for p in result["staged"]]
+    staged = result["staged"]
     if counts.get("non_finite"):
         console.print(f"[yellow]Dropped {counts['non_finite']:,} jet(s) with NaN/inf "
                       "features[/]")
@@ -131,9 +136,9 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
                       "all weights set to 1[/]")
     tables = weight_tables(histogram, reference)
     n_rows = counts["selected"]
-    with progress_bar("Merging", total=2 * n_rows, unit="jets") as bar:
-        merged = merge_staged(staged, layout, out_dir=work_dir, work_dir=buckets,
-                              chunk_size=chunk_size, seed=seed, tables=tables,
+    with progress_bar("Merging", total=n_rows, unit="jets") as bar:
+        merged = merge_staged(staged, layout, out_dir=work_dir, chunk_size=chunk_size,
+                              seed=seed, tables=tables,
                               pt_key=config.pt_key, eta_key=config.eta_key,
                               pt_bins=config.pt_bins, eta_bins=config.eta_bins,
                               workers=workers, advance=bar.advance)
@@ -166,10 +171,9 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
         "seconds": round(seconds, 3),
     })
     (work_dir / PROCESSED_FILES).write_text("".join(f"{p}\n" for p in final_files))
-    for directory in (staging, buckets):
-        for leftover in directory.iterdir():
-            leftover.unlink()
-        directory.rmdir()
+    for leftover in staging.iterdir():
+        leftover.unlink()
+    staging.rmdir()
     return ExportSummary(final_files, merged.rows, merged.sum_weight, histogram, counts,
                          inputs, seconds)
 

@@ -1,23 +1,26 @@
 """Merge staged per-chunk row matrices into shuffled, reweighted LZ4 chunks.
 
-The merge is an exact uniform shuffle of all jets that streams with bounded memory:
+The processor assigns every jet a pseudo-random shuffle bucket from its identity (seed,
+file, entry) and writes each coffea chunk's rows grouped by bucket. The merge then:
 
-1. the staged files, sorted by name, define the input order of the N jets;
-2. a seeded random assignment gives every jet its output file (sizes ``chunk_size``, the
-   last one the remainder);
-3. each staged file is scattered to per-output bucket files (raw float32 rows);
-4. each bucket is read, its rows permuted (seeded per output), the per-jet weight column
-   filled from the weight tables, and written as ``file_<k>.lz4``.
+1. takes the buckets in order; a bucket's rows are contiguous slices of the staged files
+   (read in file/entry order);
+2. permutes each bucket's rows with a generator seeded by (seed, bucket);
+3. concatenates the permuted buckets and cuts them into files of exactly ``chunk_size``
+   rows (the last file holds the remainder);
+4. fills the per-jet weight column and writes ``file_<k>.lz4`` (compression in threads).
 
-The result depends only on the jets, the seed and the chunk size, not on how the input was
-split into coffea chunks or how many workers ran.
+Random bucket assignment plus a random order inside each bucket is a uniform shuffle of all
+jets. Memory stays at a few chunks; the result depends only on the jets, the seed and the
+chunk size, not on the chunking of the input or the number of workers.
 """
 
 from __future__ import annotations
 
 import math
+import queue
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,65 +48,86 @@ def chunk_sizes(n_rows: int, chunk_size: int) -> list[int]:
     return [chunk_size] * (n_files - 1) + [n_rows - chunk_size * (n_files - 1)] if n_files else []
 
 
-def merge_staged(staged: Sequence[Path], layout: ColumnLayout, out_dir: Path, work_dir: Path,
-                 chunk_size: int, seed: int, tables: np.ndarray, pt_key: str, eta_key: str,
-                 pt_bins: tuple[float, ...], eta_bins: tuple[float, ...], workers: int = 1,
-                 advance: Callable[[int], None] | None = None) -> MergeResult:
-    """Merge ``staged`` (.npy row matrices) into ``out_dir/file_<k>.lz4``; see module doc.
+def merge_staged(staged: Sequence[tuple[str, Sequence[int]]], layout: ColumnLayout,
+                 out_dir: Path, chunk_size: int, seed: int, tables: np.ndarray, pt_key: str,
+                 eta_key: str, pt_bins: tuple[float, ...], eta_bins: tuple[float, ...],
+                 workers: int = 1, advance: Callable[[int], None] | None = None
+                 ) -> MergeResult:
+    """Merge staged ``(path, bucket bounds)`` raw float32 files into ``out_dir/file_<k>.lz4``.
 
-    ``advance`` is called with the number of rows handled (scatter and write each count).
+    ``advance`` is called with the number of rows written after each output file.
+    Buffers are allocated once and reused (fresh memory is expensive to fault in).
     """
-    staged = sorted(staged, key=lambda p: Path(p).name)
-    arrays = [np.load(p, mmap_mode="r") for p in staged]
+    staged = sorted(staged, key=lambda entry: Path(entry[0]).name)
+    bounds = np.array([b for _, b in staged], dtype=np.int64).reshape(len(staged), -1)
     n_cols = layout.n_columns
-    for path, array in zip(staged, arrays, strict=True):
-        if array.ndim != 2 or array.shape[1] != n_cols or array.dtype != np.float32:
-            raise ValueError(f"staged file {path} has shape {array.shape}/{array.dtype}, "
-                             f"expected (*, {n_cols}) float32")
-    sizes = chunk_sizes(sum(len(a) for a in arrays), chunk_size)
+    row_bytes = 4 * n_cols
+    for (path, _), b in zip(staged, bounds, strict=True):
+        if Path(path).stat().st_size != b[-1] * row_bytes:
+            raise ValueError(f"staged file {path} has {Path(path).stat().st_size} bytes, "
+                             f"expected {b[-1]} rows of {n_cols} float32")
+    sizes = chunk_sizes(int(bounds[:, -1].sum()), chunk_size)
     if not sizes:
         raise ValueError("no rows to merge")
-    n_out = len(sizes)
-    dest = np.repeat(np.arange(n_out, dtype=np.int32), sizes)
-    np.random.default_rng(seed).shuffle(dest)
-
-    buckets = [work_dir / f"bucket_{k:06d}.raw" for k in range(n_out)]
-    offset = 0
-    for array in arrays:
-        target = dest[offset:offset + len(array)]
-        offset += len(array)
-        order = np.argsort(target, kind="stable")
-        bounds = np.searchsorted(target[order], np.arange(n_out + 1))
-        rows = np.asarray(array)[order]
-        for k in np.flatnonzero(np.diff(bounds)):
-            with open(buckets[k], "ab") as f:
-                f.write(rows[bounds[k]:bounds[k + 1]].tobytes())
-        if advance:
-            advance(len(array))
-        del rows
-
     truth = layout.slice("truth")
-    pt_col, eta_col = layout.column(pt_key), layout.column(eta_key)
+    pt_col, eta_col, w_col = layout.column(pt_key), layout.column(eta_key), layout.weight_column
+    n_workers = max(1, workers)
+    free: queue.Queue[np.ndarray] = queue.Queue()
+    for _ in range(min(len(sizes), n_workers + 1)):
+        free.put(np.empty((sizes[0], n_cols), dtype=np.float32))
+    bucket_rows = np.diff(bounds, axis=1).sum(axis=0)
+    bucket = np.empty((int(bucket_rows.max()), n_cols), dtype=np.float32)
 
-    def finalise(k: int) -> tuple[Path, int, float]:
-        rows = np.fromfile(buckets[k], dtype=np.float32).reshape(-1, n_cols)
-        if len(rows) != sizes[k]:
-            raise RuntimeError(f"bucket {k} holds {len(rows)} rows, expected {sizes[k]}")
-        rows = rows[np.random.default_rng((seed, k)).permutation(len(rows))]
-        labels = np.argmax(rows[:, truth], axis=1)
-        weights = jet_weights(tables, labels, rows[:, pt_col], rows[:, eta_col], pt_bins,
-                              eta_bins)
-        rows[:, layout.weight_column] = weights
-        if layout.dtype == "float16":
-            np.clip(rows, -FLOAT16_MAX, FLOAT16_MAX, out=rows)
-        path = out_dir / f"file_{k}.lz4"
-        write_chunk(path, rows, layout)
-        buckets[k].unlink()
+    def finalise(k: int, buffer: np.ndarray) -> tuple[Path, int, float]:
+        rows = buffer[:sizes[k]]
+        try:
+            labels = np.argmax(rows[:, truth], axis=1)
+            rows[:, w_col] = jet_weights(tables, labels, rows[:, pt_col], rows[:, eta_col],
+                                         pt_bins, eta_bins)
+            if layout.dtype == "float16":
+                np.clip(rows, -FLOAT16_MAX, FLOAT16_MAX, out=rows)
+            path = out_dir / f"file_{k}.lz4"
+            write_chunk(path, rows, layout)
+            sum_weight = float(rows[:, w_col].sum(dtype=np.float64))
+        finally:
+            free.put(buffer)
         if advance:
             advance(len(rows))
-        return path, len(rows), float(rows[:, layout.weight_column].sum(dtype=np.float64))
+        return path, len(rows), sum_weight
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(finalise, range(n_out)))
+    handles = [open(path, "rb") for path, _ in staged]
+    futures: list[Future] = []
+    try:
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            k, filled = 0, 0
+            buffer = free.get()
+            for b in np.flatnonzero(bucket_rows):
+                n_rows = 0
+                for handle, lo, hi in zip(handles, bounds[:, b], bounds[:, b + 1], strict=True):
+                    if hi > lo:
+                        handle.seek(int(lo) * row_bytes)
+                        view = memoryview(bucket[n_rows:n_rows + hi - lo]).cast("B")
+                        if handle.readinto(view) != (hi - lo) * row_bytes:
+                            raise OSError(f"short read from staged file {handle.name}")
+                        n_rows += int(hi - lo)
+                perm = np.random.default_rng((seed, int(b))).permutation(n_rows)
+                taken = 0
+                while taken < n_rows:
+                    n = min(n_rows - taken, sizes[k] - filled)
+                    np.take(bucket, perm[taken:taken + n], axis=0,
+                            out=buffer[filled:filled + n], mode="clip")
+                    taken += n
+                    filled += n
+                    if filled == sizes[k]:
+                        futures.append(pool.submit(finalise, k, buffer))
+                        k, filled = k + 1, 0
+                        if k < len(sizes):
+                            buffer = free.get()
+            results = [f.result() for f in futures]
+    finally:
+        for handle in handles:
+            handle.close()
+    if k != len(sizes):
+        raise RuntimeError(f"merge wrote {k} of {len(sizes)} files; staged bounds inconsistent")
     return MergeResult([r[0] for r in results], [r[1] for r in results],
                        [r[2] for r in results])

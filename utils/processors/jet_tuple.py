@@ -2,8 +2,9 @@
 
 ``process`` is a pure function of one chunk: it selects jets, pads/clips the candidate
 groups, computes derived features and truth labels, and writes the selected rows of the
-chunk to one staging ``.npy`` file. It returns only small mergeable accumulators (staged
-file names, per-label pT-eta histograms, counters), never the arrays themselves.
+chunk to one raw float32 staging file, grouped by shuffle bucket. It returns only small
+mergeable accumulators (staged file names with bucket bounds, per-label pT-eta histograms,
+counters), never the arrays themselves.
 """
 
 from __future__ import annotations
@@ -26,7 +27,22 @@ class ColumnError(ValueError):
 
 def staged_name(file_index: int, entry_start: int) -> str:
     """Staging file name; sorting the names gives the input order of the jets."""
-    return f"{file_index:06d}_{entry_start:012d}.npy"
+    return f"{file_index:06d}_{entry_start:012d}.raw"
+
+
+def shuffle_bucket(seed: int, file_index: int, entry: np.ndarray, n_buckets: int) -> np.ndarray:
+    """Pseudo-random bucket of each jet from (seed, file, entry): a splitmix64 hash.
+
+    Depends only on the jet's identity, not on how the input is split into chunks, so the
+    shuffled output is identical for any chunking and number of workers.
+    """
+    with np.errstate(over="ignore"):
+        z = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+             + (np.uint64(file_index) << np.uint64(40)) + entry.astype(np.uint64))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z % np.uint64(n_buckets)).astype(np.int64)
 
 
 def jagged_parts(values: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -54,25 +70,22 @@ def scalar_values(values: Any) -> np.ndarray:
 
 
 class JetTupleProcessor(processor.ProcessorABC):
-    """Turn chunks of a flat jet tuple into staged row matrices (see :class:`ColumnLayout`)."""
+    """Turn chunks of a flat jet tuple into staged row matrices (see :class:`ColumnLayout`).
 
-    def __init__(self, config: Config, staging_dir: str | Path,
-                 file_index: dict[str, int]) -> None:
+    Selected rows are written grouped by shuffle bucket (``shuffle_bucket`` of the jet's file
+    and entry number), with the bucket boundaries returned, so the merge reads each bucket
+    as contiguous slices.
+    """
+
+    def __init__(self, config: Config, staging_dir: str | Path, file_index: dict[str, int],
+                 n_buckets: int = 1, seed: int = 0) -> None:
         self.config = config
         self.layout = ColumnLayout.from_config(config)
         self.staging_dir = str(staging_dir)
         self.file_index = dict(file_index)
         self.process_index = {name: i for i, name in enumerate(config.process_names)}
-
-    def _column(self, events: Any, cache: dict[str, Any], name: str,
-                derived: dict[str, Derived]) -> Any:
-        if name not in cache:
-            if name in derived:
-                cache[name] = derived[name]({u: self._column(events, cache, u, {})
-                                             for u in derived[name].uses})
-            else:
-                cache[name] = events[name]
-        return cache[name]
+        self.n_buckets = n_buckets
+        self.seed = seed
 
     def process(self, events: Any) -> dict[str, Any]:
         meta = events.metadata
@@ -84,10 +97,12 @@ class JetTupleProcessor(processor.ProcessorABC):
         derived.update({t.name: t for t in config.truths if isinstance(t, Derived)})
 
         def column(name: str) -> Any:
-            try:
-                return self._column(events, cache, name, derived)
-            except ColumnError as exc:
-                raise ColumnError(f"{filename}: branch '{name}': {exc}") from exc
+            if name not in cache:
+                if name in derived:
+                    cache[name] = derived[name]({u: column(u) for u in derived[name].uses})
+                else:
+                    cache[name] = events[name]
+            return cache[name]
 
         def scalar(name: str) -> np.ndarray:
             try:
@@ -104,56 +119,78 @@ class JetTupleProcessor(processor.ProcessorABC):
         in_window = ((pt >= config.pt_bins[0]) & (pt < config.pt_bins[-1]) &
                      (eta >= config.eta_bins[0]) & (eta < config.eta_bins[-1]))
         mask = in_window & (n_true > 0)
+        rejected = 0
         if config.selection is not None:
             passed = scalar_values(config.selection(
                 {u: column(u) for u in config.selection.uses})).astype(bool)
-            mask_before = mask
-            mask = mask & passed
-            rejected = int((mask_before & ~passed).sum())
-        else:
-            rejected = 0
-        selected = np.flatnonzero(mask)
-        m = len(selected)
+            rejected = int((mask & ~passed).sum())
+            mask &= passed
 
-        matrix = np.zeros((m, layout.n_columns), dtype=np.float32)
-        for group in config.groups:
-            block = matrix[:, layout.slice(group.name)]
-            if not group.is_candidates:
-                for j, feature in enumerate(group.features):
-                    block[:, j] = scalar(feature)[selected]
-                continue
-            view = block.reshape(m, group.length, len(group.features))
-            reference_counts = None
-            for j, feature in enumerate(group.features):
+        # gather every stored value once (as float32) and find jets with NaN/inf
+        bad = np.zeros(n, dtype=bool)
+        scalars: dict[str, np.ndarray] = {}
+        for name in [f for g in config.groups if not g.is_candidates for f in g.features] + \
+                list(config.observers):
+            scalars[name] = scalar(name).astype(np.float32, copy=False)
+            bad |= ~np.isfinite(scalars[name])
+        candidates: dict[str, tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = {}
+        for group in (g for g in config.groups if g.is_candidates):
+            counts_ref, values = None, []
+            for feature in group.features:
                 try:
                     counts, content = jagged_parts(column(feature))
                 except ColumnError as exc:
                     raise ColumnError(f"{filename}: branch '{feature}': {exc}") from exc
-                if reference_counts is None:
-                    reference_counts = counts
+                if counts_ref is None:
+                    counts_ref = counts
                     rows = np.repeat(np.arange(n), counts)
                     local = np.arange(len(content)) - np.repeat(np.cumsum(counts) - counts,
                                                                 counts)
-                    keep = (local < group.length) & mask[rows]
-                    target_row = (np.cumsum(mask) - 1)[rows[keep]]
-                    target_cand = local[keep]
-                elif not np.array_equal(counts, reference_counts):
+                    kept = np.flatnonzero(local < group.length)
+                    rows, local = rows[kept], local[kept]
+                elif not np.array_equal(counts, counts_ref):
                     raise ColumnError(
                         f"{filename}: branch '{feature}' of group '{group.name}' has other "
                         f"candidate counts than '{group.features[0]}'; all features of a "
                         "candidate group must share one counter")
-                view[target_row, target_cand, j] = content[keep]
-        for feature in config.observers:
-            matrix[:, layout.column(feature)] = scalar(feature)[selected]
-        matrix[:, layout.process_column] = self.process_index[meta["dataset"]]
-        truth_start = layout.slice("truth").start
-        matrix[np.arange(m), truth_start + label[selected]] = 1.0
+                content = content[kept].astype(np.float32, copy=False)
+                finite = np.isfinite(content)
+                if not finite.all():
+                    bad[rows[~finite]] = True
+                values.append(content)
+            candidates[group.name] = (rows, local, values)
+        n_bad = int((mask & bad).sum())
+        mask &= ~bad
 
-        finite = np.isfinite(matrix).all(axis=1)
-        n_bad = int(m - finite.sum())
-        if n_bad:
-            matrix = matrix[finite]
-            selected = selected[finite]
+        # order the selected jets by shuffle bucket, then fill the rows in that order
+        selected = np.flatnonzero(mask)
+        entry = np.asarray(meta["entrystart"], dtype=np.int64) + selected
+        bucket = shuffle_bucket(self.seed, self.file_index[filename], entry, self.n_buckets)
+        order = np.argsort(bucket, kind="stable")
+        selected, bucket = selected[order], bucket[order]
+        m = len(selected)
+        position = np.full(n, -1, dtype=np.int64)
+        position[selected] = np.arange(m)
+
+        matrix = np.zeros((m, layout.n_columns), dtype=np.float32)
+        flat = matrix.reshape(-1)
+        n_cols = layout.n_columns
+        for group in config.groups:
+            start = layout.slice(group.name).start
+            if not group.is_candidates:
+                for j, feature in enumerate(group.features):
+                    matrix[:, start + j] = scalars[feature][selected]
+                continue
+            rows, local, values = candidates[group.name]
+            target = position[rows]
+            use = np.flatnonzero(target >= 0)
+            base = target[use] * n_cols + start + local[use] * len(group.features)
+            for j, content in enumerate(values):
+                flat[base + j] = content[use]
+        for feature in config.observers:
+            matrix[:, layout.column(feature)] = scalars[feature][selected]
+        matrix[:, layout.process_column] = self.process_index[meta["dataset"]]
+        matrix[np.arange(m), layout.slice("truth").start + label[selected]] = 1.0
 
         pt_bin = bin_index(pt[selected], config.pt_bins)
         eta_bin = bin_index(eta[selected], config.eta_bins)
@@ -163,14 +200,15 @@ class JetTupleProcessor(processor.ProcessorABC):
         histogram = histogram.reshape(len(config.truths), n_pt, n_eta).astype(np.float64)
 
         staged = []
-        if len(matrix):
+        if m:
             path = Path(self.staging_dir) / staged_name(self.file_index[filename],
                                                         meta["entrystart"])
-            np.save(path, matrix)
-            staged.append(str(path))
+            matrix.tofile(path)
+            bounds = np.searchsorted(bucket, np.arange(self.n_buckets + 1))
+            staged.append((str(path), bounds.tolist()))
         counts = {
             "entries": n,
-            "selected": len(matrix),
+            "selected": m,
             "out_of_window": int((~in_window).sum()),
             "no_label": int((in_window & (n_true == 0)).sum()),
             "multi_label": int((mask & (n_true > 1)).sum()),
@@ -178,7 +216,7 @@ class JetTupleProcessor(processor.ProcessorABC):
             "non_finite": n_bad,
         }
         return {"staged": staged, "histogram": histogram, "counts": counts,
-                "rows_per_file": {filename: len(matrix)}}
+                "rows_per_file": {filename: m}}
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
         return accumulator

@@ -1,0 +1,88 @@
+"""Export throughput vs. the uproot limit, both measured in this run.
+
+    python bench/export.py [--workers 2] [--files 4] [--jets-per-file 50000]
+    python bench/export.py --filelist my_files.txt --config offline_run3
+
+Without --filelist, synthetic files with the config's branches are written to a temporary
+directory. The limit is uproot reading the same branches of the same files with the same
+number of worker processes (one file per task); the export runs DatasetConstructorTask's
+code path (coffea futures executor, staging, shuffle-merge, LZ4 compression).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import uproot  # noqa: E402
+
+from utils.config import load_config  # noqa: E402
+from utils.dataset.export import export_dataset  # noqa: E402
+from utils.dataset.inputs import read_filelist  # noqa: E402
+from utils.synthetic import write_synthetic_ntuple  # noqa: E402
+
+
+def read_file(args: tuple[str, str, list[str]]) -> int:
+    path, tree, branches = args
+    arrays = uproot.open(path)[tree].arrays(branches, library="ak")
+    return len(arrays)
+
+
+def uproot_read(files: list[str], tree: str, branches: list[str], workers: int) -> float:
+    start = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        n = sum(pool.map(read_file, [(f, tree, branches) for f in files]))
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="offline_run3")
+    parser.add_argument("--filelist", help="real input files (default: synthetic)")
+    parser.add_argument("--files", type=int, default=4, help="synthetic files per process")
+    parser.add_argument("--jets-per-file", type=int, default=50_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunk-size", type=int, default=100_000)
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    with tempfile.TemporaryDirectory(prefix="bhive-bench-") as tmp:
+        tmp = Path(tmp)
+        if args.filelist:
+            files = read_filelist(args.filelist)
+        else:
+            files = []
+            for i in range(args.files):
+                for proc in config.process_names:
+                    path = tmp / f"{proc}_{i}.root"
+                    write_synthetic_ntuple(path, config, args.jets_per_file, seed=i)
+                    files.append(str(path))
+        branches = list(config.branches)
+        entries = sum(uproot.open(f)[config.tree_name].num_entries for f in files)
+        print(f"{len(files)} files, {entries:,} jets, {len(branches)} branches, "
+              f"{args.workers} workers")
+        uproot_read(files, config.tree_name, branches, args.workers)  # warm the page cache
+        read_rate = max(uproot_read(files, config.tree_name, branches, args.workers)
+                        for _ in range(2))
+
+        out = tmp / "dataset"
+        work = out / "work"
+        work.mkdir(parents=True)
+        start = time.perf_counter()
+        summary = export_dataset(config, files, out, work, chunk_size=args.chunk_size,
+                                 executor="futures", workers=args.workers)
+        export_rate = summary.counts["entries"] / (time.perf_counter() - start)
+    print(f"uproot read (limit): {read_rate:12,.0f} jets/s")
+    print(f"export             : {export_rate:12,.0f} jets/s")
+    print(f"ratio export/read  : {export_rate / read_rate:12.2f}   (goal >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()

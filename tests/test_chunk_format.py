@@ -6,8 +6,13 @@ import lz4.frame
 import numpy as np
 import pytest
 
-from utils.dataset.chunk_format import (ChunkFormatError, read_chunk, read_header,
-                                        read_legacy_chunk, write_chunk)
+from utils.dataset.chunk_format import (
+    ChunkFormatError,
+    read_chunk,
+    read_header,
+    read_legacy_chunk,
+    write_chunk,
+)
 from utils.dataset.layout import ColumnLayout
 
 

@@ -45,7 +45,8 @@ def test_assign_processes():
     with pytest.raises(InputError, match=r"match no process pattern: /d/WJets.root"):
         assign_processes(files + ["/d/WJets.root"], processes)
     overlapping = (Process("TT", "*TT*"), Process("QCD", "*QCD*"))
-    with pytest.raises(InputError, match=r"more than one process: /d/TT_QCD.root \(matches TT, QCD"):
+    with pytest.raises(InputError,
+                       match=r"more than one process: /d/TT_QCD.root \(matches TT, QCD"):
         assign_processes(["/d/TT_QCD.root"], overlapping)
 
 

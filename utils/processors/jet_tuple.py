@@ -30,6 +30,23 @@ def staged_name(file_index: int, entry_start: int) -> str:
     return f"{file_index:06d}_{entry_start:012d}.raw"
 
 
+_BUFFER: list[np.ndarray] = []
+
+
+def _zeroed_buffer(rows: int, cols: int) -> np.ndarray:
+    """A zeroed (rows, cols) float32 array backed by a per-process reusable buffer.
+
+    Faulting in fresh memory costs more than the processing itself on some machines, so the
+    staging matrix reuses one allocation per worker process (valid until the next call).
+    """
+    size = rows * cols
+    if not _BUFFER or _BUFFER[0].size < size:
+        _BUFFER[:] = [np.empty(max(size, 1), dtype=np.float32)]
+    view = _BUFFER[0][:size].reshape(rows, cols)
+    view.fill(0.0)
+    return view
+
+
 def shuffle_bucket(seed: int, file_index: int, entry: np.ndarray, n_buckets: int) -> np.ndarray:
     """Pseudo-random bucket of each jet from (seed, file, entry): a splitmix64 hash.
 
@@ -135,7 +152,7 @@ class JetTupleProcessor(processor.ProcessorABC):
             bad |= ~np.isfinite(scalars[name])
         candidates: dict[str, tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = {}
         for group in (g for g in config.groups if g.is_candidates):
-            counts_ref, values = None, []
+            counts_ref, contents = None, []
             for feature in group.features:
                 try:
                     counts, content = jagged_parts(column(feature))
@@ -146,19 +163,16 @@ class JetTupleProcessor(processor.ProcessorABC):
                     rows = np.repeat(np.arange(n), counts)
                     local = np.arange(len(content)) - np.repeat(np.cumsum(counts) - counts,
                                                                 counts)
-                    kept = np.flatnonzero(local < group.length)
-                    rows, local = rows[kept], local[kept]
                 elif not np.array_equal(counts, counts_ref):
                     raise ColumnError(
                         f"{filename}: branch '{feature}' of group '{group.name}' has other "
                         f"candidate counts than '{group.features[0]}'; all features of a "
                         "candidate group must share one counter")
-                content = content[kept].astype(np.float32, copy=False)
-                finite = np.isfinite(content)
-                if not finite.all():
-                    bad[rows[~finite]] = True
-                values.append(content)
-            candidates[group.name] = (rows, local, values)
+                if not np.isfinite(content).all():  # rare: find the jets (stored part only)
+                    stored = local < group.length
+                    bad[rows[stored & ~np.isfinite(content)]] = True
+                contents.append(content)
+            candidates[group.name] = (rows, local, contents)
         n_bad = int((mask & bad).sum())
         mask &= ~bad
 
@@ -172,21 +186,23 @@ class JetTupleProcessor(processor.ProcessorABC):
         position = np.full(n, -1, dtype=np.int64)
         position[selected] = np.arange(m)
 
-        matrix = np.zeros((m, layout.n_columns), dtype=np.float32)
-        flat = matrix.reshape(-1)
-        n_cols = layout.n_columns
+        matrix = _zeroed_buffer(m, layout.n_columns)
         for group in config.groups:
-            start = layout.slice(group.name).start
+            block = matrix[:, layout.slice(group.name)]
             if not group.is_candidates:
                 for j, feature in enumerate(group.features):
-                    matrix[:, start + j] = scalars[feature][selected]
+                    block[:, j] = scalars[feature][selected]
                 continue
-            rows, local, values = candidates[group.name]
+            rows, local, contents = candidates[group.name]
             target = position[rows]
-            use = np.flatnonzero(target >= 0)
-            base = target[use] * n_cols + start + local[use] * len(group.features)
-            for j, content in enumerate(values):
-                flat[base + j] = content[use]
+            take = np.flatnonzero((target >= 0) & (local < group.length))
+            # fill feature-major (sequential writes), then transpose into the row block
+            dense = np.zeros((len(contents), m * group.length), dtype=np.float32)
+            slot = target[take] * group.length + local[take]
+            for j, content in enumerate(contents):
+                dense[j, slot] = content[take]
+            block.reshape(m, group.length, len(contents))[...] = \
+                dense.reshape(len(contents), m, group.length).transpose(1, 2, 0)
         for feature in config.observers:
             matrix[:, layout.column(feature)] = scalars[feature][selected]
         matrix[:, layout.process_column] = self.process_index[meta["dataset"]]

@@ -1,0 +1,314 @@
+"""Tests of the built-in Pythia8 + toy-detector sample generator (utils.generation)."""
+
+from __future__ import annotations
+
+import math
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from utils.generation import BRANCHES, TREE_NAME, generate_file
+from utils.generation.generator import ParticleBatch
+from utils.generation.truth import (
+    B_LABELS,
+    C_LABELS,
+    LABELS,
+    LIGHT_LABELS,
+    decay_chain_origin,
+    find_truth,
+    jet_labels,
+)
+from utils.generation.validation import main as validation_main
+from utils.generation.validation import plot_validation
+
+TT_EVENTS, QCD_EVENTS = 600, 300
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """One TT and one QCD file with their returned statistics and progress calls."""
+    directory = tmp_path_factory.mktemp("generation")
+    out = {}
+    for process, n_events, seed in (("TT", TT_EVENTS, 11), ("QCD", QCD_EVENTS, 12)):
+        calls: list[int] = []
+        path = directory / f"{process}.root"
+        stats = generate_file(path, process=process, n_events=n_events, seed=seed,
+                              pthat_min=30.0, progress=calls.append)
+        arrays = uproot.open(path)[TREE_NAME].arrays()
+        out[process] = {"path": path, "stats": stats, "calls": calls, "arrays": arrays}
+    return out
+
+
+def _flag(arrays: ak.Array, labels: tuple[str, ...]) -> np.ndarray:
+    return np.sum([ak.to_numpy(arrays[label]) for label in labels], axis=0) > 0
+
+
+def _generate(path, seed: int) -> ak.Array:
+    generate_file(path, process="TT", n_events=40, seed=seed)
+    return uproot.open(path)[TREE_NAME].arrays()
+
+
+# --- file format -------------------------------------------------------------------------
+
+def test_tree_is_ttree_with_documented_branches(samples):
+    tree = uproot.open(samples["TT"]["path"])[TREE_NAME]
+    assert tree.classname == "TTree"
+    assert set(tree.keys()) == set(BRANCHES)
+    assert list(tree.keys()).count("nsv") == 1
+    typenames = {name: tree[name].typename for name in ("event", "isB", "jet_pt", "nCpfcan",
+                                                         "Cpfcan_pt", "sv_mass")}
+    assert typenames == {"event": "int64_t", "isB": "int32_t", "jet_pt": "float",
+                         "nCpfcan": "int32_t", "Cpfcan_pt": "float[]", "sv_mass": "float[]"}
+
+
+def test_stats_and_progress(samples):
+    for process, n_events in (("TT", TT_EVENTS), ("QCD", QCD_EVENTS)):
+        sample = samples[process]
+        stats, arrays = sample["stats"], sample["arrays"]
+        assert sum(sample["calls"]) == n_events and len(sample["calls"]) > 1
+        assert stats["n_events"] == n_events
+        assert stats["n_jets"] == len(arrays) > n_events
+        assert stats["labels"] == {label: int(ak.sum(arrays[label])) for label in LABELS}
+        assert stats["seconds"] > 0
+        event = ak.to_numpy(arrays["event"])
+        assert np.all(np.diff(event) >= 0) and event.min() >= 0 and event.max() < n_events
+
+
+def test_counters_match_jagged_lengths(samples):
+    for sample in samples.values():
+        a = sample["arrays"]
+        for group, counter, float_counter in (("Cpfcan", "nCpfcan", "n_Cpfcand"),
+                                              ("Npfcan", "nNpfcan", "n_Npfcand"),
+                                              ("sv", "nsv", None)):
+            for name in BRANCHES:
+                if name.startswith(group + "_"):
+                    assert ak.all(ak.num(a[name]) == a[counter]), name
+            if float_counter:
+                assert ak.all(a[float_counter] == a[counter])
+
+
+def test_no_nan_or_inf(samples):
+    for sample in samples.values():
+        for name in sample["arrays"].fields:
+            values = ak.to_numpy(ak.flatten(sample["arrays"][name], axis=None))
+            assert np.all(np.isfinite(values)), name
+
+
+# --- truth labels ----------------------------------------------------------------------------
+
+def test_every_jet_has_exactly_one_label(samples):
+    for sample in samples.values():
+        a = sample["arrays"]
+        total = np.sum([ak.to_numpy(a[label]) for label in LABELS], axis=0)
+        assert np.all(total == 1)
+        hadron = ak.to_numpy(a["jet_hadronFlavour"])
+        assert np.array_equal(hadron == 5, _flag(a, B_LABELS))
+        assert np.array_equal(hadron == 4, _flag(a, C_LABELS))
+        assert np.array_equal(hadron == 0, _flag(a, LIGHT_LABELS))
+
+
+def test_flavour_fractions(samples):
+    tt, qcd = samples["TT"]["arrays"], samples["QCD"]["arrays"]
+    assert 0.2 < _flag(tt, B_LABELS).mean() < 0.5
+    assert 0.05 < _flag(tt, C_LABELS).mean() < 0.25
+    assert _flag(qcd, B_LABELS).mean() < 0.1
+    assert ak.sum(tt["isLeptonicB"]) > 0 and ak.sum(tt["isLeptonicB_C"]) > 0
+    assert ak.sum(qcd["isG"]) > ak.sum(qcd["isUD"])  # gluon jets dominate inclusive QCD
+
+
+def test_b_jets_look_like_b_jets(samples):
+    a = samples["TT"]["arrays"]
+    leading = ak.to_numpy(ak.fill_none(ak.firsts(a["Cpfcan_BtagPf_trackSip2dSig"]), np.nan))
+    has_sv = ak.to_numpy(a["nsv"]) > 0
+    median, sv_rate = {}, {}
+    for name, labels in (("b", B_LABELS), ("c", C_LABELS), ("light", LIGHT_LABELS)):
+        mask = _flag(a, labels)
+        median[name] = np.nanmedian(leading[mask])
+        sv_rate[name] = has_sv[mask].mean()
+    assert median["b"] > median["c"] > median["light"]
+    assert sv_rate["b"] > sv_rate["c"] > sv_rate["light"]
+    assert median["b"] > 5 and sv_rate["b"] > 0.5 and sv_rate["light"] < 0.05
+
+
+def _record(rows: list[tuple], px: dict[int, float] | None = None,
+            vertex: dict[int, float] | None = None) -> ParticleBatch:
+    """A one-event ParticleBatch from (pid, status, mother1, mother2, daughter1, daughter2)."""
+    columns = np.array(rows, dtype=np.int64).T
+    n = len(rows)
+    momentum_x = np.ones(n)
+    vertex_x = np.zeros(n)
+    for row, value in (px or {}).items():
+        momentum_x[row] = value
+    for row, value in (vertex or {}).items():
+        vertex_x[row] = value
+    zeros = np.zeros(n)
+    return ParticleBatch(
+        n_events=1, offsets=np.array([0, n]), event=np.zeros(n, dtype=np.int64),
+        pid=columns[0], status=columns[1], mother1=columns[2], mother2=columns[3],
+        daughter1=columns[4], daughter2=columns[5], px=momentum_x, py=zeros, pz=zeros,
+        e=momentum_x, vx=vertex_x, vy=zeros, vz=zeros, charge=zeros)
+
+
+def _heavy_flavour_event(hard_process_b: bool) -> ParticleBatch:
+    """g -> b bbar; B0bar -> D+ e nu (D+ -> K mu nu), B+ -> D0bar pi (D0bar -> K e nu)."""
+    second_mother = 16 if hard_process_b else 0  # b with two mothers: not a g -> bb splitting
+    rows = [
+        (90, -11, 0, 0, 0, 0),  # 0 system
+        (21, -51, 0, 0, 2, 3),  # 1 gluon splitting into b bbar
+        (5, -51, 1, second_mother, 4, 4),  # 2 b
+        (-5, -51, 1, 0, 5, 5),  # 3 bbar
+        (5, -71, 2, 2, 6, 6),  # 4 b entering hadronisation
+        (-5, -71, 3, 3, 7, 7),  # 5 bbar entering hadronisation
+        (-511, -83, 4, 0, 8, 9),  # 6 B0bar (contains b)
+        (521, -83, 5, 0, 10, 11),  # 7 B+ (contains bbar)
+        (411, -91, 6, 0, 12, 13),  # 8 D+
+        (11, 91, 6, 0, 0, 0),  # 9 e- from the B0bar
+        (-421, -91, 7, 0, 14, 15),  # 10 D0bar
+        (211, 91, 7, 0, 0, 0),  # 11 pi+ from the B+
+        (-321, 91, 8, 0, 0, 0),  # 12 K- from the D+
+        (-13, 91, 8, 0, 0, 0),  # 13 mu+ from the D+
+        (321, 91, 10, 0, 0, 0),  # 14 K+ from the D0bar
+        (11, 91, 10, 0, 0, 0),  # 15 e- from the D0bar
+        (3, -71, 0, 0, 18, 18),  # 16 s quark entering hadronisation
+        (21, -71, 0, 0, 18, 18),  # 17 gluon entering hadronisation
+        (111, 83, 16, 17, 0, 0),  # 18 prompt pi0
+    ]
+    return _record(rows, px={16: 5.0, 17: 10.0},
+                   vertex={8: 1.0, 9: 1.0, 10: 1.5, 11: 1.5, 12: 3.0, 13: 3.0, 14: 4.0, 15: 4.0})
+
+
+@pytest.mark.parametrize("hard_process_b", [False, True])
+def test_truth_labels_on_a_hand_made_event(hard_process_b):
+    batch = _heavy_flavour_event(hard_process_b)
+    truth = find_truth(batch)
+    assert truth.b_hadrons.tolist() == [6, 7]
+    assert truth.c_hadrons.tolist() == [8, 10]
+    assert set(truth.partons.tolist()) == {4, 5, 16, 17}
+    assert truth.semileptonic[6] == 1 and truth.semileptonic[7] == 2
+    assert decay_chain_origin(batch, np.array([12, 11, 9, 18])).tolist() == [6, 7, 6, -1]
+
+    jets_and_rows = {  # jet -> ghosts
+        "b": ([0, 0, 1, 2], [6, 7, 6, 7]),
+        "c": ([0, 0, 3, 3, 8], [8, 10, 8, 10, 8]),
+        "parton": ([4, 6, 6, 7], [4, 16, 17, 16]),
+    }
+    ghosts = {k: (np.array(j), np.array(r)) for k, (j, r) in jets_and_rows.items()}
+    labels = jet_labels(9, batch, truth, ghosts)
+    expected = ["isBB" if hard_process_b else "isGBB", "isLeptonicB", "isLeptonicB_C", "isCC",
+                "isUD", "isUD", "isG", "isS", "isC"]
+    assert [next(k for k in LABELS if labels[k][jet]) for jet in range(9)] == expected
+    assert labels["jet_hadronFlavour"].tolist() == [5, 5, 5, 4, 0, 0, 0, 0, 4]
+    assert labels["jet_partonFlavour"].tolist() == [0, 0, 0, 0, 5, 0, 21, 3, 0]
+
+
+# --- detector conventions --------------------------------------------------------------------
+
+def test_candidates_are_sorted_like_cms(samples):
+    a = samples["TT"]["arrays"]
+    for name in ("Cpfcan_BtagPf_trackSip2dSig", "Npfcan_ptrel", "sv_d3dsig"):
+        values = a[name]
+        assert ak.all(values[:, 1:] <= values[:, :-1]), name
+
+
+def test_detector_conventions(samples):
+    a = samples["TT"]["arrays"]
+    flat = {name: ak.to_numpy(ak.flatten(a[name], axis=None)) for name in a.fields}
+    assert np.all(flat["npv"] == 1) and np.all(flat["Cpfcan_puppiw"] == 1)
+    assert np.all(flat["Cpfcan_pt"] >= 1.0) and np.all(np.abs(flat["Cpfcan_eta"]) < 2.5)
+    assert np.all(flat["Cpfcan_BtagPf_trackJetDistVal"] <= 0)
+    assert np.all(flat["Cpfcan_drminsv"] <= 0.4) and np.all(flat["Npfcan_drminsv"] <= 0.4)
+    assert set(np.unique(flat["Cpfcan_VTX_ass"])) <= {5.0, 7.0}
+    assert np.all(flat["Npfcan_isGamma"] + flat["Npfcan_HadFrac"] == 1)
+    assert np.all((flat["sv_deltaR"] >= -0.5) & (flat["sv_deltaR"] < -0.1))
+    assert np.all(flat["sv_ntracks"] >= 2) and np.all(flat["sv_dxysig"] > 3)
+    assert np.all(flat["sv_costhetasvpv"] <= 1) and np.all(flat["sv_mass"] < 6.5)
+    assert np.all((flat["jet_pt"] > 15) & (np.abs(flat["jet_eta"]) < 2.5))
+    category = np.where(ak.to_numpy(a["nsv"]) > 0, 0, 2)
+    assert np.array_equal(ak.to_numpy(a["TagVarCSV_vertexCategory"]), category)
+    no_charm = flat["TagVarCSV_trackSip2dValAboveCharm"] == -1
+    assert 0 < no_charm.mean() < 1
+    assert np.all(flat["TagVarCSV_trackSip3dSigAboveCharm"][no_charm] == -1)
+    assert np.all(flat["TagVarCSV_jetNSelectedTracks"] <= ak.to_numpy(a["n_Cpfcand"]))
+
+
+def test_signed_impact_parameters_favour_positive_values_in_b_jets(samples):
+    a = samples["TT"]["arrays"]
+    b_jets = a[_flag(a, B_LABELS)]
+    light = a[_flag(a, LIGHT_LABELS)]
+    sig_b = ak.to_numpy(ak.flatten(b_jets["Cpfcan_BtagPf_trackSip3dSig"]))
+    sig_light = ak.to_numpy(ak.flatten(light["Cpfcan_BtagPf_trackSip3dSig"]))
+    assert (sig_b > 3).mean() > 5 * (sig_b < -3).mean()
+    assert abs((sig_light > 0).mean() - 0.5) < 0.05  # prompt tracks: symmetric resolution
+
+
+# --- reproducibility and errors ------------------------------------------------------------
+
+def test_same_seed_is_bit_identical_and_different_seed_differs(tmp_path):
+    first = _generate(tmp_path / "a.root", seed=5)
+    again = _generate(tmp_path / "b.root", seed=5)
+    other = _generate(tmp_path / "c.root", seed=6)
+    assert first.fields == again.fields
+    for name in first.fields:
+        assert ak.all(first[name] == again[name], axis=None), name
+    assert len(first) != len(other) or not ak.all(first["jet_pt"] == other["jet_pt"])
+
+
+@pytest.mark.parametrize(("kwargs", "parameter"), [
+    ({"process": "WW"}, "process"),
+    ({"n_events": 0}, "n_events"),
+    ({"n_events": 2.5}, "n_events"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 900_000_000}, "seed"),
+    ({"seed": 1.0}, "seed"),
+    ({"process": "QCD", "pthat_min": 0.0}, "pthat_min"),
+    ({"process": "QCD", "pthat_min": math.nan}, "pthat_min"),
+])
+def test_bad_parameters_raise(tmp_path, kwargs, parameter):
+    with pytest.raises(ValueError, match=parameter):
+        generate_file(tmp_path / "bad.root", **{"n_events": 10, **kwargs})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_without_jets_is_a_valid_empty_tree(tmp_path):
+    for seed in range(1, 30):  # soft QCD events often have no jet above 15 GeV
+        path = tmp_path / f"qcd_{seed}.root"
+        if generate_file(path, process="QCD", n_events=1, seed=seed,
+                         pthat_min=5.0)["n_jets"] == 0:
+            break
+    else:
+        pytest.fail("no QCD event without jets found")
+    tree = uproot.open(path)[TREE_NAME]
+    assert tree.classname == "TTree" and tree.num_entries == 0
+    assert set(tree.keys()) == set(BRANCHES)
+
+
+def test_pthat_min_is_ignored_for_ttbar(tmp_path):
+    stats = generate_file(tmp_path / "tt.root", process="TT", n_events=1, seed=3,
+                          pthat_min=-1.0)
+    assert stats["n_events"] == 1
+
+
+def test_failed_generation_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "sample.root"
+    path.write_bytes(b"previous content")
+
+    def interrupt(n_new: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_file(path, process="TT", n_events=150, seed=2, progress=interrupt)
+    assert path.read_bytes() == b"previous content"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+# --- validation plots ------------------------------------------------------------------------
+
+def test_validation_plots(samples, tmp_path, capsys):
+    files = [samples["TT"]["path"], samples["QCD"]["path"]]
+    written = plot_validation(files, tmp_path / "plots")
+    assert {p.suffix for p in written} == {".png", ".pdf"} and len(written) == 6
+    assert all(p.stat().st_size > 1000 for p in written)
+    validation_main([str(files[0]), "--out", str(tmp_path / "cli")])
+    assert len(capsys.readouterr().out.split()) == 6

@@ -1,0 +1,126 @@
+"""Pythia8 set-up and extraction of flat particle arrays from batches of events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import awkward as ak
+import numpy as np
+import pythia8mc
+
+from .kinematics import offsets_from_counts
+
+PROCESSES = ("TT", "QCD")
+SEED_MAX = 899_999_999  # Pythia seeds are 1..900000000; the user seed s is used as s + 1
+
+COMMON_SETTINGS = (
+    "Beams:idA = 2212",
+    "Beams:idB = 2212",
+    "Beams:eCM = 13600.",
+    # CMS convention: particles with c*tau0 > 10 mm (K0S, Lambda, Sigma, Xi, Omega, pi+-, K+-)
+    # are stable; B and C hadrons and tau leptons decay with displaced vertices.
+    "ParticleDecays:limitTau0 = on",
+    "ParticleDecays:tau0Max = 10.",
+    # underlying event off: speed (x4), see docs/detector_model.md
+    "PartonLevel:MPI = off",
+    "Print:quiet = on",
+    "Next:numberCount = 0",
+    "Random:setSeed = on",
+)
+PROCESS_SETTINGS = {
+    "TT": ("Top:gg2ttbar = on", "Top:qqbar2ttbar = on"),
+    "QCD": ("HardQCD:all = on",),
+}
+
+
+@dataclass(frozen=True)
+class ParticleBatch:
+    """Flat particle record of a batch of events.
+
+    Row ``i`` is a particle; every index (mother/daughter) is a *global* row of the batch.
+    Pythia's index 0 of each event (the "system" entry, id 90) is kept, so a mother or
+    daughter index of 0 points to that event's system row, which is neither a hadron nor a
+    parton. Momenta in GeV, production vertices in mm.
+    """
+
+    n_events: int
+    offsets: np.ndarray  # first row of each event, length n_events + 1
+    event: np.ndarray  # event of each row (0..n_events-1)
+    pid: np.ndarray
+    status: np.ndarray
+    mother1: np.ndarray
+    mother2: np.ndarray
+    daughter1: np.ndarray
+    daughter2: np.ndarray
+    px: np.ndarray
+    py: np.ndarray
+    pz: np.ndarray
+    e: np.ndarray
+    vx: np.ndarray
+    vy: np.ndarray
+    vz: np.ndarray
+    charge: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pid)
+
+
+class EventGenerator:
+    """A configured Pythia8 instance delivering :class:`ParticleBatch` objects."""
+
+    def __init__(self, process: str, seed: int, pthat_min: float) -> None:
+        """Configure Pythia for ``process``; ``pthat_min`` (GeV) is used for QCD only."""
+        self._pythia = pythia8mc.Pythia("", False)
+        settings = [*COMMON_SETTINGS, f"Random:seed = {seed + 1}", *PROCESS_SETTINGS[process]]
+        if process == "QCD":
+            settings.append(f"PhaseSpace:pTHatMin = {float(pthat_min)!r}")
+        for line in settings:
+            if not self._pythia.readString(line):
+                raise RuntimeError(f"Pythia rejected the setting {line!r}")
+        if not self._pythia.init():
+            raise RuntimeError("Pythia initialisation failed")
+        self._charge_ids = np.zeros(0, dtype=np.int64)
+        self._charge_values = np.zeros(0, dtype=np.float64)
+
+    def next_batch(self, n_events: int) -> ParticleBatch:
+        """Generate ``n_events`` events (failed events are retried by Pythia)."""
+        prt = self._pythia.nextBatch(n_events, "skip")["prt"]
+        counts = ak.to_numpy(ak.num(prt)).astype(np.int64)
+        offsets = offsets_from_counts(counts)
+        event = np.repeat(np.arange(len(counts)), counts)
+        start = offsets[:-1][event]
+        flat = ak.flatten(prt)
+
+        def index(field: str) -> np.ndarray:
+            return ak.to_numpy(flat[field]).astype(np.int64) + start
+
+        def number(array: ak.Array) -> np.ndarray:
+            return ak.to_numpy(ak.fill_none(array, 0.0)).astype(np.float64)
+
+        pid = ak.to_numpy(flat["id"]).astype(np.int64)
+        status = ak.to_numpy(flat["status"]).astype(np.int64)
+        return ParticleBatch(
+            n_events=len(counts), offsets=offsets, event=event, pid=pid, status=status,
+            mother1=index("mother1"), mother2=index("mother2"),
+            daughter1=index("daughter1"), daughter2=index("daughter2"),
+            px=number(flat["p", "px"]), py=number(flat["p", "py"]),
+            pz=number(flat["p", "pz"]), e=number(flat["p", "e"]),
+            vx=number(flat["vProd", "px"]), vy=number(flat["vProd", "py"]),
+            vz=number(flat["vProd", "pz"]),
+            charge=self._charges(pid, status > 0),
+        )
+
+    def _charges(self, pid: np.ndarray, needed: np.ndarray) -> np.ndarray:
+        """Electric charge of the ``needed`` particles from Pythia's particle data (0 else)."""
+        wanted = np.unique(pid[needed])
+        new = np.setdiff1d(wanted, self._charge_ids, assume_unique=True)
+        if len(new):
+            data = self._pythia.particleData
+            ids = np.concatenate([self._charge_ids, new])
+            values = np.concatenate([self._charge_values, [data.charge(int(i)) for i in new]])
+            order = np.argsort(ids)
+            self._charge_ids, self._charge_values = ids[order], values[order]
+        charge = np.zeros(len(pid))
+        position = np.searchsorted(self._charge_ids, pid[needed])
+        charge[needed] = self._charge_values[position]
+        return charge

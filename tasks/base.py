@@ -36,15 +36,6 @@ class BaseTask(law.Task):
     that differs from the stored one is an error.
     """
 
-    config = luigi.Parameter(
-        description="configuration module in config/ (e.g. offline_run3, hlt_run3, demo) "
-        "or the path of a config .py file",
-    )
-    debug = luigi.BoolParameter(
-        default=False,
-        description="debug mode: one input file per process and only a few chunks; outputs "
-        "go to a separate 'debug' directory",
-    )
     seed = luigi.OptionalIntParameter(
         default=None,
         description="random seed of this step (shuffling, sampling, initialisation); default: "
@@ -57,19 +48,13 @@ class BaseTask(law.Task):
     exclude_from_consistency: ClassVar[frozenset[str]] = frozenset()
 
     def store_parts(self) -> tuple[str, ...]:
-        parts = (self.__class__.__name__, Path(self.config).stem)
-        return parts + (("debug",) if self.debug else ())
+        return (self.__class__.__name__,)
 
     def local_path(self, *names: str) -> Path:
         return data_path().joinpath(*self.store_parts(), *names)
 
     def local_target(self, name: str) -> law.LocalFileTarget:
         return law.LocalFileTarget(str(self.local_path(name)))
-
-    def load_config(self) -> Any:
-        from utils.config import load_config
-
-        return load_config(self.config)
 
     # -- parameter bookkeeping ------------------------------------------------------------
     def parameters_target(self) -> law.LocalFileTarget:
@@ -97,7 +82,9 @@ class BaseTask(law.Task):
         """Serialised (resolved) values of the significant parameters of this task."""
         values = {}
         for name, param in self.get_params():
-            if param.significant and name not in self.exclude_from_consistency:
+            owner = next(c for c in type(self).__mro__ if name in vars(c))
+            if (param.significant and name not in self.exclude_from_consistency
+                    and owner.__module__.split(".")[0] in ("tasks", "workflows")):
                 values[name] = param.serialize(self.resolved(name))
         return values
 
@@ -138,7 +125,30 @@ class BaseTask(law.Task):
         write_json(directory / PARAMETERS_FILE, self.parameters_record())
 
 
-class DatasetDependency(BaseTask):
+class ConfigTask(BaseTask):
+    """A task working with a configuration: outputs go to ``<TaskClass>/<config>[/debug]``."""
+
+    config = luigi.Parameter(
+        description="configuration module in config/ (e.g. offline_run3, hlt_run3, demo) "
+        "or the path of a config .py file",
+    )
+    debug = luigi.BoolParameter(
+        default=False,
+        description="debug mode: one input file per process and only a few chunks; outputs "
+        "go to a separate 'debug' directory",
+    )
+
+    def store_parts(self) -> tuple[str, ...]:
+        parts = super().store_parts() + (Path(self.config).stem,)
+        return parts + (("debug",) if self.debug else ())
+
+    def load_config(self) -> Any:
+        from utils.config import load_config
+
+        return load_config(self.config)
+
+
+class DatasetDependency(ConfigTask):
     """Parameters that select an exported dataset."""
 
     dataset_version = luigi.Parameter(

@@ -9,6 +9,7 @@ import law
 import luigi
 
 from tasks.base import DatasetDependency
+from tasks.generation import GenerateSamplesTask
 
 
 class DatasetConstructorTask(DatasetDependency):
@@ -42,6 +43,28 @@ class DatasetConstructorTask(DatasetDependency):
     # the shuffling seed of a dataset is its own; a training's --seed is not forwarded
     exclude_params_req_get = {"seed"}
 
+    sample_version = luigi.Parameter(
+        default="v1",
+        description="config with built-in samples and no --filelist: version of the generated "
+        "sample (GenerateSamplesTask); default: v1",
+    )
+
+    def requires(self) -> dict[str, Any]:
+        """Generated samples when the config defines them and no --filelist is given."""
+        if self.filelist:
+            return {}
+        samples = self.load_config().generated_samples or {}
+        requirements = {}
+        for process, settings in samples.items():
+            kwargs = {k: settings[k] for k in ("n_files", "events_per_file", "pthat_min")
+                      if k in settings}
+            if self.debug:
+                kwargs["n_files"] = 1
+            requirements[process] = GenerateSamplesTask.req(
+                self, process=process, sample_version=self.sample_version,
+                _prefer_cli={"n_files", "events_per_file", "pthat_min"}, **kwargs)
+        return requirements
+
     def parameters_record(self) -> dict[str, Any]:
         record = super().parameters_record()
         record["config_fingerprint"] = self.load_config().fingerprint()
@@ -68,6 +91,9 @@ class DatasetConstructorTask(DatasetDependency):
     def input_files(self) -> list[str]:
         from utils.dataset.inputs import read_filelist
 
+        if not self.filelist and self.input():
+            return [target.path for sample in self.input().values()
+                    for _, target in sorted(sample["collection"].targets.items())]
         if not self.filelist:
             raise ValueError(
                 f"DatasetConstructorTask for config '{self.config}' needs --filelist (a text "

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 STORAGE_DTYPES = ("float32", "float16")
+# settings a config may give per process for built-in (Pythia8) samples
+GENERATOR_SETTINGS = ("n_files", "events_per_file", "pthat_min")
 
 
 class ConfigError(ValueError):
@@ -79,12 +81,17 @@ class Derived:
 
 @dataclass(frozen=True)
 class FeatureGroup:
-    """An input group: per-jet scalars (``length=None``) or candidates padded to ``length``."""
+    """An input group: per-jet scalars (``length=None``) or candidates padded to ``length``.
+
+    ``four_vector`` optionally names the features holding each candidate's (pt, eta, phi,
+    energy); models that need momenta (ParticleTransformer, ParticleNet) look them up there.
+    """
 
     name: str
     branches: tuple[str, ...]
     length: int | None = None
     derived: tuple[Derived, ...] = ()
+    four_vector: tuple[str, str, str, str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "branches", tuple(self.branches))
@@ -105,6 +112,12 @@ class FeatureGroup:
         dupes = sorted({f for f in self.features if self.features.count(f) > 1})
         if dupes:
             _fail(f"{key}.branches", f"duplicate features {dupes}")
+        if self.four_vector is not None:
+            object.__setattr__(self, "four_vector", tuple(self.four_vector))
+            unknown = [f for f in self.four_vector if f not in self.features]
+            if len(self.four_vector) != 4 or unknown:
+                _fail(f"{key}.four_vector", "must name the (pt, eta, phi, energy) features of "
+                      f"the group; not features of the group: {unknown}")
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -192,6 +205,7 @@ class Config:
     observers: tuple[str, ...] = ()
     processor: str = "jet_tuple"
     storage_dtype: str = "float32"
+    generated_samples: Mapping[str, Mapping[str, float]] | None = None
     name: str = ""
     description: str = ""
 
@@ -281,6 +295,21 @@ class Config:
             _fail("storage_dtype", f"must be one of {STORAGE_DTYPES}, got {self.storage_dtype!r}")
         if not isinstance(self.processor, str) or not self.processor:
             _fail("processor", "must be the name of a registered processor")
+        if self.generated_samples is not None:
+            if not isinstance(self.generated_samples, Mapping) or not self.generated_samples:
+                _fail("generated_samples", "must map process names to generator settings")
+            for process, settings in self.generated_samples.items():
+                if process not in self.process_names:
+                    _fail("generated_samples", f"{process!r} is not one of the processes "
+                          f"{list(self.process_names)}")
+                unknown = set(settings) - set(GENERATOR_SETTINGS)
+                if unknown:
+                    _fail(f"generated_samples.{process}", f"unknown settings {sorted(unknown)}; "
+                          f"valid are {list(GENERATOR_SETTINGS)}")
+                for key, value in settings.items():
+                    if not _is_number(value) or value <= 0:
+                        _fail(f"generated_samples.{process}.{key}",
+                              f"must be a positive number, got {value!r}")
 
     # -- convenience ------------------------------------------------------------------------
     def replace(self, **changes: Any) -> Config:
@@ -351,8 +380,8 @@ class Config:
             "tree_name": self.tree_name,
             "pt_bins": self.pt_bins, "eta_bins": self.eta_bins,
             "pt_key": self.pt_key, "eta_key": self.eta_key,
-            "groups": [(g.name, g.length, g.branches, [describe(d) for d in g.derived])
-                       for g in self.groups],
+            "groups": [(g.name, g.length, g.branches, [describe(d) for d in g.derived],
+                        g.four_vector) for g in self.groups],
             "truths": [describe(t) for t in self.truths],
             "processes": [(p.name, p.pattern) for p in self.processes],
             "selection": describe(self.selection),

@@ -70,3 +70,24 @@ def run_law(law_env, tmp_path):
 
     run.data_path = data
     return run
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory):
+    """A small exported demo dataset (Pythia8 TT + QCD, chunk size 800 -> several files).
+
+    Returns ``(config, dataset_dir)``; config ``demo_part`` so every model finds its inputs.
+    """
+    from utils.dataset.export import export_dataset
+    from utils.generation import generate_file
+
+    config = load_config("demo_part")
+    directory = tmp_path_factory.mktemp("demo")
+    files = [directory / "TT_0.root", directory / "QCD_0.root"]
+    generate_file(files[0], process="TT", n_events=500, seed=11)
+    generate_file(files[1], process="QCD", n_events=1500, seed=12)
+    out = directory / "dataset"
+    out.mkdir()
+    export_dataset(config, [str(f) for f in files], out, out, chunk_size=800, seed=3,
+                   executor="iterative")
+    return config, out

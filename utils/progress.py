@@ -17,6 +17,8 @@ from rich.progress import (
 )
 
 console = Console(highlight=False, soft_wrap=True)
+if not console.is_terminal:  # log files and CI: wide enough for a bar with its fields
+    console.width = 140
 
 
 class Bar:

@@ -15,6 +15,7 @@ Legacy files of the original b-hive (no magic) hold one lz4 frame with the float
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import zlib
@@ -93,15 +94,25 @@ def read_header(path: str | Path) -> tuple[tuple[int, int], ColumnLayout]:
 
 
 def read_chunk(path: str | Path) -> tuple[np.ndarray, ColumnLayout]:
-    """Decompress a chunk; return a read-only (rows x columns) array and its layout."""
+    """Decompress a chunk; return a read-only (rows x columns) array and its layout.
+
+    The compressed body is memory-mapped and decompressed in one call (no copy of the file).
+    """
     path = Path(path)
     with open(path, "rb") as f:
         header = _read_header(path, f)
-        body = f.read()
+        offset = f.tell()
+        try:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError as exc:  # empty file
+            raise ChunkFormatError(f"{path}: truncated chunk (no data)") from exc
     try:
-        data = lz4.frame.decompress(body)
+        with memoryview(mapped) as view:
+            data = lz4.frame.decompress(view[offset:])
     except RuntimeError as exc:
         raise ChunkFormatError(f"{path}: corrupt or truncated LZ4 data ({exc})") from exc
+    finally:
+        mapped.close()
     rows, cols = header["shape"]
     dtype = np.dtype(header["dtype"])
     if len(data) != rows * cols * dtype.itemsize:

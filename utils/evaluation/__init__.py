@@ -1,0 +1,1 @@
+"""Evaluation: discriminants (defined once, as data), ROC curves, working points."""

@@ -1,0 +1,1 @@
+"""Figures (matplotlib + mplhep) and terminal plots."""

@@ -1,0 +1,307 @@
+"""Loading exported LZ4 chunks as batches for PyTorch.
+
+:class:`ChunkDataset` is an ``IterableDataset`` that yields whole batches. Per chunk it
+decompresses the file once, draws a row permutation, applies rejection sampling with the
+stored per-jet weights (re-drawn every epoch, seeded by (seed, epoch, worker)) and gathers
+each batch group by group straight from the decompressed array. Loader workers (threads of
+:class:`ThreadLoader`, or torch DataLoader processes) read disjoint shards; leftovers are
+carried across chunks so training batches are full.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from utils.dataset.chunk_format import read_chunk, read_header
+from utils.dataset.layout import ColumnLayout
+
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class DataError(ValueError):
+    """The dataset cannot provide what was asked (no files, no jets of a class, ...)."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``[start, stop)`` of one chunk file (``stop=None``: to the end)."""
+
+    path: Path
+    start: int = 0
+    stop: int | None = None
+    rows: int = 0
+    sum_weight: float = 0.0
+
+
+@dataclass
+class Split:
+    train: list[Shard]
+    validation: list[Shard]
+    warning: str = ""
+
+
+def dataset_shards(dataset_dir: str | Path, files: Sequence[Path]) -> list[Shard]:
+    """One shard per chunk file with its rows and weight sum from ``weights.json``."""
+    meta_path = Path(dataset_dir) / "weights.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    by_name = {name: (rows, w) for name, rows, w in zip(
+        meta.get("files", []), meta.get("rows", []), meta.get("sum_weight", []), strict=True)}
+    shards = []
+    for path in files:
+        rows, weight = by_name.get(Path(path).name, (None, None))
+        if rows is None:
+            rows = read_header(path)[0][0]
+            weight = float(rows)
+        shards.append(Shard(Path(path), 0, None, int(rows), float(weight)))
+    return shards
+
+
+def split_shards(shards: Sequence[Shard], fraction: float = 0.85,
+                 n_train: int | None = None) -> Split:
+    """Split into training and validation by file; a single file is split by rows.
+
+    With >= 2 files validation always gets at least one file. ``n_train`` caps the number
+    of training files.
+    """
+    if not 0 < fraction < 1:
+        raise DataError(f"--train-val-split must be in (0, 1), got {fraction}")
+    if not shards:
+        raise DataError("the dataset has no chunk files: nothing to train on")
+    if len(shards) == 1:
+        s = shards[0]
+        cut = int(round(s.rows * fraction))
+        if cut < 1 or cut >= s.rows:
+            raise DataError(f"{s.path} has {s.rows} jets: too few to split into training "
+                            "and validation")
+        share = s.sum_weight / max(s.rows, 1)
+        warning = (f"only one chunk file ({s.path.name}): training on its first {cut} jets and "
+                   f"validating on the other {s.rows - cut}; use a smaller --chunk-size for a "
+                   "file-level split")
+        return Split([Shard(s.path, 0, cut, cut, share * cut)],
+                     [Shard(s.path, cut, s.rows, s.rows - cut, share * (s.rows - cut))], warning)
+    k = min(len(shards) - 1, max(1, int(round(len(shards) * fraction))))
+    train, validation = list(shards[:k]), list(shards[k:])
+    if n_train is not None and n_train > 0:
+        train = train[:n_train]
+    return Split(train, validation)
+
+
+class ChunkDataset(IterableDataset):
+    """Batches from LZ4 chunk shards (see module doc).
+
+    Yields dicts: ``inputs`` (group name -> tensor), ``target`` (class index), ``weight``,
+    ``process``, ``truth_label`` (truth-label index) and, if ``columns`` are requested,
+    ``columns`` (batch, len(columns)) with those per-jet values (e.g. pT, eta, observers).
+    Training mode permutes and (with ``sampling``) rejection-samples; other modes keep every
+    usable jet in file order.
+    """
+
+    def __init__(self, shards: Sequence[Shard], groups: Sequence[str],
+                 label_to_class: Mapping[str, int], batch_size: int, mode: str = TRAIN,
+                 sampling: bool = True, seed: int = 0, precision: str = "float32",
+                 columns: Sequence[str] = ()) -> None:
+        super().__init__()
+        if not shards:
+            raise DataError(f"no {mode} files")
+        if batch_size < 1:
+            raise DataError(f"--batch-size must be >= 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise DataError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        self.shards = list(shards)
+        self.layout: ColumnLayout = read_header(self.shards[0].path)[1]
+        available = [b.name for b in self.layout.feature_blocks]
+        missing = [g for g in groups if g not in available]
+        if missing:
+            raise DataError(f"{self.shards[0].path}: no input groups {missing}; the dataset has "
+                            f"{available}")
+        self.groups = list(groups)
+        self.batch_size = batch_size
+        self.mode = mode
+        self.sampling = sampling and mode == TRAIN
+        self.seed = seed
+        self.dtype = PRECISIONS[precision]
+        self.epoch = 0
+        try:
+            self.columns = [self.layout.column(name) for name in columns]
+        except KeyError as exc:
+            raise DataError(f"{self.shards[0].path}: {exc.args[0]}") from None
+        labels = self.layout.truth_labels
+        unknown = sorted(set(label_to_class) - set(labels))
+        if unknown:
+            raise DataError(f"classes name truth labels {unknown} that the dataset does not have "
+                            f"(it has {list(labels)})")
+        # truth-label index -> class index (-1: label not used by the model, jet skipped)
+        self.class_of = np.array([label_to_class.get(label, -1) for label in labels])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a new file order, permutation and sampling for this epoch."""
+        self.epoch = epoch
+
+    def expected_jets(self) -> float:
+        """Jets per epoch: sum of weights when sampling, else rows."""
+        if self.sampling:
+            return sum(s.sum_weight for s in self.shards)
+        return float(sum(s.rows for s in self.shards))
+
+    def expected_batches(self) -> int:
+        jets = self.expected_jets()
+        return int(jets // self.batch_size) if self.mode == TRAIN else \
+            math.ceil(jets / self.batch_size)
+
+    def _my_shards(self, worker: int, n_workers: int) -> list[Shard]:
+        shards = list(self.shards)
+        if self.mode == TRAIN:
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(len(shards))
+            shards = [shards[i] for i in order]
+        return shards[worker::n_workers]
+
+    def _select(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Row indices to use from a chunk, in the order they are batched."""
+        labels = np.argmax(rows[:, self.layout.slice("truth")], axis=1)
+        usable = self.class_of[labels] >= 0
+        if self.mode == TRAIN:
+            order = rng.permutation(len(rows))
+            keep = usable[order]
+            if self.sampling:
+                weights = rows[order, self.layout.weight_column].astype(np.float64)
+                keep &= rng.random(len(rows)) < weights
+            return order[keep]
+        return np.flatnonzero(usable)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        if info is None:
+            return self.iterate()
+        return self.iterate(info.id, info.num_workers)
+
+    def iterate(self, worker: int = 0, n_workers: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of the shards owned by ``worker`` of ``n_workers`` (disjoint files)."""
+        rng = np.random.default_rng((self.seed, self.epoch, worker))
+        pending: list[tuple[np.ndarray, np.ndarray]] = []
+        n_pending = 0
+        for shard in self._my_shards(worker, n_workers):
+            rows, _ = read_chunk(shard.path)
+            rows = rows[shard.start:shard.stop]
+            index = self._select(rows, rng)
+            start = 0
+            if n_pending:
+                need = self.batch_size - n_pending
+                pending.append((rows, index[:need]))
+                n_pending += len(index[:need])
+                start = need
+                if n_pending == self.batch_size:
+                    yield self._batch(pending)
+                    pending, n_pending = [], 0
+            for lo in range(start, len(index), self.batch_size):
+                part = index[lo:lo + self.batch_size]
+                if len(part) == self.batch_size:
+                    yield self._batch([(rows, part)])
+                else:
+                    pending, n_pending = [(rows, part)], len(part)
+        if n_pending and self.mode != TRAIN:
+            yield self._batch(pending)
+
+    def _batch(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
+        def gather(columns: slice | int | list[int]) -> np.ndarray:
+            chunks = [rows[np.ix_(index, columns)] if isinstance(columns, list)
+                      else rows[index, columns] for rows, index in parts if len(index)]
+            return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+        inputs = {}
+        for name in self.groups:
+            block = self.layout.block(name)
+            values = gather(self.layout.slice(name))
+            if block.length is not None:
+                values = values.reshape(len(values), block.length, len(block.features))
+            inputs[name] = torch.from_numpy(np.ascontiguousarray(values)).to(self.dtype)
+        labels = np.argmax(gather(self.layout.slice("truth")), axis=1)
+        batch = {
+            "inputs": inputs,
+            "target": torch.from_numpy(self.class_of[labels]),
+            "weight": torch.from_numpy(gather(self.layout.weight_column).astype(np.float32)),
+            "process": torch.from_numpy(gather(self.layout.process_column).astype(np.int64)),
+            "truth_label": torch.from_numpy(labels),
+        }
+        if self.columns:
+            batch["columns"] = torch.from_numpy(gather(self.columns).astype(np.float32))
+        return batch
+
+
+class ThreadLoader:
+    """Iterate a dataset's batches with ``workers`` background threads.
+
+    Each thread owns a disjoint subset of the shards (like DataLoader worker processes) and
+    fills its own bounded queue; batches are taken round-robin from the threads, so the
+    order is deterministic. Threads avoid the inter-process copy of every batch; the heavy
+    work (LZ4 decompression, numpy gathers) releases the GIL.
+    """
+
+    def __init__(self, dataset: ChunkDataset, workers: int = 1, prefetch: int = 4) -> None:
+        self.dataset = dataset
+        self.workers = max(1, min(workers, len(dataset.shards)))
+        self.prefetch = prefetch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        done = object()
+        stop = threading.Event()
+        queues: list[queue.Queue] = [queue.Queue(self.prefetch) for _ in range(self.workers)]
+
+        def produce(worker: int) -> None:
+            try:
+                for batch in self.dataset.iterate(worker, self.workers):
+                    while not stop.is_set():
+                        try:
+                            queues[worker].put(batch, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                queues[worker].put(done)
+            except BaseException as exc:  # hand errors to the consumer
+                queues[worker].put(exc)
+
+        threads = [threading.Thread(target=produce, args=(i,), daemon=True)
+                   for i in range(self.workers)]
+        for thread in threads:
+            thread.start()
+        try:
+            active = list(range(self.workers))
+            while active:
+                for worker in list(active):
+                    item = queues[worker].get()
+                    if item is done:
+                        active.remove(worker)
+                    elif isinstance(item, BaseException):
+                        raise item
+                    else:
+                        yield item
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+
+
+def make_loader(dataset: ChunkDataset, workers: int = 0) -> Iterable[dict[str, torch.Tensor]]:
+    """Batches of ``dataset``: in this thread (``workers=0``) or with loader threads."""
+    if workers <= 0:
+        return dataset.iterate()
+    return ThreadLoader(dataset, workers)
+
+
+def make_dataloader(dataset: ChunkDataset, workers: int) -> DataLoader:
+    """A torch DataLoader with ``workers`` processes reading disjoint shards (alternative to
+    :class:`ThreadLoader`, e.g. for Python-heavy custom datasets)."""
+    return DataLoader(dataset, batch_size=None, num_workers=workers,
+                      pin_memory=torch.cuda.is_available())

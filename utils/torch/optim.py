@@ -1,0 +1,99 @@
+"""Factories for optimisers, learning-rate schedules and loss functions (by name)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+SCHEDULERS = ("none", "epoch_lin_decay", "batch_lin_decay", "batch_cosine_warmup")
+DECAY_FRACTION = 0.3  # the decay schedules act on the last 30 % of the steps
+
+
+class OptimConfigError(ValueError):
+    """An optimiser, scheduler or loss name or value is invalid."""
+
+
+def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,
+                   betas: tuple[float, float] = (0.95, 0.999), eps: float = 1e-6,
+                   weight_decay: float | None = None) -> torch.optim.Optimizer:
+    """Any ``torch.optim`` optimiser by name; options it does not accept are left out."""
+    cls = getattr(torch.optim, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
+        valid = sorted(n for n, c in vars(torch.optim).items()
+                       if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer)
+                       and c is not torch.optim.Optimizer)
+        raise OptimConfigError(f"--optimizer {name!r} is not a torch.optim optimiser; "
+                               f"choose one of {valid}")
+    if lr <= 0:
+        raise OptimConfigError(f"--learning-rate must be > 0, got {lr}")
+    accepted = inspect.signature(cls).parameters
+    options: dict[str, object] = {"lr": lr}
+    for key, value in (("betas", tuple(betas)), ("eps", eps), ("weight_decay", weight_decay)):
+        if key in accepted and value is not None:
+            options[key] = value
+    return cls(params, **options)
+
+
+def schedule_factor(name: str, step: int, total: int, decay_factor: float,
+                    warmup: int = 0) -> float:
+    """Learning-rate multiplier at ``step`` (0-based) of ``total`` steps.
+
+    - ``none``: 1.
+    - ``epoch_lin_decay`` / ``batch_lin_decay``: 1 for the first 70 % of the steps, then
+      multiplied by a constant factor per step so that the last step reaches
+      ``decay_factor`` (the original b-hive's schedule, geometric despite its name).
+    - ``batch_cosine_warmup``: linear warm-up from ``decay_factor`` to 1 over ``warmup``
+      steps, then a half cosine down to ``decay_factor`` at the last step.
+    Steps beyond ``total`` (extended trainings) keep the final value.
+    """
+    if name == "none":
+        return 1.0
+    step = min(step, max(total - 1, 0))
+    if name in ("epoch_lin_decay", "batch_lin_decay"):
+        k = max(1, int(DECAY_FRACTION * total))
+        first = total - k  # steps first .. total-1 decay
+        if step < first:
+            return 1.0
+        return decay_factor ** ((step - first + 1) / k)
+    if name == "batch_cosine_warmup":
+        if warmup > 0 and step < warmup:
+            return decay_factor + (1 - decay_factor) * step / warmup
+        span = max(total - 1 - warmup, 1)
+        progress = min(max(step - warmup, 0) / span, 1.0)
+        return decay_factor + (1 - decay_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise OptimConfigError(f"--lr-scheduler {name!r} is unknown; choose one of {SCHEDULERS}")
+
+
+def make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int,
+                   batches_per_epoch: int, decay_factor: float
+                   ) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
+    """The scheduler and whether it steps per batch (True) or per epoch (False)."""
+    if name not in SCHEDULERS:
+        raise OptimConfigError(f"--lr-scheduler {name!r} is unknown; choose one of {SCHEDULERS}")
+    if not 0 < decay_factor <= 1:
+        raise OptimConfigError(f"--lr-decay-factor must be in (0, 1], got {decay_factor}")
+    per_batch = name.startswith("batch")
+    total = epochs * max(batches_per_epoch, 1) if per_batch else epochs
+    warmup = max(batches_per_epoch, 1) if name == "batch_cosine_warmup" else 0
+    factor: Callable[[int], float] = lambda step: schedule_factor(  # noqa: E731
+        name, step, total, decay_factor, warmup)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), per_batch
+
+
+def make_loss(name: str) -> nn.Module:
+    """A ``torch.nn`` loss by name, returning one value per jet (``reduction='none'``)."""
+    cls = getattr(nn, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.modules.loss._Loss)):
+        raise OptimConfigError(f"--loss-function {name!r} is not a torch.nn loss "
+                               "(e.g. CrossEntropyLoss, NLLLoss, MultiMarginLoss)")
+    try:
+        loss = cls(reduction="none")
+        loss(torch.zeros(2, 3), torch.tensor([0, 2]))
+    except Exception as exc:  # the loss must take (logits, class index)
+        raise OptimConfigError(f"--loss-function {name!r} cannot take (logits, class index) "
+                               f"pairs: {exc}") from exc
+    return loss

@@ -1,0 +1,350 @@
+"""The training loop: epochs, validation, checkpoints, resume, metrics and plots.
+
+One place, :meth:`Trainer.training_step`, turns a batch into a loss; its first action calls
+``perturb(model, inputs, target, loss)``, the hook where adversarial training (FGSM, PGD,
+...) plugs in. The default perturbation returns the inputs unchanged (nominal training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.progress import console, progress_bar
+from utils.torch.data import ChunkDataset, make_loader
+from utils.torch.optim import make_loss, make_optimizer, make_scheduler
+
+Perturbation = Callable[[nn.Module, dict[str, torch.Tensor], torch.Tensor, Callable], dict]
+CHECKPOINT = re.compile(r"model_(\d+)\.pt$")
+METRICS = ("loss", "accuracy", "jets", "seconds", "jets_per_second", "learning_rate")
+
+
+def nominal(model: nn.Module, inputs: dict[str, torch.Tensor], target: torch.Tensor,
+            loss: Callable) -> dict[str, torch.Tensor]:
+    """No perturbation (nominal training)."""
+    return inputs
+
+
+@dataclass
+class TrainSettings:
+    """Hyper-parameters of one training (the TrainingTask parameters)."""
+
+    epochs: int = 1
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    optimizer: str = "AdamW"
+    betas: tuple[float, float] = (0.95, 0.999)
+    eps: float = 1e-6
+    weight_decay: float | None = None
+    lr_scheduler: str = "epoch_lin_decay"
+    lr_decay_factor: float = 1e-2
+    loss_function: str = "CrossEntropyLoss"
+    loss_weighting: bool = False
+    mixed_precision: bool = False
+    use_torch_compile: bool = False
+    torch_compile_mode: str = "default"
+    seed: int = 123456
+    loader_workers: int = 1
+    terminal_plot: bool = False
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of training and validation."""
+
+    train: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in METRICS})
+    validation: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in METRICS})
+
+    def truncate(self, n: int) -> None:
+        for part in (self.train, self.validation):
+            for key in part:
+                del part[key][n:]
+
+    def to_dict(self) -> dict[str, dict[str, list[float]]]:
+        return {"train": self.train, "validation": self.validation}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Mapping[str, list[float]]]) -> History:
+        history = cls()
+        for part, values in (("train", history.train), ("validation", history.validation)):
+            for key, series in data.get(part, {}).items():
+                values[key] = [float(v) for v in series]
+        return history
+
+
+def pick_device() -> torch.device:
+    """CUDA if available at run time, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class Trainer:
+    """Train ``model`` on ``train_data``, validate on ``val_data``, write into ``out_dir``."""
+
+    def __init__(self, model: nn.Module, train_data: ChunkDataset, val_data: ChunkDataset,
+                 out_dir: Path, settings: TrainSettings, device: torch.device | None = None,
+                 perturb: Perturbation = nominal, metadata: Mapping[str, Any] | None = None,
+                 epoch_callback: Callable[[int, dict[str, np.ndarray]], None] | None = None
+                 ) -> None:
+        self.model = model
+        self.train_data, self.val_data = train_data, val_data
+        self.out_dir = Path(out_dir)
+        self.settings = settings
+        self.device = device or pick_device()
+        self.perturb = perturb
+        self.metadata = dict(metadata or {})
+        self.epoch_callback = epoch_callback
+        torch.manual_seed(settings.seed)
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(settings.optimizer, model.parameters(),
+                                        settings.learning_rate, settings.betas, settings.eps,
+                                        settings.weight_decay)
+        self.batches_per_epoch = max(1, train_data.expected_batches())
+        self.scheduler, self.per_batch = make_scheduler(
+            settings.lr_scheduler, self.optimizer, settings.epochs, self.batches_per_epoch,
+            settings.lr_decay_factor)
+        self.criterion = make_loss(settings.loss_function)
+        self.forward = model
+        if settings.use_torch_compile:
+            self.forward = torch.compile(model, mode=settings.torch_compile_mode)
+        amp = settings.mixed_precision
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp and
+                                           self.amp_dtype == torch.float16)
+        self.history = History()
+        self.best_loss = float("inf")
+        self.epoch = 0  # number of completed epochs
+
+    # -- one batch ----------------------------------------------------------------------------
+    def _to_device(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor,
+                                                         torch.Tensor]:
+        inputs = {k: v.to(self.device, non_blocking=True).float()
+                  for k, v in batch["inputs"].items()}
+        return (inputs, batch["target"].to(self.device, non_blocking=True),
+                batch["weight"].to(self.device, non_blocking=True))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.settings.mixed_precision:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def compute_loss(self, inputs: dict[str, torch.Tensor], target: torch.Tensor,
+                     weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast():
+            logits = self.forward(inputs)
+        loss = self.model.loss(logits.float(), target, weight, self.criterion)
+        return loss, logits
+
+    def training_step(self, batch: dict[str, Any]) -> tuple[float, int, int]:
+        """One optimisation step; returns (loss, correct, jets)."""
+        inputs, target, weight = self._to_device(batch)
+        weight = weight if self.settings.loss_weighting else None
+        inputs = self.perturb(self.model, inputs, target,
+                              lambda x: self.compute_loss(x, target, weight)[0])
+        loss, logits = self.compute_loss(inputs, target, weight)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at epoch {self.epoch + 1}; "
+                                     "lower --learning-rate or check the inputs for extreme "
+                                     "values")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.per_batch:
+            self.scheduler.step()
+        correct = int((logits.argmax(dim=1) == target).sum())
+        return float(loss.detach()), correct, len(target)
+
+    # -- epochs -----------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        self.train_data.set_epoch(self.epoch)
+        torch.manual_seed(epoch_seed(self.settings.seed, self.epoch))
+        loader = make_loader(self.train_data, self.settings.loader_workers)
+        total_loss = correct = jets = 0.0
+        lr_start = self.lr
+        start = time.perf_counter()
+        description = f"Epoch {self.epoch + 1}/{self.settings.epochs} training"
+        with progress_bar(description, total=self.batches_per_epoch, unit="batches",
+                          extra="loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} "
+                                "{task.fields[rate]:,.0f} jets/s",
+                          loss=float("nan"), lr=self.lr, rate=0.0) as bar:
+            for batch in loader:
+                loss, n_correct, n = self.training_step(batch)
+                total_loss += loss * n
+                correct += n_correct
+                jets += n
+                bar.advance()
+                bar.update(loss=total_loss / jets, lr=self.lr,
+                           rate=jets / (time.perf_counter() - start))
+        if jets == 0:
+            raise RuntimeError("no training batch: the training files hold fewer sampled jets "
+                               f"than --batch-size {self.settings.batch_size}")
+        seconds = time.perf_counter() - start
+        if not self.per_batch:
+            self.scheduler.step()
+        self.batches_per_epoch = max(1, int(jets // self.settings.batch_size))
+        return {"loss": total_loss / jets, "accuracy": correct / jets, "jets": jets,
+                "seconds": seconds, "jets_per_second": jets / seconds,
+                "learning_rate": lr_start}
+
+    @torch.no_grad()
+    def predict(self, data: ChunkDataset, description: str = "Predicting"
+                ) -> dict[str, np.ndarray]:
+        """Logits and batch fields for every jet of ``data`` (no sampling, file order)."""
+        self.model.eval()
+        loader = make_loader(data, self.settings.loader_workers)
+        out: dict[str, list[np.ndarray]] = {}
+        with progress_bar(description, total=data.expected_batches(), unit="batches") as bar:
+            for batch in loader:
+                inputs, _, _ = self._to_device(batch)
+                with self._autocast():
+                    logits = self.model(inputs)
+                out.setdefault("logits", []).append(logits.float().cpu().numpy())
+                for key in ("target", "weight", "process", "truth_label", "columns"):
+                    if key in batch:
+                        out.setdefault(key, []).append(batch[key].numpy())
+                bar.advance()
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def validate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Weighted validation loss/accuracy over all validation jets (the reweighted
+        distribution, without sampling noise)."""
+        start = time.perf_counter()
+        pred = self.predict(self.val_data, f"Epoch {self.epoch + 1}/{self.settings.epochs} "
+                                           "validation")
+        logits = torch.from_numpy(pred["logits"])
+        target = torch.from_numpy(pred["target"])
+        weight = torch.from_numpy(pred["weight"]).double()
+        per_jet = self.criterion(logits, target).double()
+        total = weight.sum().clamp_min(1e-12)
+        correct = (logits.argmax(1) == target).double()
+        seconds = time.perf_counter() - start
+        metrics = {"loss": float((per_jet * weight).sum() / total),
+                   "accuracy": float((correct * weight).sum() / total),
+                   "jets": float(len(target)), "seconds": seconds,
+                   "jets_per_second": len(target) / seconds, "learning_rate": self.lr}
+        return metrics, pred
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def fit(self, total_epochs: int | None = None) -> History:
+        """Train until ``total_epochs`` epochs are complete (default: settings.epochs)."""
+        total_epochs = total_epochs or self.settings.epochs
+        while self.epoch < total_epochs:
+            train = self.train_epoch()
+            val, pred = self.validate()
+            for key in METRICS:
+                self.history.train[key].append(train[key])
+                self.history.validation[key].append(val[key])
+            self.epoch += 1
+            improved = val["loss"] < self.best_loss
+            self.best_loss = min(self.best_loss, val["loss"])
+            self.save_checkpoint(improved)
+            console.print(
+                f"Epoch {self.epoch}/{total_epochs}: train loss {train['loss']:.4f} acc "
+                f"{100 * train['accuracy']:.1f}% | validation loss {val['loss']:.4f} acc "
+                f"{100 * val['accuracy']:.1f}%{' (best)' if improved else ''} | lr "
+                f"{train['learning_rate']:.2e} | {train['jets_per_second']:,.0f} jets/s | "
+                f"{train['seconds'] + val['seconds']:.1f} s")
+            if self.epoch_callback:
+                self.epoch_callback(self.epoch, pred)
+        return self.history
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint_path(self, epoch: int) -> Path:
+        """File of the state after ``epoch`` completed epochs (``model_<epoch-1>.pt``)."""
+        return self.out_dir / f"model_{epoch - 1}.pt"
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "model_state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict(),
+            "scaler_state_dict": self.scaler.state_dict(),
+            "metrics": self.history.to_dict(),
+            "best_loss": self.best_loss,
+            **self.metadata,
+        }
+
+    def save_checkpoint(self, best: bool) -> None:
+        """Write ``model_<epoch-1>.pt`` (and ``best_model.pt``), metrics and plots atomically."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_path(self.epoch)
+        _atomic_save(self.state(), path)
+        if best:
+            tmp = self.out_dir / f".best_model.pt.tmp-{os.getpid()}"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, self.out_dir / "best_model.pt")
+        for part in ("train", "validation"):
+            values = getattr(self.history, part)
+            name = "training_metrics.npz" if part == "train" else "validation_metrics.npz"
+            _atomic_npz(self.out_dir / name, {k: np.asarray(v) for k, v in values.items()})
+        from utils.plotting.training import plot_history
+
+        plot_history(self.history, self.out_dir)
+
+    def resume(self, completed_epochs: int | None = None) -> bool:
+        """Load the latest checkpoint (or the one after ``completed_epochs``); False if none."""
+        available = sorted(int(m.group(1)) + 1 for p in self.out_dir.glob("model_*.pt")
+                           if (m := CHECKPOINT.search(p.name)))
+        if completed_epochs is not None:
+            if completed_epochs == 0:
+                return False
+            if completed_epochs not in available:
+                raise FileNotFoundError(f"no checkpoint after epoch {completed_epochs} "
+                                        f"({self.checkpoint_path(completed_epochs)}); "
+                                        f"available: {available}")
+            epoch = completed_epochs
+        elif available:
+            epoch = available[-1]
+        else:
+            return False
+        state = load_checkpoint(self.checkpoint_path(epoch), self.device)
+        self.model.load_state_dict(state["model_state_dict"])
+        self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        self.scheduler.load_state_dict(state["scheduler_state_dict"])
+        self.scaler.load_state_dict(state["scaler_state_dict"])
+        self.history = History.from_dict(state["metrics"])
+        self.history.truncate(epoch)
+        self.epoch = epoch
+        losses = self.history.validation["loss"]
+        self.best_loss = min(losses) if losses else float("inf")
+        best = self.out_dir / "best_model.pt"
+        if losses and (not best.exists() or load_checkpoint(best)["epoch"] > epoch):
+            shutil.copyfile(self.checkpoint_path(int(np.argmin(losses)) + 1), best)
+        return True
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``: tensors and plain data only)."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)

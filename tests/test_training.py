@@ -1,0 +1,193 @@
+"""Training: models on real exported batches, the loop, schedules, resume and errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from utils.dataset.export import read_processed_files
+from utils.evaluation.discriminants import by_name, evaluate, softmax
+from utils.evaluation.roc import auc, roc_curve
+from utils.models import available_models
+from utils.torch.data import TEST, TRAIN, ChunkDataset, dataset_shards, make_loader
+from utils.torch.optim import (OptimConfigError, make_loss, make_optimizer, make_scheduler,
+                               schedule_factor)
+from utils.torch.run import build_model, label_to_class, run_training
+from utils.torch.training import TrainSettings, load_checkpoint
+
+
+def real_batch(config, directory, model, classes, size=96):
+    shards = dataset_shards(directory, read_processed_files(directory))
+    data = ChunkDataset(shards, model.input_groups, label_to_class(classes), size, TEST)
+    return next(iter(make_loader(data, 0)))
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_models_on_exported_batches(demo_dataset, name):
+    config, directory = demo_dataset
+    torch.manual_seed(0)
+    model, classes = build_model(config, name)
+    batch = real_batch(config, directory, model, classes)
+    model.train()
+    logits = model(batch["inputs"])
+    assert logits.shape == (96, len(classes))
+    loss = model.loss(logits, batch["target"])
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    # padding invariance on real jets: extra zero candidates change nothing (eval mode)
+    model.eval()
+    padded = {k: torch.cat([v, torch.zeros(v.shape[0], 5, v.shape[2])], dim=1)
+              if v.ndim == 3 else v for k, v in batch["inputs"].items()}
+    with torch.no_grad():
+        diff = (model(batch["inputs"]) - model(padded)).abs().max()
+    assert diff < 1e-5
+
+
+def test_schedule_factors():
+    # epoch_lin_decay over 10 epochs: constant for 7, then x0.1^(1/3) per epoch to 0.1
+    values = [schedule_factor("epoch_lin_decay", s, 10, 0.1) for s in range(10)]
+    assert values[:7] == [1.0] * 7
+    np.testing.assert_allclose(values[7:], [0.1 ** (1 / 3), 0.1 ** (2 / 3), 0.1])
+    cosine = [schedule_factor("batch_cosine_warmup", s, 100, 0.01, warmup=10)
+              for s in range(100)]
+    assert cosine[0] == pytest.approx(0.01) and cosine[10] == pytest.approx(1.0)
+    assert cosine[-1] == pytest.approx(0.01) and max(cosine) == pytest.approx(1.0)
+    assert cosine[55] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 45 / 89)))
+    assert schedule_factor("none", 5, 10, 0.1) == 1.0
+    # extended trainings keep the final value
+    assert schedule_factor("epoch_lin_decay", 14, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_optimiser_scheduler_and_loss_factories():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert isinstance(make_optimizer("RAdam", params, 1e-3), torch.optim.RAdam)
+    sgd = make_optimizer("SGD", params, 0.1, weight_decay=0.01)
+    assert sgd.param_groups[0]["weight_decay"] == 0.01
+    with pytest.raises(OptimConfigError, match="'Adamm' is not a torch.optim optimiser"):
+        make_optimizer("Adamm", params, 1e-3)
+    scheduler, per_batch = make_scheduler("batch_lin_decay", sgd, 2, 10, 0.1)
+    assert per_batch and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
+    with pytest.raises(OptimConfigError, match="lr-scheduler 'cyclic'"):
+        make_scheduler("cyclic", sgd, 2, 10, 0.1)
+    assert make_loss("CrossEntropyLoss")(torch.zeros(2, 3), torch.tensor([0, 1])).shape == (2,)
+    with pytest.raises(OptimConfigError, match="MSELoss"):
+        make_loss("MSELoss")
+
+
+def test_weighted_loss_is_weighted_mean(demo_dataset):
+    config, _ = demo_dataset
+    model, _ = build_model(config, "MLP")
+    logits = torch.randn(5, 6)
+    target = torch.tensor([0, 1, 2, 3, 4])
+    weight = torch.tensor([1.0, 0.0, 0.5, 0.0, 0.25])
+    per_jet = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    expected = (per_jet * weight).sum() / weight.sum()
+    assert torch.isclose(model.loss(logits, target, weight), expected)
+    assert torch.isclose(model.loss(logits, target), per_jet.mean())
+
+
+def test_deepjet_learns_b_vs_light(demo_dataset, tmp_path):
+    config, directory = demo_dataset
+    settings = TrainSettings(epochs=4, batch_size=128, learning_rate=3e-3, seed=5,
+                             lr_scheduler="none", loader_workers=1)
+    trainer = run_training(config, "DeepJet", directory, tmp_path, settings)
+    val_loss = trainer.history.validation["loss"]
+    assert len(val_loss) == 4 and val_loss[-1] < val_loss[0]
+    pred = trainer.predict(trainer.val_data)
+    classes = list(config.classes)
+    _, score, signal = evaluate(by_name("BvsL"), softmax(pred["logits"]), pred["target"],
+                                classes)
+    fpr, tpr, _ = roc_curve(score, signal)
+    assert auc(fpr, tpr) > 0.85
+    for name in ("model_0.pt", "model_3.pt", "best_model.pt", "training_metrics.npz",
+                 "validation_metrics.npz", "loss.png", "accuracy.pdf"):
+        assert (tmp_path / name).exists(), name
+    state = load_checkpoint(tmp_path / "model_3.pt")
+    assert state["epoch"] == 4 and state["class_names"] == classes
+    assert state["model_name"] == "DeepJet" and state["config_name"] == config.name
+    best = load_checkpoint(tmp_path / "best_model.pt")
+    assert best["epoch"] == int(np.argmin(val_loss)) + 1
+    metrics = np.load(tmp_path / "validation_metrics.npz")
+    np.testing.assert_allclose(metrics["loss"], val_loss)
+
+
+def test_same_seed_same_validation_loss(demo_dataset, tmp_path):
+    config, directory = demo_dataset
+    losses = []
+    for name in ("a", "b"):
+        settings = TrainSettings(epochs=1, batch_size=128, seed=9, loader_workers=1)
+        trainer = run_training(config, "DeepJet", directory, tmp_path / name, settings)
+        losses.append(trainer.history.validation["loss"][0])
+    assert losses[0] == losses[1]
+
+
+def test_loss_weighting_trains_on_all_jets(demo_dataset, tmp_path):
+    config, directory = demo_dataset
+    settings = TrainSettings(epochs=1, batch_size=64, seed=3, loss_weighting=True,
+                             loader_workers=0)
+    trainer = run_training(config, "MLP", directory, tmp_path, settings)
+    rows = sum(s.rows for s in trainer.train_data.shards)
+    assert not trainer.train_data.sampling
+    assert rows - 64 < trainer.history.train["jets"][0] <= rows
+
+
+def test_sampled_epoch_size_matches_weights(demo_dataset):
+    config, directory = demo_dataset
+    shards = dataset_shards(directory, read_processed_files(directory))
+    model, classes = build_model(config, "MLP")
+    data = ChunkDataset(shards, model.input_groups, label_to_class(classes), 32, TRAIN)
+    sizes = []
+    for epoch in range(10):
+        data.set_epoch(epoch)
+        sizes.append(sum(len(b["target"]) for b in make_loader(data, 1)))
+    assert np.mean(sizes) == pytest.approx(data.expected_jets(), rel=0.05)
+
+
+# -- through law ---------------------------------------------------------------------------
+
+DEMO = ("--config", "demo", "--dataset-version", "d1", "--chunk-size", 1500,
+        "--GenerateSamplesTask-n-files", 2, "--GenerateSamplesTask-events-per-file", 250)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_and_parameter_errors(run_law, law_env):
+    run_law("DatasetConstructorTask", *DEMO, "--workers", 2)
+    train = ("TrainingTask", *DEMO, "--training-version", "t1", "--model-name", "DeepJet",
+             "--epochs", 3, "--batch-size", 32, "--n-threads", 1)
+    out = (run_law.data_path / "TrainingTask" / "demo" / "d1" / "t1" / "DeepJet" / "epochs_3")
+    env = dict(law_env, DATA_PATH=str(run_law.data_path))
+    proc = subprocess.Popen(["law", "run", *map(str, train)], env=env, cwd=law_env["B_HIVE_DIR"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "model_0.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended too early"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-epoch 2
+    proc.wait()
+    assert not (out / "model_2.pt").exists()
+    resumed = run_law(*train)
+    assert "Resuming after epoch" in resumed.stdout
+    metrics = np.load(out / "training_metrics.npz")
+    assert len(metrics["loss"]) == 3 and len(np.load(out / "validation_metrics.npz")["loss"]) == 3
+    assert (out / "model_2.pt").exists() and not list(out.glob(".*tmp*"))
+    params = json.loads((out / "parameters.json").read_text())["parameters"]
+    assert params["batch_size"] == "32" and params["learning_rate"] == "0.001"
+    # a different hyper-parameter into the same training version is an error
+    clash = run_law(*train, "--learning-rate", 0.01, check=False)
+    assert clash.returncode != 0
+    assert "learning_rate: '0.001' -> '0.01'" in clash.stdout + clash.stderr
+    # unspecified hyper-parameters take the stored values: complete, nothing runs
+    again = run_law("TrainingTask", *DEMO, "--training-version", "t1", "--model-name",
+                    "DeepJet", "--epochs", 3)
+    assert "complete ones were encountered" in again.stdout + again.stderr

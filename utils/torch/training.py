@@ -202,24 +202,14 @@ class Trainer:
                 "seconds": seconds, "jets_per_second": jets / seconds,
                 "learning_rate": lr_start}
 
-    @torch.no_grad()
     def predict(self, data: ChunkDataset, description: str = "Predicting"
                 ) -> dict[str, np.ndarray]:
         """Logits and batch fields for every jet of ``data`` (no sampling, file order)."""
-        self.model.eval()
-        loader = make_loader(data, self.settings.loader_workers)
-        out: dict[str, list[np.ndarray]] = {}
-        with progress_bar(description, total=data.expected_batches(), unit="batches") as bar:
-            for batch in loader:
-                inputs, _, _ = self._to_device(batch)
-                with self._autocast():
-                    logits = self.model(inputs)
-                out.setdefault("logits", []).append(logits.float().cpu().numpy())
-                for key in ("target", "weight", "process", "truth_label", "columns"):
-                    if key in batch:
-                        out.setdefault(key, []).append(batch[key].numpy())
-                bar.advance()
-        return {k: np.concatenate(v) for k, v in out.items()}
+        from utils.torch.inference import predict
+
+        dtype = self.amp_dtype if self.settings.mixed_precision else None
+        return predict(self.model, data, self.device, self.settings.loader_workers,
+                       description, dtype)
 
     def validate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Weighted validation loss/accuracy over all validation jets (the reweighted

@@ -1,0 +1,126 @@
+"""Batched inference of a trained model on an exported dataset (no sampling, file order)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.dataset.export import read_processed_files
+from utils.models import BaseModel
+from utils.progress import console, progress_bar
+from utils.torch.data import TEST, ChunkDataset, dataset_shards, make_loader
+from utils.torch.training import load_checkpoint, pick_device
+
+PREDICTION_FILES = ("prediction.npy", "truth.npy", "kinematics.npy", "process.npy",
+                    "output.root", "inference_time.json")
+
+
+@torch.no_grad()
+def predict(model: BaseModel, data: ChunkDataset, device: torch.device, workers: int = 0,
+            description: str = "Inference", autocast_dtype: torch.dtype | None = None
+            ) -> dict[str, np.ndarray]:
+    """Logits and the batch fields (target, weight, process, truth_label, columns) of every
+    jet of ``data`` in the order the dataset yields them."""
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {}
+    with progress_bar(description, total=data.expected_batches(), unit="batches") as bar:
+        for batch in make_loader(data, workers):
+            inputs = {k: v.to(device, non_blocking=True).float()
+                      for k, v in batch["inputs"].items()}
+            if autocast_dtype is not None:
+                with torch.autocast(device.type, dtype=autocast_dtype):
+                    logits = model(inputs)
+            else:
+                logits = model(inputs)
+            out.setdefault("logits", []).append(logits.float().cpu().numpy())
+            for key in ("target", "weight", "process", "truth_label", "columns"):
+                if key in batch:
+                    out.setdefault(key, []).append(batch[key].numpy())
+            bar.advance()
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def load_trained_model(model: BaseModel, checkpoint: str | Path,
+                       device: torch.device) -> dict[str, Any]:
+    """Load weights into ``model`` (weights_only); check the checkpoint's class list."""
+    state = load_checkpoint(checkpoint, device)
+    classes = state.get("class_names")
+    if classes is not None and list(classes) != list(model.spec.class_names):
+        raise ValueError(f"{checkpoint} was trained for classes {classes}, the model is built "
+                         f"for {list(model.spec.class_names)}")
+    model.load_state_dict(state["model_state_dict"])
+    return state
+
+
+def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, ...]],
+                  checkpoint: Path, test_dir: Path, out_dir: Path, batch_size: int = 1024,
+                  workers: int = 1, precision: str = "float32",
+                  device: torch.device | None = None) -> dict[str, np.ndarray]:
+    """Predict every jet of the test dataset and write the inference outputs to ``out_dir``:
+    prediction.npy (logits), truth.npy (class index), kinematics.npy (pt, eta), process.npy,
+    output.root and inference_time.json."""
+    device = device or pick_device()
+    model.to(device)
+    load_trained_model(model, checkpoint, device)
+    shards = dataset_shards(test_dir, read_processed_files(test_dir))
+    mapping = {label: i for i, labels in enumerate(classes.values()) for label in labels}
+    columns = (config.pt_key, config.eta_key, *config.observers)
+    data = ChunkDataset(shards, model.input_groups, mapping, batch_size, TEST,
+                        precision=precision, columns=columns)
+    console.print(f"[bold]Inference[/] of {model.name} on {len(shards)} file(s) "
+                  f"({sum(s.rows for s in shards):,} jets) on {device}")
+    start = time.perf_counter()
+    pred = predict(model, data, device, workers)
+    seconds = time.perf_counter() - start
+    n = len(pred["logits"])
+    save = {
+        "prediction.npy": pred["logits"].astype(np.float32),
+        "truth.npy": pred["target"].astype(np.int64),
+        "kinematics.npy": pred["columns"][:, :2].astype(np.float32),
+        "process.npy": pred["process"].astype(np.int64),
+    }
+    for name, array in save.items():
+        tmp = out_dir / f".{name}.tmp-{os.getpid()}.npy"
+        np.save(tmp, array)
+        os.replace(tmp, out_dir / name)
+    write_output_root(out_dir / "output.root", config, list(classes), pred, columns)
+    timing = {"seconds": seconds, "jets": n, "jets_per_second": n / max(seconds, 1e-9),
+              "device": str(device), "batch_size": batch_size}
+    (out_dir / "inference_time.json").write_text(json.dumps(timing, indent=2) + "\n")
+    console.print(f"  {n:,} jets in {seconds:.1f} s ({timing['jets_per_second']:,.0f} jets/s)")
+    return pred
+
+
+def write_output_root(path: Path, config: Any, class_names: Sequence[str],
+                      pred: dict[str, np.ndarray], columns: Sequence[str]) -> None:
+    """A flat TTree ``tree``: jet pt/eta, process, prob_<class>, truth flags, observers."""
+    import uproot
+
+    from utils.evaluation.discriminants import softmax
+
+    probs = softmax(pred["logits"])
+    labels = pred["truth_label"]
+    branches: dict[str, np.ndarray] = {
+        "jet_pt": pred["columns"][:, 0].astype(np.float32),
+        "jet_eta": pred["columns"][:, 1].astype(np.float32),
+        "process": pred["process"].astype(np.int32),
+        "truth_class": pred["target"].astype(np.int32),
+    }
+    for i, name in enumerate(class_names):
+        branches[f"prob_{name}"] = probs[:, i].astype(np.float32)
+    for i, label in enumerate(config.truth_labels):
+        branches[label] = (labels == i).astype(np.int32)
+    for j, name in enumerate(columns[2:], start=2):
+        branches[name] = pred["columns"][:, j].astype(np.float32)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with uproot.recreate(tmp) as f:
+        f.mktree("tree", {k: v.dtype for k, v in branches.items()})
+        f["tree"].extend(branches)
+    os.replace(tmp, path)

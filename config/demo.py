@@ -1,10 +1,23 @@
 """Built-in demo: offline_run3 inputs on the Pythia8 + toy-detector samples (GenerateSamplesTask).
 
 Without --filelist, DatasetConstructorTask generates the samples below (~50k jets for TT+QCD).
+A classic track-counting tagger (second-highest track Sip2dSig) is carried as an observer and
+drawn beside the trained models as a reference.
 """
 
+import awkward as ak
+
 from config.offline_run3 import config as offline
-from utils.config import Process
+from utils.config import Derived, Process
+
+
+def second_highest(Cpfcan_BtagPf_trackSip2dSig):  # noqa: N803 (branch name)
+    """Track counting: the second-highest 2D impact-parameter significance (-99 if < 2)."""
+    ordered = ak.sort(Cpfcan_BtagPf_trackSip2dSig, axis=1, ascending=False)
+    return ak.fill_none(ak.pad_none(ordered, 2, clip=True)[:, 1], -99.0)
+
+
+TRACK_COUNTING = Derived("TC_2ndTrackSip2dSig", ("Cpfcan_BtagPf_trackSip2dSig",), second_highest)
 
 config = offline.replace(
     description="offline_run3 inputs on built-in Pythia8 ttbar and QCD samples",
@@ -12,6 +25,11 @@ config = offline.replace(
         Process("TT", "*/TT_*.root", pt_range=(30, 1000), eta_range=(-2.5, 2.5)),
         Process("QCD", "*/QCD_*.root", pt_range=(30, 1000), eta_range=(-2.5, 2.5)),
     ),
+    observers=("jet_phi", "event", TRACK_COUNTING),
+    reference_taggers={
+        "BvsL": {"Track counting (2nd track Sip2dSig)": "TC_2ndTrackSip2dSig"},
+        "BvsAll": {"Track counting (2nd track Sip2dSig)": "TC_2ndTrackSip2dSig"},
+    },
     generated_samples={
         "TT": {"n_files": 4, "events_per_file": 1200},
         "QCD": {"n_files": 4, "events_per_file": 4000, "pthat_min": 30},

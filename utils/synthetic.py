@@ -43,7 +43,7 @@ def synthetic_arrays(config: Config, n_jets: int, seed: int = 0, nan_fraction: f
     for i, truth in enumerate(config.truths):
         if isinstance(truth, str):
             out[truth] = ((flags == i) & ~unlabelled).astype(np.int32)
-    for name in config.observers:
+    for name in (o for o in config.observers if isinstance(o, str)):
         out.setdefault(name, rng.normal(0.0, 1.0, n_jets).astype(np.float32))
     if nan_fraction > 0:
         bad = rng.random(n_jets) < nan_fraction

@@ -202,7 +202,8 @@ class Config:
     pt_key: str = "jet_pt"
     eta_key: str = "jet_eta"
     selection: Derived | None = None
-    observers: tuple[str, ...] = ()
+    observers: tuple[str | Derived, ...] = ()
+    reference_taggers: Mapping[str, Mapping[str, str]] | None = None
     processor: str = "jet_tuple"
     storage_dtype: str = "float32"
     generated_samples: Mapping[str, Mapping[str, float]] | None = None
@@ -284,13 +285,27 @@ class Config:
         if self.selection is not None and not isinstance(self.selection, Derived):
             _fail("selection", "must be a Derived condition or None")
         observers = tuple(self.observers)
-        if not all(isinstance(o, str) and o for o in observers):
-            _fail("observers", "must be a list of branch names")
-        _check_unique("observers", list(observers))
-        clash = sorted(set(observers) & set(f for g in groups for f in g.features))
+        if not all((isinstance(o, str) and o) or isinstance(o, Derived) for o in observers):
+            _fail("observers", "must be a list of branch names or Derived per-jet values")
+        set_(self, "observers", observers)
+        names = list(self.observer_names)
+        _check_unique("observers", names)
+        clash = sorted(set(names) & set(f for g in groups for f in g.features))
         if clash:
             _fail("observers", f"{clash} are already input features")
-        set_(self, "observers", observers)
+        if self.reference_taggers is not None:
+            if not isinstance(self.reference_taggers, Mapping):
+                _fail("reference_taggers", "must map discriminant names to {label: observer}")
+            from utils.evaluation.discriminants import DISCRIMINANTS
+
+            known = [d.name for d in DISCRIMINANTS]
+            for disc, taggers in self.reference_taggers.items():
+                if disc not in known:
+                    _fail("reference_taggers", f"unknown discriminant {disc!r}; known: {known}")
+                for label, observer in dict(taggers).items():
+                    if observer not in names:
+                        _fail(f"reference_taggers.{disc}.{label}",
+                              f"{observer!r} is not an observer; add it to 'observers'")
         if self.storage_dtype not in STORAGE_DTYPES:
             _fail("storage_dtype", f"must be one of {STORAGE_DTYPES}, got {self.storage_dtype!r}")
         if not isinstance(self.processor, str) or not self.processor:
@@ -340,6 +355,10 @@ class Config:
         return tuple(t if isinstance(t, str) else t.name for t in self.truths)
 
     @property
+    def observer_names(self) -> tuple[str, ...]:
+        return tuple(o if isinstance(o, str) else o.name for o in self.observers)
+
+    @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.classes)
 
@@ -357,12 +376,13 @@ class Config:
         names: list[str] = []
         derived: list[Derived] = [d for g in self.groups for d in g.derived]
         derived += [t for t in self.truths if isinstance(t, Derived)]
+        derived += [o for o in self.observers if isinstance(o, Derived)]
         if self.selection is not None:
             derived.append(self.selection)
         for g in self.groups:
             names.extend(g.branches)
         names.extend(t for t in self.truths if isinstance(t, str))
-        names.extend(self.observers)
+        names.extend(o for o in self.observers if isinstance(o, str))
         for d in derived:
             names.extend(d.uses)
         return tuple(dict.fromkeys(names))
@@ -385,7 +405,7 @@ class Config:
             "truths": [describe(t) for t in self.truths],
             "processes": [(p.name, p.pattern) for p in self.processes],
             "selection": describe(self.selection),
-            "observers": self.observers,
+            "observers": [describe(o) for o in self.observers],
             "processor": self.processor,
             "storage_dtype": self.storage_dtype,
         }

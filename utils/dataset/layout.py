@@ -40,7 +40,7 @@ class ColumnLayout:
     def from_config(cls, config: Config) -> ColumnLayout:
         blocks = [Block(g.name, FEATURES, g.features, g.length) for g in config.groups]
         if config.observers:
-            blocks.append(Block("observers", OBSERVERS, config.observers))
+            blocks.append(Block("observers", OBSERVERS, config.observer_names))
         blocks += [
             Block("process", PROCESS, ("process",)),
             Block("truth", TRUTH, config.truth_labels),

@@ -112,6 +112,7 @@ class JetTupleProcessor(processor.ProcessorABC):
         cache: dict[str, Any] = {}
         derived = {d.name: d for g in config.groups for d in g.derived}
         derived.update({t.name: t for t in config.truths if isinstance(t, Derived)})
+        derived.update({o.name: o for o in config.observers if isinstance(o, Derived)})
 
         def column(name: str) -> Any:
             if name not in cache:
@@ -147,7 +148,7 @@ class JetTupleProcessor(processor.ProcessorABC):
         bad = np.zeros(n, dtype=bool)
         scalars: dict[str, np.ndarray] = {}
         for name in [f for g in config.groups if not g.is_candidates for f in g.features] + \
-                list(config.observers):
+                list(config.observer_names):
             scalars[name] = scalar(name).astype(np.float32, copy=False)
             bad |= ~np.isfinite(scalars[name])
         candidates: dict[str, tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = {}
@@ -203,7 +204,7 @@ class JetTupleProcessor(processor.ProcessorABC):
                 dense[j, slot] = content[take]
             block.reshape(m, group.length, len(contents))[...] = \
                 dense.reshape(len(contents), m, group.length).transpose(1, 2, 0)
-        for feature in config.observers:
+        for feature in config.observer_names:
             matrix[:, layout.column(feature)] = scalars[feature][selected]
         matrix[:, layout.process_column] = self.process_index[meta["dataset"]]
         matrix[np.arange(m), layout.slice("truth").start + label[selected]] = 1.0

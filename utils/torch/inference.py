@@ -71,7 +71,7 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
     load_trained_model(model, checkpoint, device)
     shards = dataset_shards(test_dir, read_processed_files(test_dir))
     mapping = {label: i for i, labels in enumerate(classes.values()) for label in labels}
-    columns = (config.pt_key, config.eta_key, *config.observers)
+    columns = (config.pt_key, config.eta_key, *config.observer_names)
     data = ChunkDataset(shards, model.input_groups, mapping, batch_size, TEST,
                         precision=precision, columns=columns)
     console.print(f"[bold]Inference[/] of {model.name} on {len(shards)} file(s) "

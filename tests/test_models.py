@@ -1,0 +1,339 @@
+"""Tagger models: the BaseModel contract, padding invariance, per-jet independence,
+determinism, and the padding-aware building blocks they share."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from utils.config import Config, load_config
+from utils.models import BaseModel, InputSpec, ModelInputError, available_models, get_model
+from utils.models.deepjet import DeepJet, SequenceSummary
+from utils.models.layers import (
+    BatchNorm,
+    axis_offsets,
+    candidate_four_vectors,
+    on_real,
+    self_attention_mask,
+)
+from utils.models.particle_net import knn
+from utils.models.particle_transformer import pairwise_features
+
+MODELS = available_models()
+BATCH = 64
+FOUR_VECTOR_PREFIX = {"cpf": "Cpfcan_", "npf": "Npfcan_", "vtx": "sv_"}
+Batch = dict[str, torch.Tensor]
+
+
+def with_four_vectors(config: Config) -> Config:
+    """``config`` with (pt, eta, phi, energy) declared for cpf, npf and vtx (sv_pt exists)."""
+    for group, prefix in FOUR_VECTOR_PREFIX.items():
+        names = tuple(prefix + v for v in ("pt", "eta", "phi", "e"))
+        branches = config.group(group).branches
+        config = config.replace_group(group, four_vector=names, branches=branches + tuple(
+            n for n in names if n not in branches))
+    return config
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config("offline_run3")
+
+
+@pytest.fixture(scope="module")
+def specs(config):
+    return {"plain": InputSpec.from_config(config),
+            "four_vectors": InputSpec.from_config(with_four_vectors(config))}
+
+
+def spec_for(name: str, specs: dict[str, InputSpec]) -> InputSpec:
+    """The offline spec, with 4-vectors for the models that need them."""
+    return specs["four_vectors" if get_model(name).needs_four_vectors else "plain"]
+
+
+def make_batch(spec: InputSpec, batch_size: int = BATCH, seed: int = 0) -> Batch:
+    """Raw-scale inputs: features from 1e-3 to 1e3 (a fixed scale per feature), integer
+    flags, physical 4-vectors (jets anywhere in phi, so some straddle +-pi). Jet 0 has no
+    candidate in any group, jet 1 one per group, jet 2 full groups, the others a random count
+    (zero included)."""
+    scale_generator = torch.Generator().manual_seed(12345)
+    g = torch.Generator().manual_seed(seed)
+    jet_eta = 5 * torch.rand(batch_size, 1, generator=g) - 2.5
+    jet_phi = 2 * math.pi * torch.rand(batch_size, 1, generator=g) - math.pi
+    batch = {}
+    for group in spec.groups:
+        shape = (batch_size, group.length or 1, group.n_features)
+        scales = 10 ** (6 * torch.rand(group.n_features, generator=scale_generator) - 3)
+        x = torch.randn(*shape, generator=g) * scales
+        x[..., -1] = torch.randint(0, 4, shape[:2], generator=g)  # a flag, often 0
+        # (overwritten by the energy in the 4-vector groups, whose last feature it is)
+        if group.four_vector is not None:
+            pt, eta, phi, energy = group.four_vector
+            x[..., pt] = 0.5 + 30 * torch.rand(shape[:2], generator=g)
+            x[..., eta] = jet_eta + 0.2 * torch.randn(shape[:2], generator=g)
+            x[..., phi] = torch.remainder(
+                jet_phi + 0.2 * torch.randn(shape[:2], generator=g) + math.pi, 2 * math.pi
+            ) - math.pi
+            x[..., energy] = x[..., pt] * torch.cosh(x[..., eta]) * (
+                1 + 0.1 * torch.rand(shape[:2], generator=g))
+        if group.length is None:
+            batch[group.name] = x[:, 0]
+            continue
+        n_real = torch.randint(0, group.length + 1, (batch_size,), generator=g)
+        n_real[:3] = torch.tensor([0, 1, group.length])
+        batch[group.name] = x * (torch.arange(group.length) < n_real[:, None]).unsqueeze(-1)
+    return batch
+
+
+def with_padding(batch: Batch, extra: int = 5) -> Batch:
+    """Append ``extra`` all-zero candidates to every candidate group."""
+    return {g: torch.cat((x, x.new_zeros(x.shape[0], extra, x.shape[2])), 1) if x.ndim == 3
+            else x for g, x in batch.items()}
+
+
+def build(name: str, spec: InputSpec, seed: int = 0) -> BaseModel:
+    torch.manual_seed(seed)
+    return get_model(name)(spec)
+
+
+@pytest.fixture(scope="module")
+def eval_model(specs):
+    """``eval_model(name)``: the model in eval mode, BatchNorm statistics averaged over two
+    batches (built once per module; tests must not modify it)."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            spec = spec_for(name, specs)
+            model = build(name, spec)
+            for module in model.modules():
+                if isinstance(module, nn.BatchNorm1d):
+                    module.momentum = None  # cumulative average
+            with torch.no_grad():
+                for seed in (100, 101):
+                    model(make_batch(spec, 128, seed=seed))
+            cache[name] = model.eval()
+        return cache[name]
+
+    return get
+
+
+# -- registry and contract ----------------------------------------------------------------
+def test_all_architectures_are_registered():
+    expected = {"DeepJet", "DeepJetHLT", "DeepJetTransformer", "ParticleNet",
+                "ParticleTransformer", "MLP"}
+    assert expected <= set(MODELS)
+    assert issubclass(get_model("DeepJetHLT"), DeepJet)
+    assert get_model("DeepJetHLT") is not get_model("DeepJet")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_backward(name, specs):
+    spec = spec_for(name, specs)
+    model = build(name, spec).train()
+    batch = make_batch(spec)
+    logits = model(batch)
+    assert logits.shape == (BATCH, spec.n_classes)
+    loss = model.loss(logits, torch.randint(0, spec.n_classes, (BATCH,)))
+    assert torch.isfinite(loss)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} gets no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_padding_does_not_change_the_output(name, specs, eval_model):
+    model = eval_model(name)
+    batch = make_batch(spec_for(name, specs))
+    with torch.no_grad():
+        reference, padded = model(batch), model(with_padding(batch))
+    assert torch.isfinite(reference).all()
+    assert (reference - padded).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_batch_statistics_ignore_padding(name, specs):
+    """In training mode (dropout off) padding changes neither the output nor the BatchNorm
+    running statistics: normalisation layers only see real candidates."""
+    spec = spec_for(name, specs)
+    batch = make_batch(spec)
+    outputs, buffers = [], []
+    for inputs in (batch, with_padding(batch)):
+        model = build(name, spec).train()
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+        with torch.no_grad():
+            outputs.append(model(inputs))
+        buffers.append(torch.cat([b.flatten().float() for b in model.buffers()]))
+    assert torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+    assert torch.allclose(buffers[0], buffers[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_each_jet_depends_only_on_its_own_inputs(name, specs, eval_model):
+    model = eval_model(name)
+    batch = make_batch(spec_for(name, specs))
+    subset = torch.tensor([7, 0, 2, 31, 1])
+    with torch.no_grad():
+        full = model(batch)
+        alone = model({g: x[subset] for g, x in batch.items()})
+        assert (full[subset] - alone).abs().max() < 1e-5
+        for group in model.input_groups:  # every consumed group reaches the output
+            changed = {g: x.clone() for g, x in batch.items()}
+            changed[group][2] *= 1.5  # jet 2 has candidates in every group
+            diff = (model(changed) - full).abs().amax(1)
+            assert diff[2] > 1e-4, f"output ignores group {group}"
+            assert diff[torch.arange(BATCH) != 2].max() < 1e-5
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_deterministic_given_the_seed(name, specs):
+    spec = spec_for(name, specs)
+    batch = make_batch(spec, 16)
+    outputs = []
+    for _ in range(2):
+        model = build(name, spec, seed=3).train()
+        torch.manual_seed(4)  # dropout
+        outputs.append(model(batch))
+    assert torch.equal(outputs[0], outputs[1])
+    assert not torch.equal(build(name, spec, seed=5).train()(batch), outputs[0])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_number_of_classes_comes_from_the_spec(name, config):
+    spec = InputSpec.from_config(with_four_vectors(config), class_names=("b", "c", "l"))
+    assert spec.n_classes == 3
+    logits = build(name, spec)(make_batch(spec, 8))
+    assert logits.shape == (8, 3)
+
+
+def test_deepjet_size(specs):
+    for name in ("DeepJet", "DeepJetHLT"):
+        assert 250_000 <= build(name, specs["plain"]).n_parameters() <= 300_000
+    hlt = InputSpec.from_config(load_config("hlt_run3"))
+    offline = build("DeepJet", specs["plain"]).n_parameters()
+    assert build("DeepJetHLT", hlt).n_parameters() == offline
+
+
+def test_input_sizes_come_from_the_spec(config):
+    """A config with other feature counts and lengths builds and runs every model."""
+    smaller = with_four_vectors(config).replace_group(
+        "cpf", length=10, branches=with_four_vectors(config).group("cpf").branches[3:])
+    spec = InputSpec.from_config(smaller)
+    assert spec.group("cpf").n_features == 17
+    for name in MODELS:
+        assert build(name, spec)(make_batch(spec, 8)).shape == (8, spec.n_classes)
+
+
+@pytest.mark.parametrize("name", ["ParticleTransformer", "ParticleNet"])
+def test_missing_four_vectors_are_reported(name, specs):
+    with pytest.raises(ModelInputError, match="four_vector") as error:
+        get_model(name)(specs["plain"])
+    assert "cpf" in str(error.value) and "Cpfcan_pt" in str(error.value)
+
+
+def test_missing_input_group_is_reported(config):
+    no_vertices = config.replace(groups=tuple(g for g in config.groups if g.name != "vtx"))
+    spec = InputSpec.from_config(no_vertices)
+    with pytest.raises(ModelInputError, match="vtx"):
+        get_model("DeepJet")(spec)
+    assert get_model("MLP").input_groups == ("global",)
+    batch = make_batch(spec, 8)
+    assert build("MLP", spec)({"global": batch["global"]}).shape == (8, spec.n_classes)
+
+
+# -- building blocks ------------------------------------------------------------------------
+def test_batch_norm_statistics_ignore_padding():
+    torch.manual_seed(0)
+    x = 100 * torch.randn(6, 9, 4) + 50
+    mask = torch.arange(9) < torch.tensor([0, 3, 9, 1, 5, 2])[:, None]
+    x = x * mask.unsqueeze(-1)
+    ours, reference = BatchNorm(4).train(), nn.BatchNorm1d(4).train()
+    out = on_real(ours, x, mask)
+    assert torch.allclose(out[mask], reference(x[mask]), atol=1e-5)
+    assert (out[~mask] == 0).all()
+    assert torch.allclose(ours.running_var, reference.running_var)
+    # fewer than two real entries: running statistics used, and left unchanged
+    before = ours.running_mean.clone()
+    single = on_real(ours, x[1:2, :2], mask[1:2, :2] & torch.tensor([True, False]))
+    assert torch.isfinite(single).all() and torch.equal(ours.running_mean, before)
+
+
+def test_knn_never_picks_padding_or_itself():
+    torch.manual_seed(0)
+    points = torch.randn(3, 12, 2)
+    mask = torch.arange(12) < torch.tensor([12, 4, 1])[:, None]
+    idx, valid = knn(torch.cdist(points, points).square(), mask, k=6)
+    assert idx.shape == (3, 12, 6)
+    assert (valid.sum(-1) == torch.tensor([[6] * 12, [3] * 4 + [0] * 8, [0] * 12])).all()
+    neighbours_real = torch.gather(mask.unsqueeze(1).expand(-1, 12, -1), 2, idx)
+    assert neighbours_real[valid].all()
+    assert not (idx == torch.arange(12)[:, None])[valid].any()
+    # the valid neighbours of a full jet are its 6 nearest points
+    distance = torch.cdist(points[0], points[0]).fill_diagonal_(float("inf"))
+    assert torch.equal(idx[0].sort(-1).values, distance.topk(6, largest=False).indices.sort(-1)
+                       .values)
+
+
+def test_pairwise_features_follow_the_part_definitions():
+    # two massless particles: pt 10 and 30, delta y = 0.3, phi on either side of +-pi
+    pt, eta, phi = torch.tensor([10.0, 30.0]), torch.tensor([0.1, 0.4]), torch.tensor([3.1, -3.1])
+    p4 = torch.stack((pt, eta, phi, pt * torch.cosh(eta)), -1).unsqueeze(0)
+    features = pairwise_features(p4)[0]
+    delta = math.hypot(0.3, 2 * math.pi - 6.2)
+    e = pt * torch.cosh(eta)
+    mass2 = 2 * (e[0] * e[1] - pt[0] * pt[1] * (math.cos(6.2) + math.sinh(0.1) * math.sinh(0.4)))
+    expected = torch.tensor([math.log(10 * delta), math.log(0.25), math.log(delta),
+                             math.log(mass2)])
+    assert torch.allclose(features[0, 1], expected, atol=1e-4)
+    assert torch.allclose(features[1, 0], features[0, 1])
+    assert torch.isfinite(features).all()  # also delta R = 0 on the diagonal
+
+
+def test_axis_offsets_wrap_phi():
+    p4 = torch.tensor([[[10.0, 0.5, math.pi - 0.05, 12.0], [10.0, 0.7, -math.pi + 0.05, 13.0],
+                        [0.0, 0.0, 0.0, 0.0]]])
+    offsets = axis_offsets(p4, torch.tensor([[True, True, False]]))
+    assert torch.allclose(offsets[0, :, 1], torch.tensor([-0.05, 0.05, 0.0]), atol=1e-5)
+    assert torch.allclose(offsets[0, 1, 0] - offsets[0, 0, 0], torch.tensor(0.2))
+    assert offsets[0, 0, 0] < 0 < offsets[0, 1, 0] and offsets[0, 2, 0] == 0
+
+
+def test_interaction_bias_is_zero_for_padded_pairs(specs):
+    spec = specs["four_vectors"]
+    model = build("ParticleTransformer", spec).train()
+    batch = make_batch(spec)
+    p4, mask = candidate_four_vectors(batch, spec, model.particle_groups)
+    bias = model.interaction(p4, mask)
+    assert bias.shape == (BATCH, 8, mask.shape[1], mask.shape[1])
+    pair_mask = (mask.unsqueeze(2) & mask.unsqueeze(1)).unsqueeze(1).expand_as(bias)
+    assert (bias[~pair_mask] == 0).all() and (bias[pair_mask] != 0).all()
+    assert torch.allclose(bias, bias.transpose(2, 3), atol=1e-5)  # symmetric features
+
+
+def test_attention_mask_hides_padded_keys_but_never_a_whole_row():
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    bias = self_attention_mask(mask)[:, 0]
+    assert torch.isinf(bias[0, :, 2][:2]).all() and (bias[0, :2, :2] == 0).all()
+    assert (torch.isfinite(bias).sum(-1) >= 1).all()
+
+
+def test_deepjet_lstm_reads_the_real_candidates_backwards():
+    torch.manual_seed(0)
+    summary = SequenceSummary(3, 5)
+    x = torch.randn(3, 6, 3)
+    lengths = torch.tensor([4, 0, 6])
+    mask = torch.arange(6) < lengths[:, None]
+    out = summary(x * mask.unsqueeze(-1), mask)
+    for jet, n in enumerate(lengths.tolist()):
+        if n == 0:
+            assert (out[jet] == 0).all()
+        else:
+            _, (hidden, _) = summary.lstm(x[jet : jet + 1, :n].flip(1))
+            assert torch.allclose(out[jet], hidden[-1, 0], atol=1e-6)

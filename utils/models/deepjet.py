@@ -1,0 +1,80 @@
+"""DeepJet (CMS DP-2017/027, JINST 15 (2020) P12012): per-candidate 1x1 convolutions and one
+LSTM per candidate group, merged with the global jet features in a dense classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from utils.models.base_model import BaseModel, InputSpec
+from utils.models.layers import BatchNorm, CandidateEncoder, dense_stack
+
+CONV_WIDTHS = {"cpf": (64, 32, 32, 8), "npf": (32, 16, 4), "vtx": (64, 32, 32, 8)}
+LSTM_WIDTHS = {"cpf": 150, "npf": 50, "vtx": 50}
+
+
+class SequenceSummary(nn.Module):
+    """LSTM over the real candidates of each jet, read backwards (last real candidate first,
+    so the leading candidates, which the ntupliser sorts first, are read last); returns the
+    final hidden state, zero for jets without candidates."""
+
+    def __init__(self, in_features: int, hidden: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(in_features, hidden, batch_first=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        n_real = mask.sum(1)
+        positions = torch.arange(x.shape[1], device=x.device)
+        backwards = (n_real.unsqueeze(1) - 1 - positions).clamp_min(0)
+        x = x.gather(1, backwards.unsqueeze(-1).expand_as(x))
+        # empty jets are run over one (padding) step and their summary zeroed afterwards
+        packed = pack_padded_sequence(x, n_real.clamp_min(1).cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        _, (hidden, _) = self.lstm(packed)
+        return hidden[-1] * (n_real > 0).unsqueeze(1).to(x.dtype)
+
+
+class DeepJet(BaseModel):
+    """DeepJet: global features plus the cpf, npf and vtx candidate sequences.
+
+    Every group is batch-normalised on the raw inputs (candidate statistics exclude padding),
+    each candidate passes a 1x1-convolution stack (Linear-ReLU-BN-Dropout), each sequence an
+    LSTM over its real candidates; the summaries and the global features feed a dense stack.
+    """
+
+    name = "DeepJet"
+    input_groups = ("global", "cpf", "npf", "vtx")
+
+    def __init__(self, spec: InputSpec,
+                 conv_widths: Mapping[str, Sequence[int]] = CONV_WIDTHS,
+                 lstm_widths: Mapping[str, int] = LSTM_WIDTHS,
+                 dense_widths: Sequence[int] = (200,) + (100,) * 7,
+                 dropout: float = 0.1) -> None:
+        super().__init__(spec)
+        self.candidate_groups = self.input_groups[1:]
+        self.global_norm = BatchNorm(spec.group("global").n_features)
+        self.encoders = nn.ModuleDict({
+            g: CandidateEncoder(spec.group(g).n_features, conv_widths[g], nn.ReLU, dropout)
+            for g in self.candidate_groups})
+        self.sequences = nn.ModuleDict({
+            g: SequenceSummary(conv_widths[g][-1], lstm_widths[g]) for g in self.candidate_groups})
+        merged = spec.group("global").n_features + sum(lstm_widths[g]
+                                                       for g in self.candidate_groups)
+        self.dense = dense_stack(merged, dense_widths, nn.ReLU, dropout)
+        self.output = nn.Linear(dense_widths[-1], spec.n_classes)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        summaries = [self.global_norm(inputs["global"])]
+        for g in self.candidate_groups:
+            mask = self.padding_mask(inputs[g])
+            summaries.append(self.sequences[g](self.encoders[g](inputs[g], mask), mask))
+        return self.output(self.dense(torch.cat(summaries, 1)))
+
+
+class DeepJetHLT(DeepJet):
+    """DeepJet trained on the HLT inputs (``hlt_run3``, ``hlt_phase2``): the same network."""
+
+    name = "DeepJetHLT"

@@ -1,0 +1,199 @@
+"""Building blocks shared by the taggers: padding-aware normalisation, pooling and attention,
+and the candidate kinematics (jet axis, wrapped azimuth) used by the 4-vector models.
+
+Conventions: candidate tensors are channels-last, ``(batch, candidates, channels)``, with a
+boolean ``mask`` ``(batch, candidates)`` that is True for real candidates (see
+:meth:`BaseModel.padding_mask`). Pointwise ("1x1 convolution") layers are ``nn.Linear`` on
+the last dimension and run on the packed real entries only (:func:`on_real`), so padding
+never enters batch statistics and comes back as zeros; pooling and attention are masked.
+Appending padding therefore never changes a real output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.models.base_model import BaseModel, InputSpec
+
+
+class BatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` over rows ``(rows, channels)`` that also accepts a training batch of
+    fewer than two rows (e.g. no secondary vertex in a small batch): such a batch is
+    normalised with the running statistics and leaves them unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < 2:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def on_real(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+            mask: torch.Tensor) -> torch.Tensor:
+    """Apply a row-wise ``module`` to the real entries of ``x`` ``(..., C)`` only (``mask``
+    has the leading shape ``(...)``); padded entries of the result are zero."""
+    flat = x.reshape(-1, x.shape[-1])
+    index = mask.reshape(-1).nonzero().squeeze(1)
+    out = module(flat.index_select(0, index))
+    return out.new_zeros(flat.shape[0], out.shape[-1]).index_copy(0, index, out).view(
+        *x.shape[:-1], out.shape[-1])
+
+
+def dense_stack(in_features: int, widths: Sequence[int],
+                activation: Callable[[], nn.Module] = nn.ReLU,
+                dropout: float = 0.0) -> nn.Sequential:
+    """``Linear -> activation -> BatchNorm -> Dropout`` for each width (DeepJet's dense and
+    1x1-convolution blocks)."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Linear(in_features, width), activation(), BatchNorm(width),
+                   nn.Dropout(dropout)]
+        in_features = width
+    return nn.Sequential(*layers)
+
+
+class CandidateEncoder(nn.Module):
+    """Raw candidate features -> input BatchNorm -> :func:`dense_stack`, on real candidates.
+
+    The input normalisation replaces external preprocessing: raw values (GeV, cm,
+    significances, flags) are standardised with statistics of real candidates only.
+    """
+
+    def __init__(self, in_features: int, widths: Sequence[int],
+                 activation: Callable[[], nn.Module] = nn.ReLU, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(BatchNorm(in_features),
+                                    dense_stack(in_features, widths, activation, dropout))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return on_real(self.layers, x, mask)
+
+
+def encode_groups(encoders: nn.ModuleDict, inputs: Mapping[str, torch.Tensor],
+                  extra: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Tokens ``(B, N, D)`` of several candidate groups: each group's raw features with its
+    slice of the per-candidate ``extra`` features ``(B, N, E)`` appended, through that
+    group's :class:`CandidateEncoder` (``encoders`` keyed by group, in concatenation order)."""
+    lengths = [inputs[g].shape[1] for g in encoders]
+    return torch.cat([
+        encoder(torch.cat((inputs[g], group_extra), -1), group_mask)
+        for (g, encoder), group_extra, group_mask in zip(
+            encoders.items(), extra.split(lengths, 1), mask.split(lengths, 1), strict=True)], 1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` ``(..., N, C)`` over the real entries of dim -2; zero if there are none."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(-2) / m.sum(-2).clamp_min(1)
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the real entries of the last dim; padded entries get weight 0 (all
+    weights are 0 if none is real)."""
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1) * mask.to(scores.dtype)
+
+
+class AttentionPooling(nn.Module):
+    """Weighted sum of the real tokens with learned, masked softmax weights."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = masked_softmax(self.score(x).squeeze(-1), mask)
+        return torch.einsum("bn,bnc->bc", weights, x)
+
+
+def self_attention_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Additive attention mask ``(B, 1, N, N)``: ``-inf`` for padded keys.
+
+    Every token may attend to itself, so padded queries (whose outputs are never used) have
+    one finite logit and no NaN appears, even for jets without any candidate.
+    """
+    n = mask.shape[1]
+    allowed = mask.unsqueeze(1) | torch.eye(n, dtype=torch.bool, device=mask.device)
+    return key_padding_bias(allowed).unsqueeze(1)
+
+
+def key_padding_bias(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """0 where ``allowed``, ``-inf`` elsewhere (additive attention-logit mask)."""
+    zeros = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return zeros.masked_fill(~allowed, float("-inf"))
+
+
+class AttentionBlock(nn.Module):
+    """Pre-LayerNorm transformer block: multi-head attention and a GELU feed-forward network.
+
+    ``x`` ``(B, Nq, D)`` is the residual stream (the queries); keys and values come from
+    ``context`` ``(B, Nk, D)`` (default ``x``: self-attention). ``attn_bias`` is added to the
+    attention logits, broadcastable to ``(B, heads, Nq, Nk)``: ``-inf`` masks a key, finite
+    values are e.g. ParT's pairwise interaction. Dropout acts on the residual branches, not
+    on the attention weights (which would force the slow reference attention kernel).
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_ratio: int = 4, dropout: float = 0.1) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"embedding width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.norm_attn = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_ratio * dim), nn.GELU(),
+                                 nn.Linear(ffn_ratio * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        q = self.norm_attn(x)
+        kv = q if context is None else self.norm_attn(context)
+        k, v = self.key_value(kv).chunk(2, dim=-1)
+        attn = F.scaled_dot_product_attention(
+            self._split_heads(self.query(q)), self._split_heads(k), self._split_heads(v),
+            attn_mask=attn_bias.to(q.dtype))
+        x = x + self.drop(self.out(attn.transpose(1, 2).flatten(2)))
+        return x + self.drop(self.ffn(self.norm_ffn(x)))
+
+
+# -- candidate kinematics -------------------------------------------------------------------
+def wrap_phi(dphi: torch.Tensor) -> torch.Tensor:
+    """Azimuthal difference wrapped into [-pi, pi)."""
+    return torch.remainder(dphi + math.pi, 2 * math.pi) - math.pi
+
+
+def candidate_four_vectors(inputs: Mapping[str, torch.Tensor], spec: InputSpec,
+                           groups: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pt, eta, phi, energy) ``(B, N, 4)`` of the candidates of ``groups`` (concatenated in
+    that order) and their padding mask ``(B, N)``; padded slots are all zero."""
+    vectors, masks = [], []
+    for name in groups:
+        x = inputs[name]
+        vectors.append(x[..., list(spec.group(name).four_vector)])
+        masks.append(BaseModel.padding_mask(x))
+    return torch.cat(vectors, 1), torch.cat(masks, 1)
+
+
+def axis_offsets(p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(delta eta, delta phi) ``(B, N, 2)`` of each candidate w.r.t. the jet axis, the
+    direction of the summed momentum of the real candidates; zero for padding."""
+    pt, eta, phi = p4[..., 0] * mask, p4[..., 1], p4[..., 2]
+    px = (pt * torch.cos(phi)).sum(1, keepdim=True)
+    py = (pt * torch.sin(phi)).sum(1, keepdim=True)
+    pz = (pt * torch.sinh(eta)).sum(1, keepdim=True)
+    axis_phi = torch.atan2(py, px)
+    axis_eta = torch.asinh(pz / torch.hypot(px, py).clamp_min(1e-6))
+    offsets = torch.stack((eta - axis_eta, wrap_phi(phi - axis_phi)), -1)
+    return offsets * mask.unsqueeze(-1)

@@ -1,0 +1,115 @@
+"""Particle Transformer (Qu, Li, Qian, ICML 2022, arXiv:2202.03772): attention over all jet
+constituents with a pairwise-interaction bias from their 4-vectors, then class attention."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from utils.models.base_model import BaseModel, InputSpec
+from utils.models.layers import (
+    AttentionBlock,
+    BatchNorm,
+    CandidateEncoder,
+    axis_offsets,
+    candidate_four_vectors,
+    dense_stack,
+    encode_groups,
+    key_padding_bias,
+    on_real,
+    self_attention_mask,
+    wrap_phi,
+)
+
+EPS = 1e-8  # clamp before every log: collinear (delta R = 0) and massless pairs stay finite
+
+
+def pairwise_features(p4: torch.Tensor) -> torch.Tensor:
+    """ParT interaction features ``(B, N, N, 4)``: ln kT, ln z, ln delta R, ln m^2 of each pair.
+
+    ``p4`` holds (pt, eta, phi, energy) ``(B, N, 4)``. With the rapidity y,
+    delta R = sqrt(dy^2 + dphi^2) (dphi wrapped into [-pi, pi)), kT = min(pt_i, pt_j) delta R,
+    z = min(pt_i, pt_j) / (pt_i + pt_j) and m^2 the invariant mass squared of the pair.
+    """
+    pt, eta, phi, energy = p4.unbind(-1)
+    momentum = torch.stack((energy, pt * torch.cos(phi), pt * torch.sin(phi),
+                            pt * torch.sinh(eta)), -1)
+    pz = momentum[..., 3]
+    rapidity = 0.5 * torch.log((energy + pz).clamp_min(EPS) / (energy - pz).clamp_min(EPS))
+    delta = torch.hypot(rapidity.unsqueeze(2) - rapidity.unsqueeze(1),
+                        wrap_phi(phi.unsqueeze(2) - phi.unsqueeze(1)))
+    pt_i, pt_j = pt.unsqueeze(2), pt.unsqueeze(1)
+    pt_min = torch.minimum(pt_i, pt_j)
+    pair = momentum.unsqueeze(2) + momentum.unsqueeze(1)
+    mass2 = pair[..., 0].square() - pair[..., 1:].square().sum(-1)
+    return torch.stack((
+        torch.log((pt_min * delta).clamp_min(EPS)),
+        torch.log((pt_min / (pt_i + pt_j).clamp_min(EPS)).clamp_min(EPS)),
+        torch.log(delta.clamp_min(EPS)),
+        torch.log(mass2.clamp_min(EPS)),
+    ), -1)
+
+
+class ParticleTransformer(BaseModel):
+    """ParT on the charged (cpf), neutral (npf) and secondary-vertex (vtx) candidates.
+
+    Particle tokens: each group's raw features plus (delta eta, delta phi) to the jet axis,
+    masked input BatchNorm and a pointwise GELU/BN embedding to ``dim``. Pairwise features
+    of all token pairs, embedded by a pointwise stack to one bias per head, are added to the
+    attention logits of the particle blocks (zero for pairs with a padded member, ``-inf``
+    for padded keys). Class-attention blocks update a learnable CLS token from
+    [CLS, particles]; its LayerNorm-ed state and the embedded global features give the
+    logits.
+    """
+
+    name = "ParticleTransformer"
+    input_groups = ("global", "cpf", "npf", "vtx")
+    needs_four_vectors = ("cpf", "npf", "vtx")
+
+    def __init__(self, spec: InputSpec, dim: int = 128, heads: int = 8, particle_blocks: int = 3,
+                 class_blocks: int = 2, pair_widths: Sequence[int] = (32, 32),
+                 ffn_ratio: int = 4, dropout: float = 0.1) -> None:
+        super().__init__(spec)
+        self.particle_groups = self.needs_four_vectors
+        self.embeddings = nn.ModuleDict({
+            g: CandidateEncoder(spec.group(g).n_features + 2, (dim, dim), nn.GELU)
+            for g in self.particle_groups})
+        self.pair_embedding = nn.Sequential(BatchNorm(4), dense_stack(4, pair_widths, nn.GELU),
+                                            nn.Linear(pair_widths[-1], heads))
+        self.particle_blocks = nn.ModuleList(AttentionBlock(dim, heads, ffn_ratio, dropout)
+                                             for _ in range(particle_blocks))
+        self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, dim))
+        self.class_blocks = nn.ModuleList(AttentionBlock(dim, heads, ffn_ratio, 0.0)
+                                          for _ in range(class_blocks))
+        self.final_norm = nn.LayerNorm(dim)
+        n_global = spec.group("global").n_features
+        self.global_embedding = nn.Sequential(BatchNorm(n_global), nn.Linear(n_global, dim),
+                                              nn.GELU())
+        self.head = nn.Linear(2 * dim, spec.n_classes)
+
+    def interaction(self, p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Attention-logit bias ``(B, heads, N, N)`` from the pairwise features of the real
+        pairs (batch statistics from real pairs only); zero for pairs with a padded member."""
+        pair_mask = mask.unsqueeze(2) & mask.unsqueeze(1)
+        bias = on_real(self.pair_embedding, pairwise_features(p4), pair_mask)
+        return bias.permute(0, 3, 1, 2)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        p4, mask = candidate_four_vectors(inputs, self.spec, self.particle_groups)
+        offsets = axis_offsets(p4, mask)
+        x = encode_groups(self.embeddings, inputs, offsets, mask)
+
+        attn_bias = self.interaction(p4, mask) + self_attention_mask(mask)
+        for block in self.particle_blocks:
+            x = block(x, attn_bias)
+
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        cls_mask = torch.cat((torch.ones_like(mask[:, :1]), mask), 1)
+        cls_bias = key_padding_bias(cls_mask, x.dtype)[:, None, None, :]
+        for block in self.class_blocks:
+            cls = block(cls, cls_bias, context=torch.cat((cls, x), 1))
+        jet = torch.cat((self.final_norm(cls.squeeze(1)),
+                         self.global_embedding(inputs["global"])), 1)
+        return self.head(jet)

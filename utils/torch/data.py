@@ -71,8 +71,8 @@ def split_shards(shards: Sequence[Shard], fraction: float = 0.85,
                  n_train: int | None = None) -> Split:
     """Split into training and validation by file; a single file is split by rows.
 
-    With >= 2 files validation always gets at least one file. ``n_train`` caps the number
-    of training files.
+    Validation takes files from the end until it holds at least ``1 - fraction`` of the jets;
+    with >= 2 files both sides get at least one file. ``n_train`` caps the training files.
     """
     if not 0 < fraction < 1:
         raise DataError(f"--train-val-split must be in (0, 1), got {fraction}")
@@ -90,7 +90,12 @@ def split_shards(shards: Sequence[Shard], fraction: float = 0.85,
                    "file-level split")
         return Split([Shard(s.path, 0, cut, cut, share * cut)],
                      [Shard(s.path, cut, s.rows, s.rows - cut, share * (s.rows - cut))], warning)
-    k = min(len(shards) - 1, max(1, int(round(len(shards) * fraction))))
+    # validation: the last files, until they hold at least (1 - fraction) of the jets
+    total = sum(s.rows for s in shards)
+    k, held = len(shards), 0
+    while k > 1 and (held < (1 - fraction) * total or k == len(shards)):
+        k -= 1
+        held += shards[k].rows
     train, validation = list(shards[:k]), list(shards[k:])
     if n_train is not None and n_train > 0:
         train = train[:n_train]

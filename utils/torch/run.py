@@ -103,6 +103,8 @@ def run_training(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
 def _terminal_roc(class_names: list[str]) -> Any:
     from utils.evaluation.discriminants import by_name, evaluate, softmax
     from utils.evaluation.roc import EvaluationError, auc, roc_curve
+    from rich.text import Text
+
     from utils.plotting.terminal import terminal_roc
 
     def callback(epoch: int, pred: dict[str, np.ndarray]) -> None:
@@ -113,7 +115,7 @@ def _terminal_roc(class_names: list[str]) -> Any:
             fpr, tpr, _ = roc_curve(score, signal)
         except (EvaluationError, KeyError):
             return
-        console.print(terminal_roc({f"BvsL AUC {auc(fpr, tpr):.3f}": (tpr, fpr)},
-                                   f"Validation ROC after epoch {epoch}"))
+        console.print(Text.from_ansi(terminal_roc({f"BvsL AUC {auc(fpr, tpr):.3f}": (tpr, fpr)},
+                                                  f"Validation ROC after epoch {epoch}")))
 
     return callback

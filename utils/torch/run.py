@@ -101,10 +101,10 @@ def run_training(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
 
 
 def _terminal_roc(class_names: list[str]) -> Any:
-    from utils.evaluation.discriminants import by_name, evaluate, softmax
-    from utils.evaluation.roc import EvaluationError, auc, roc_curve
     from rich.text import Text
 
+    from utils.evaluation.discriminants import by_name, evaluate, softmax
+    from utils.evaluation.roc import EvaluationError, auc, roc_curve
     from utils.plotting.terminal import terminal_roc
 
     def callback(epoch: int, pred: dict[str, np.ndarray]) -> None:

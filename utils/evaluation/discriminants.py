@@ -80,14 +80,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def score(disc: Discriminant, probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """The discriminant value of every jet (also of jets outside its flavours, e.g. the c
+    jets of BvsL whose mis-id a working point reports)."""
+    sig, bkg = _classes(disc.signal, class_names), _classes(disc.background, class_names)
+    p_sig = probs[:, sig].sum(axis=1)
+    denominator = p_sig + probs[:, bkg].sum(axis=1)
+    return np.divide(p_sig, denominator, out=np.zeros_like(p_sig), where=denominator > 0)
+
+
 def evaluate(disc: Discriminant, probs: np.ndarray, truth: np.ndarray,
              class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(mask, score, is_signal)``: the jets the discriminant applies to (mask over all
     jets), their discriminant values and whether each is signal."""
     sig, bkg = _classes(disc.signal, class_names), _classes(disc.background, class_names)
     mask = np.isin(truth, sig + bkg)
-    p_sig = probs[mask][:, sig].sum(axis=1)
-    p_bkg = probs[mask][:, bkg].sum(axis=1)
-    denominator = p_sig + p_bkg
-    score = np.divide(p_sig, denominator, out=np.zeros_like(p_sig), where=denominator > 0)
-    return mask, score, np.isin(truth[mask], sig)
+    return mask, score(disc, probs[mask], class_names), np.isin(truth[mask], sig)

@@ -20,7 +20,7 @@ def new_figure(figsize: tuple[float, float] = (10, 8)) -> tuple[plt.Figure, plt.
 
 
 def cms_label(ax: plt.Axes, right: str = "(13.6 TeV)") -> None:
-    hep.cms.label("Simulation", data=False, rlabel=right, ax=ax, loc=0)
+    hep.cms.label(data=False, rlabel=right, ax=ax, loc=0)  # data=False adds "Simulation"
 
 
 def save(fig: plt.Figure, path_without_suffix: str | Path) -> list[Path]:

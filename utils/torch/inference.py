@@ -19,7 +19,7 @@ from utils.torch.data import TEST, ChunkDataset, dataset_shards, make_loader
 from utils.torch.training import load_checkpoint, pick_device
 
 PREDICTION_FILES = ("prediction.npy", "truth.npy", "kinematics.npy", "process.npy",
-                    "output.root", "inference_time.json")
+                    "output.root", "classes.json", "inference_time.json")
 
 
 @torch.no_grad()
@@ -65,7 +65,7 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
                   device: torch.device | None = None) -> dict[str, np.ndarray]:
     """Predict every jet of the test dataset and write the inference outputs to ``out_dir``:
     prediction.npy (logits), truth.npy (class index), kinematics.npy (pt, eta), process.npy,
-    output.root and inference_time.json."""
+    output.root, classes.json (class names and their truth labels) and inference_time.json."""
     device = device or pick_device()
     model.to(device)
     load_trained_model(model, checkpoint, device)
@@ -91,6 +91,9 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
         np.save(tmp, array)
         os.replace(tmp, out_dir / name)
     write_output_root(out_dir / "output.root", config, list(classes), pred, columns)
+    (out_dir / "classes.json").write_text(json.dumps({
+        "model_name": model.name, "config": config.name, "class_names": list(classes),
+        "classes": {k: list(v) for k, v in classes.items()}}, indent=2) + "\n")
     timing = {"seconds": seconds, "jets": n, "jets_per_second": n / max(seconds, 1e-9),
               "device": str(device), "batch_size": batch_size}
     (out_dir / "inference_time.json").write_text(json.dumps(timing, indent=2) + "\n")

@@ -1,0 +1,205 @@
+"""ROC and working-point reports from inference outputs (the work of ROCCurveTask,
+WorkingPointTask and the comparison task; law-free)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.evaluation.binned import binned_rates
+from utils.evaluation.discriminants import Discriminant, available, by_name, softmax
+from utils.evaluation.discriminants import score as discriminant_score
+from utils.evaluation.roc import EvaluationError, roc_curve
+from utils.evaluation.summary import Roc, discriminant_roc, window_mask
+from utils.evaluation.working_points import jet_flavours, working_points, write_working_points
+from utils.io import write_json
+from utils.progress import console
+
+WP_DISCRIMINANTS = ("BvsAll", "BvsL")
+
+
+@dataclass
+class Predictions:
+    """Inference outputs of one model on one test sample."""
+
+    label: str
+    class_names: list[str]
+    probs: np.ndarray
+    truth: np.ndarray
+    pt: np.ndarray
+    eta: np.ndarray
+    process: np.ndarray
+    observers: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: str | Path, label: str = "",
+             observers: Sequence[str] = ()) -> Predictions:
+        """Read ``prediction.npy``, ``truth.npy``, ``kinematics.npy``, ``process.npy``,
+        ``classes.json`` and the ``observers`` from ``output.root`` of an InferenceTask."""
+        directory = Path(directory)
+        meta = json.loads((directory / "classes.json").read_text())
+        kinematics = np.load(directory / "kinematics.npy")
+        values: dict[str, np.ndarray] = {}
+        if observers:
+            import uproot
+
+            with uproot.open(directory / "output.root") as f:
+                tree = f["tree"]
+                missing = [o for o in observers if o not in tree]
+                if missing:
+                    raise EvaluationError(f"{directory / 'output.root'} has no observers "
+                                          f"{missing}")
+                values = {k: np.asarray(v) for k, v in tree.arrays(list(observers),
+                                                                   library="np").items()}
+        return cls(label or meta.get("model_name", "model"), list(meta["class_names"]),
+                   softmax(np.load(directory / "prediction.npy")), np.load(directory /
+                                                                           "truth.npy"),
+                   kinematics[:, 0], kinematics[:, 1], np.load(directory / "process.npy"),
+                   values)
+
+    def subset(self, mask: np.ndarray) -> Predictions:
+        return Predictions(self.label, self.class_names, self.probs[mask], self.truth[mask],
+                           self.pt[mask], self.eta[mask], self.process[mask],
+                           {k: v[mask] for k, v in self.observers.items()})
+
+
+def process_windows(config: Any, pred: Predictions) -> dict[str, Predictions]:
+    """The jets of every process inside its evaluation window (processes without jets are
+    reported and left out)."""
+    out = {}
+    for index, process in enumerate(config.processes):
+        mask = (pred.process == index) & window_mask(pred.pt, pred.eta, process.pt_range,
+                                                     process.eta_range)
+        if not mask.any():
+            console.print(f"[yellow]{process.name}: no test jets in the evaluation window; "
+                          "skipped[/]")
+            continue
+        out[process.name] = pred.subset(mask)
+    return out
+
+
+def reference_rocs(config: Any, disc: Discriminant, pred: Predictions) -> dict[str, Roc]:
+    """ROCs of the config's reference taggers of ``disc`` on the same jets as the model."""
+    from utils.evaluation.discriminants import evaluate
+
+    out = {}
+    for label, observer in (config.reference_taggers or {}).get(disc.name, {}).items():
+        mask, _, is_signal = evaluate(disc, pred.probs, pred.truth, pred.class_names)
+        fpr, tpr, thresholds = roc_curve(pred.observers[observer][mask], is_signal)
+        n_signal = int(is_signal.sum())
+        out[label] = Roc(label, fpr, tpr, thresholds, n_signal, len(is_signal) - n_signal)
+    return out
+
+
+def roc_report(config: Any, preds: Sequence[Predictions], out_dir: Path,
+               binned: bool = True) -> dict[str, Any]:
+    """ROC curves of every discriminant per process (all ``preds`` overlaid, plus the
+    config's reference taggers), binned efficiencies at the working points, ``.npz`` curves
+    of the first prediction and ``summary.json``
+    (``{process: {discriminant: {label: {auc, eff_at_10pc, eff_at_1pc, eff_at_0p1pc, ...}}}}``,
+    labels being the models and the reference taggers); returns the summary."""
+    from utils.plotting.roc import plot_binned, plot_roc, window_label
+
+    summary: dict[str, Any] = {}
+    windows = [process_windows(config, p) for p in preds]
+    for process in config.processes:
+        if process.name not in windows[0]:
+            continue
+        title = window_label(process.name, process.pt_range, process.eta_range)
+        summary[process.name] = {}
+        for disc in available(preds[0].class_names):
+            curves, entry = [], {}
+            for pred, window in zip(preds, windows, strict=True):
+                try:
+                    roc = discriminant_roc(disc, window[process.name].probs,
+                                           window[process.name].truth, pred.class_names)
+                except EvaluationError as exc:
+                    console.print(f"[yellow]{process.name} {disc.name} ({pred.label}): {exc}; "
+                                  "no curve[/]")
+                    entry[pred.label] = {"error": str(exc)}
+                    continue
+                entry[pred.label] = roc.summary()
+                curves.append((pred.label, roc.fpr, roc.tpr, roc.auc))
+                if pred is preds[0]:
+                    np.savez(out_dir / f"roc_{process.name}_{disc.name}.npz", fpr=roc.fpr,
+                             tpr=roc.tpr, thresholds=roc.thresholds, auc=roc.auc)
+            if curves:
+                try:
+                    refs = reference_rocs(config, disc, windows[0][process.name])
+                except EvaluationError:
+                    refs = {}
+                for label, roc in refs.items():
+                    entry[label] = roc.summary()
+                    curves.append((label, roc.fpr, roc.tpr, roc.auc))
+                plot_roc(curves, out_dir / f"roc_{process.name}_{disc.name}", title,
+                         disc.xlabel, disc.ylabel)
+            summary[process.name][disc.name] = entry
+            if binned and curves and disc.name in WP_DISCRIMINANTS:
+                _binned_report(config, disc, windows[0][process.name], process.name, title,
+                               out_dir, plot_binned)
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _binned_report(config: Any, disc: Discriminant, pred: Predictions, process: str,
+                   title: str, out_dir: Path, plot_binned: Any) -> None:
+    score = discriminant_score(disc, pred.probs, pred.class_names)
+    flavour = jet_flavours(pred.truth, pred.class_names)
+    try:
+        wps = working_points(score, flavour, background="l")
+    except EvaluationError:
+        return
+    wps = [wp for wp in wps if wp.name in ("L", "M", "T")]
+    for variable, values, edges in (("pt", pred.pt, config.pt_bins),
+                                    ("eta", pred.eta, config.eta_bins)):
+        rates = binned_rates(values, score, flavour, edges, wps, variable=variable)
+        eff = [r for r in rates if r.flavour == "b"]
+        mis = [r for r in rates if r.flavour != "b"]
+        plot_binned(eff, out_dir / f"eff_{process}_{disc.name}_vs_{variable}", title,
+                    "b-jet efficiency")
+        plot_binned(mis, out_dir / f"misid_{process}_{disc.name}_vs_{variable}", title,
+                    "Mis-identification rate", log_y=True)
+
+
+def working_point_report(config: Any, pred: Predictions, out_dir: Path,
+                         discriminants: Sequence[str] = WP_DISCRIMINANTS
+                         ) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Working points (L, M, T, XT, XXT light mis-id) per process for the discriminants:
+    ``wp_<process>_<disc>.csv/.json`` and a mis-id vs threshold figure."""
+    from utils.plotting.roc import window_label
+    from utils.plotting.working_points import plot_working_points
+
+    report: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for name, window in process_windows(config, pred).items():
+        process = next(p for p in config.processes if p.name == name)
+        report[name] = {}
+        for disc in (by_name(d) for d in discriminants):
+            if disc not in available(pred.class_names):
+                continue
+            score = discriminant_score(disc, window.probs, window.class_names)
+            flavour = jet_flavours(window.truth, window.class_names)
+            try:
+                wps = working_points(score, flavour, background="l")
+            except EvaluationError as exc:
+                console.print(f"[yellow]{name} {disc.name}: {exc}[/]")
+                continue
+            base = out_dir / f"wp_{name}_{disc.name}"
+            write_working_points(wps, base)
+            plot_working_points(score, flavour, wps, base, disc.name,
+                                title=window_label(name, process.pt_range, process.eta_range))
+            report[name][disc.name] = [wp.to_dict() for wp in wps]
+    return report
+
+
+def headline(summary: Mapping[str, Any], discriminant: str = "BvsL"
+             ) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{process: {label: {auc, eff_at_1pc}}}`` of one discriminant from a ROC summary."""
+    return {process: {label: {"auc": values.get("auc"), "eff_at_1pc": values.get("eff_at_1pc")}
+                      for label, values in discs.get(discriminant, {}).items()}
+            for process, discs in summary.items()}
+

@@ -18,8 +18,13 @@ from utils.evaluation.discriminants import by_name, evaluate, softmax
 from utils.evaluation.roc import auc, roc_curve
 from utils.models import available_models
 from utils.torch.data import TEST, TRAIN, ChunkDataset, dataset_shards, make_loader
-from utils.torch.optim import (OptimConfigError, make_loss, make_optimizer, make_scheduler,
-                               schedule_factor)
+from utils.torch.optim import (
+    OptimConfigError,
+    make_loss,
+    make_optimizer,
+    make_scheduler,
+    schedule_factor,
+)
 from utils.torch.run import build_model, label_to_class, run_training
 from utils.torch.training import TrainSettings, load_checkpoint
 

@@ -93,8 +93,8 @@ class DemoRun(BaseTask):
 
     def chain_kwargs(self) -> dict[str, Any]:
         return {"config": self.config, "model_name": self.model_name, "epochs": self.epochs,
-                "batch_size": self.batch_size, "dataset_version": self.version, "training_version": self.version,
-                "test_dataset_version": f"test_{self.version}"}
+                "batch_size": self.batch_size, "dataset_version": self.version,
+                "training_version": self.version, "test_dataset_version": f"test_{self.version}"}
 
     def requires(self) -> dict[str, law.Task]:
         kwargs = self.chain_kwargs()

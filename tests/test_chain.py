@@ -1,0 +1,166 @@
+"""The whole chain through `law run`: a reduced DemoRun, its outputs checked independently,
+re-runs doing nothing, working points, comparisons and input histograms."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uproot
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from utils.config import load_config
+from utils.dataset.chunk_format import read_chunk
+from utils.dataset.export import read_processed_files
+
+pytestmark = pytest.mark.slow
+
+SMALL = ("--GenerateSamplesTask-n-files", 1, "--GenerateSamplesTask-events-per-file", 300,
+         "--DatasetConstructorTask-chunk-size", 1500)
+CHAIN = ("--config", "demo", "--dataset-version", "small", "--training-version", "small",
+         "--test-dataset-version", "test_small", "--model-name", "DeepJet", "--epochs", 2,
+         "--batch-size", 256)
+
+
+@pytest.fixture(scope="module")
+def chain(law_env, tmp_path_factory):
+    """Run a reduced DemoRun once; return a runner bound to its DATA_PATH."""
+    data = tmp_path_factory.mktemp("chain")
+
+    def run(*args, check=True):
+        env = dict(law_env, DATA_PATH=str(data))
+        proc = subprocess.run(["law", "run", *map(str, args)], env=env,
+                              cwd=law_env["B_HIVE_DIR"], capture_output=True, text=True,
+                              timeout=900)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"law run {args} failed:\n{proc.stdout[-5000:]}\n"
+                                 f"{proc.stderr[-5000:]}")
+        return proc
+
+    run.data = data
+    run.first = run("DemoRun", "--version", "small", "--epochs", 2, "--batch-size", 256,
+                    *SMALL, "--workers", 2)
+    return run
+
+
+def _dir(chain, task):
+    parts = ("demo", "small", "test_small", "small", "DeepJet", "epochs_2")
+    return chain.data / task / Path(*parts)
+
+
+def test_demo_run_outputs_and_summary(chain):
+    out = chain.first.stdout
+    assert "b-tagging performance of DeepJet" in out and "BvsL (DeepJet)" in out
+    assert "Track counting" in out and "roc_TT_BvsL.png" in out
+    roc = _dir(chain, "ROCCurveTask")
+    summary = json.loads((roc / "summary.json").read_text())
+    assert set(summary) == {"TT", "QCD"}
+    assert set(summary["TT"]) >= {"BvsL", "BvsC", "CvsL", "CvsB", "BvsAll", "UDSvsG"}
+    for name in ("roc_TT_BvsL.npz", "roc_TT_BvsL.pdf", "roc_TT_BvsL.png",
+                 "eff_TT_BvsAll_vs_pt.png", "misid_TT_BvsL_vs_eta.pdf"):
+        assert (roc / name).exists(), name
+    assert (chain.data / "DemoRun" / "small" / "demo" / "DeepJet" / "epochs_2" /
+            "summary.txt").exists()
+
+
+def test_inference_covers_every_test_jet_once(chain):
+    inference = _dir(chain, "InferenceTask")
+    test_dir = chain.data / "DatasetConstructorTask" / "demo" / "test_small"
+    rows = np.concatenate([read_chunk(p)[0] for p in read_processed_files(test_dir)])
+    config = load_config("demo")
+    layout = read_chunk(read_processed_files(test_dir)[0])[1]
+    kinematics = np.load(inference / "kinematics.npy")
+    np.testing.assert_array_equal(kinematics[:, 0], rows[:, layout.column(config.pt_key)])
+    np.testing.assert_array_equal(kinematics[:, 1], rows[:, layout.column(config.eta_key)])
+    np.testing.assert_array_equal(np.load(inference / "process.npy"),
+                                  rows[:, layout.process_column])
+    prediction = np.load(inference / "prediction.npy")
+    assert prediction.shape == (len(rows), 6)
+    with uproot.open(inference / "output.root") as f:
+        tree = f["tree"]
+        assert tree.num_entries == len(rows)
+        arrays = tree.arrays(["prob_b", "isB", "TC_2ndTrackSip2dSig", "jet_phi"], library="np")
+    labels = np.argmax(rows[:, layout.slice("truth")], axis=1)
+    np.testing.assert_array_equal(arrays["isB"], (labels == 0).astype(np.int32))
+    np.testing.assert_array_equal(arrays["jet_phi"], rows[:, layout.column("jet_phi")])
+    probs = np.exp(prediction - prediction.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(arrays["prob_b"], probs[:, 0], rtol=1e-5)
+    timing = json.loads((inference / "inference_time.json").read_text())
+    assert timing["jets"] == len(rows) and timing["seconds"] > 0
+
+
+def test_roc_matches_independent_computation(chain):
+    inference = _dir(chain, "InferenceTask")
+    roc_dir = _dir(chain, "ROCCurveTask")
+    logits = np.load(inference / "prediction.npy").astype(np.float64)
+    truth = np.load(inference / "truth.npy")
+    pt, eta = np.load(inference / "kinematics.npy").T
+    process = np.load(inference / "process.npy")
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    window = (process == 0) & (pt >= 30) & (pt < 1000) & (eta >= -2.5) & (eta < 2.5)
+    b, light = np.isin(truth, [0, 1, 2]), np.isin(truth, [4, 5])
+    use = window & (b | light)
+    p_b, p_l = probs[:, :3].sum(1), probs[:, 4:].sum(1)
+    score = (p_b / (p_b + p_l))[use]
+    expected_auc = roc_auc_score(b[use], score)
+    summary = json.loads((roc_dir / "summary.json").read_text())
+    assert summary["TT"]["BvsL"]["DeepJet"]["auc"] == pytest.approx(expected_auc, abs=1e-9)
+    curve = np.load(roc_dir / "roc_TT_BvsL.npz")
+    fpr, tpr, _ = roc_curve(b[use], score, drop_intermediate=False)
+    np.testing.assert_allclose(curve["fpr"], fpr, atol=1e-12)
+    np.testing.assert_allclose(curve["tpr"], tpr, atol=1e-12)
+
+
+def test_working_points(chain):
+    wp_dir = _dir(chain, "WorkingPointTask")
+    report = json.loads((wp_dir / "working_points.json").read_text())
+    for process in ("TT", "QCD"):
+        for disc in ("BvsAll", "BvsL"):
+            wps = report[process][disc]
+            assert [wp["name"] for wp in wps] == ["L", "M", "T", "XT", "XXT"]
+            for wp in wps:
+                assert wp["l_misid"] <= wp["target"] + 1e-12
+            thresholds = [wp["threshold"] for wp in wps]
+            assert thresholds == sorted(thresholds)
+    with open(wp_dir / "wp_TT_BvsL.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"name", "threshold", "b_efficiency", "c_misid", "l_misid"} <= set(rows[0])
+    assert (wp_dir / "wp_TT_BvsL.png").exists()
+
+
+def test_rerun_does_nothing_and_status_shows_chain(chain):
+    again = chain("DemoRun", "--version", "small", "--epochs", 2, "--batch-size", 256, *SMALL)
+    log = again.stdout + again.stderr
+    assert "complete ones were encountered" in log and "ran successfully" not in log
+    status = chain("ROCCurveTask", *CHAIN, *SMALL, "--print-status", "-1")
+    for task in ("ROCCurveTask", "InferenceTask", "TrainingTask", "DatasetConstructorTask",
+                 "GenerateSamplesTask"):
+        assert task in status.stdout
+    assert "absent" not in status.stdout
+
+
+def test_compare_trainings_and_input_histograms(chain):
+    chain("TrainingTask", "--config", "demo", "--dataset-version", "small",
+          "--training-version", "mlp", "--model-name", "MLP", "--epochs", 2, "--batch-size", 128,
+          *SMALL)
+    chain("CompareTrainingsTask", "--config", "demo", "--dataset-version", "small",
+          "--test-dataset-version", "test_small", "--training-versions", "small,mlp",
+          "--model-names", "DeepJet,MLP", "--epochs", 2, *SMALL, "--workers", 2)
+    out = next((chain.data / "CompareTrainingsTask").rglob("summary.json"))
+    summary = json.loads(out.read_text())
+    labels = set(summary["TT"]["BvsL"])
+    assert {"DeepJet (small)", "MLP (mlp)"} <= labels
+    assert (out.parent / "roc_TT_BvsL.png").exists()
+    assert "DeepJet (small)" in (out.parent / "table.txt").read_text()
+
+    chain("HistogramPlotterTask", "--config", "demo", "--dataset-version", "small", *SMALL)
+    plots = chain.data / "HistogramPlotterTask" / "demo" / "small"
+    index = (plots / "plots.txt").read_text().split()
+    assert any(p.endswith("TT/Cpfcan_BtagPf_trackSip2dSig.png") for p in index)
+    assert all(Path(p).exists() for p in index)

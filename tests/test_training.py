@@ -160,8 +160,8 @@ def test_sampled_epoch_size_matches_weights(demo_dataset):
 
 # -- through law ---------------------------------------------------------------------------
 
-DEMO = ("--config", "demo", "--dataset-version", "d1", "--chunk-size", 1500,
-        "--GenerateSamplesTask-n-files", 2, "--GenerateSamplesTask-events-per-file", 250)
+DEMO = ("--config", "demo", "--dataset-version", "d1", "--DatasetConstructorTask-chunk-size",
+        1500, "--GenerateSamplesTask-n-files", 2, "--GenerateSamplesTask-events-per-file", 250)
 
 
 @pytest.mark.slow
@@ -196,3 +196,14 @@ def test_resume_after_kill_and_parameter_errors(run_law, law_env):
     again = run_law("TrainingTask", *DEMO, "--training-version", "t1", "--model-name",
                     "DeepJet", "--epochs", 3)
     assert "complete ones were encountered" in again.stdout + again.stderr
+    # --extend-training trains more epochs in the same directory, continuing the schedule
+    lr_before = np.load(out / "training_metrics.npz")["learning_rate"]
+    extended = run_law("TrainingTask", *DEMO, "--training-version", "t1", "--model-name",
+                       "DeepJet", "--epochs", 3, "--extend-training", 1)
+    assert "Resuming after epoch 3" in extended.stdout
+    metrics = np.load(out / "training_metrics.npz")
+    assert len(metrics["loss"]) == 4 and (out / "model_3.pt").exists()
+    np.testing.assert_array_equal(metrics["learning_rate"][:3], lr_before)
+    # epoch_lin_decay over 3 epochs reached lr * 0.01 in epoch 3; the extension keeps it
+    assert metrics["learning_rate"][3] == pytest.approx(lr_before[-1]) == pytest.approx(1e-5)
+    assert load_checkpoint(out / "model_3.pt")["epoch"] == 4

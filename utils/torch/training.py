@@ -271,6 +271,8 @@ class Trainer:
             "scaler_state_dict": self.scaler.state_dict(),
             "metrics": self.history.to_dict(),
             "best_loss": self.best_loss,
+            "rng_state": torch.get_rng_state(),
+            "seed": self.settings.seed,
             **self.metadata,
         }
 
@@ -312,6 +314,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
         self.scaler.load_state_dict(state["scaler_state_dict"])
+        torch.set_rng_state(state["rng_state"])
         self.history = History.from_dict(state["metrics"])
         self.history.truncate(epoch)
         self.epoch = epoch

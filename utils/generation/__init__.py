@@ -1,5 +1,5 @@
 """Built-in training samples: Pythia8 ttbar/QCD events, FastJet jets and a toy CMS detector,
-written as flat DeepNTuples-style ROOT trees (see docs/detector_model.md).
+written as flat DeepNTuples-style ROOT trees (documented in README.md, "Built-in samples").
 
 This package does not depend on law/luigi.
 """

@@ -1,6 +1,6 @@
 """Toy CMS-like detector: calorimeter smearing, track impact parameters, secondary vertices.
 
-All numbers are documented in docs/detector_model.md. Lengths are in cm (CMS units) unless
+All numbers are documented in README.md ("Built-in samples"). Lengths are in cm (CMS units) unless
 a name says otherwise; Pythia vertices (mm) are converted on input.
 """
 

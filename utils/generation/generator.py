@@ -21,7 +21,7 @@ COMMON_SETTINGS = (
     # are stable; B and C hadrons and tau leptons decay with displaced vertices.
     "ParticleDecays:limitTau0 = on",
     "ParticleDecays:tau0Max = 10.",
-    # underlying event off: speed (x4), see docs/detector_model.md
+    # underlying event off: speed (x4), see README.md, "Built-in samples"
     "PartonLevel:MPI = off",
     "Print:quiet = on",
     "Next:numberCount = 0",

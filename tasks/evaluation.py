@@ -9,7 +9,8 @@ from typing import Any
 import law
 import luigi
 
-from tasks.base import ConfigTask
+from tasks.base import ConfigTask, DatasetDependency
+from tasks.dataset import DatasetConstructorTask
 from tasks.inference import InferenceTask, TestDatasetDependency
 
 SUMMARY = "summary.json"
@@ -109,6 +110,42 @@ class WorkingPointTask(TestDatasetDependency):
                                  for wp in wps)
                 console.print(f"  {process} {disc}: {rows}")
         console.print(f"  working points in {self.local_path()}")
+
+
+class ReferenceROCTask(DatasetDependency):
+    """ROC curves and summary of the config's reference taggers (e.g. the CMS taggers stored
+    in NanoAOD) on an exported sample: an evaluation without any training.
+
+    Outputs: ``roc_<process>_<disc>.pdf/png`` with every reference tagger,
+    ``roc_<process>_<disc>__<tagger>.npz``, ``summary.json``, ``files.json``.
+    """
+
+    def requires(self) -> DatasetConstructorTask:
+        return DatasetConstructorTask.req(self)
+
+    def output(self) -> dict[str, Any]:
+        return ROCCurveTask.output(self)
+
+    def run(self) -> None:
+        from utils.dataset.export import read_processed_files
+        from utils.evaluation.report import Predictions, roc_report
+        from utils.evaluation.summary import summary_table
+        from utils.io import publishing, write_json
+        from utils.progress import console
+
+        config = self.load_config()
+        if not config.reference_taggers:
+            raise ValueError(f"config '{self.config}' defines no reference_taggers to evaluate")
+        dataset_dir = Path(self.input()["processed_files"].path).parent
+        jets = Predictions.from_dataset(config, read_processed_files(dataset_dir))
+        with publishing(self.local_path(), last=(SUMMARY,)) as work:
+            summary = roc_report(config, [jets], work, binned=False)
+            write_json(work / "files.json", {"files": sorted(
+                p.name for p in work.iterdir() if p.name not in (SUMMARY, "files.json"))})
+            self.write_parameters(work)
+        console.print(summary_table(_flat(summary), title=f"Reference taggers on "
+                                    f"{self.dataset_version}", width=120))
+        console.print(f"  plots in {self.local_path()}")
 
 
 class CompareTrainingsTask(ConfigTask):

@@ -14,7 +14,7 @@ from utils.dataset.chunk_format import read_chunk
 from utils.dataset.export import ExportError, export_dataset, read_processed_files
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.reweighting import weight_tables
-from utils.synthetic import write_synthetic_ntuple
+from utils.synthetic import synthetic_arrays, write_ntuple, write_synthetic_ntuple
 
 
 def expected_rows(config, files):
@@ -151,22 +151,37 @@ def test_derived_features_and_observers(tmp_path, offline_config):
                         jet_pt * np.cos(jet_eta)),)),
             FeatureGroup("cpf", ("Cpfcan_ptrel", "Cpfcan_BtagPf_trackSip2dSig"), length=3,
                          derived=(Derived("Cpfcan_logptrel", ("Cpfcan_ptrel",),
-                                          lambda Cpfcan_ptrel: np.log1p(abs(Cpfcan_ptrel))),)),
+                                          lambda Cpfcan_ptrel: np.log1p(abs(Cpfcan_ptrel))),),
+                         sort_by="Cpfcan_BtagPf_trackSip2dSig"),
         ),
-        observers=("npv",),
+        observers=("npv", "event"),
     )
-    path = write_synthetic_ntuple(tmp_path / "TT_x.root", config, 500, seed=9)
+    arrays = synthetic_arrays(config, 500, seed=9)
+    arrays["event"] = np.arange(500, dtype=np.int64) * 7919 + 3_000_000_001  # beyond float32
+    path = write_ntuple(tmp_path / "TT_x.root", config.tree_name, arrays)
     summary, work = run_export(config, [path], tmp_path, chunk_size=10000)
-    expected, _ = expected_rows(config, [path])
     rows = np.concatenate(load_all(work))
     layout = ColumnLayout.from_config(config)
-    observer = rows[:, layout.column("npv")]
-    features = np.delete(rows[:, :layout.weight_column], layout.column("npv"), axis=1)
-    np.testing.assert_array_equal(sort_rows(features), sort_rows(expected))
+    observers = layout.decode_observers(rows)
+    # observers are exact (float64 bits), e.g. event numbers above 2**24
+    events = observers["event"]
+    assert np.array_equal(np.sort(events), np.sort(arrays["event"][np.isin(
+        arrays["event"], events)].astype(np.float64)))
+    assert np.all(events == np.round(events)) and events.min() > 3e9
+    # candidates are sorted by decreasing Sip2dSig before clipping to 3
+    sip = rows[:, layout.slice("cpf")].reshape(len(rows), 3, 3)[:, :, 1]
+    n_real = np.abs(rows[:, layout.slice("cpf")].reshape(len(rows), 3, 3)).sum(2) > 0
+    for a, b in ((0, 1), (1, 2)):
+        both = n_real[:, a] & n_real[:, b]
+        assert np.all(sip[both, a] >= sip[both, b])
+    top = ak.sort(arrays["Cpfcan_BtagPf_trackSip2dSig"], axis=1, ascending=False)
+    expected_top = ak.to_numpy(ak.fill_none(ak.firsts(top), 0.0))
+    by_event = dict(zip(arrays["event"].astype(np.float64), expected_top, strict=True))
+    np.testing.assert_array_equal(sip[:, 0], [by_event[e] for e in events])
     np.testing.assert_allclose(
         rows[:, layout.column("jet_px_like")],
         rows[:, layout.column("jet_pt")] * np.cos(rows[:, layout.column("jet_eta")]), rtol=1e-6)
-    assert np.isfinite(observer).all() and observer.std() > 0
+    assert np.isfinite(observers["npv"]).all() and observers["npv"].std() > 0
 
 
 def test_debug_mode_limits_input(tmp_path, offline_config, synthetic_files):

@@ -85,6 +85,8 @@ class FeatureGroup:
 
     ``four_vector`` optionally names the features holding each candidate's (pt, eta, phi,
     energy); models that need momenta (ParticleTransformer, ParticleNet) look them up there.
+    ``sort_by`` optionally names a feature to order the candidates by (descending) before
+    they are clipped; otherwise the input order is kept.
     """
 
     name: str
@@ -92,6 +94,7 @@ class FeatureGroup:
     length: int | None = None
     derived: tuple[Derived, ...] = ()
     four_vector: tuple[str, str, str, str] | None = None
+    sort_by: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "branches", tuple(self.branches))
@@ -112,6 +115,10 @@ class FeatureGroup:
         dupes = sorted({f for f in self.features if self.features.count(f) > 1})
         if dupes:
             _fail(f"{key}.branches", f"duplicate features {dupes}")
+        if self.sort_by is not None and (not self.is_candidates or
+                                         self.sort_by not in self.features):
+            _fail(f"{key}.sort_by", f"{self.sort_by!r} must be a feature of this candidate "
+                  "group")
         if self.four_vector is not None:
             object.__setattr__(self, "four_vector", tuple(self.four_vector))
             unknown = [f for f in self.four_vector if f not in self.features]
@@ -207,6 +214,7 @@ class Config:
     processor: str = "jet_tuple"
     storage_dtype: str = "float32"
     generated_samples: Mapping[str, Mapping[str, float]] | None = None
+    processor_options: Mapping[str, Any] | None = None
     name: str = ""
     description: str = ""
 
@@ -401,7 +409,8 @@ class Config:
             "pt_bins": self.pt_bins, "eta_bins": self.eta_bins,
             "pt_key": self.pt_key, "eta_key": self.eta_key,
             "groups": [(g.name, g.length, g.branches, [describe(d) for d in g.derived],
-                        g.four_vector) for g in self.groups],
+                        g.four_vector, g.sort_by) for g in self.groups],
+            "processor_options": dict(self.processor_options or {}),
             "truths": [describe(t) for t in self.truths],
             "processes": [(p.name, p.pattern) for p in self.processes],
             "selection": describe(self.selection),

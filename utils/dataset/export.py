@@ -95,7 +95,10 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
     if debug:
         by_process = {name: fs[:1] for name, fs in by_process.items()}
     used = [f for fs in by_process.values() for f in fs]
-    entries = inspect_files(used, config.tree_name, config.branches, workers=max(4, workers))
+    processor_cls = get_processor(config.processor)
+    entries = inspect_files(used, config.tree_name,
+                            lambda available: processor_cls.missing_branches(config, available),
+                            workers=max(4, workers))
     layout = ColumnLayout.from_config(config)
     console.print(f"[bold]Dataset construction[/] config [cyan]{config.name}[/]: {len(used)} "
                   f"input file(s), {sum(entries.values()):,} entries, "
@@ -110,14 +113,14 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
     staging.mkdir(exist_ok=True)
     file_index = {f: i for i, f in enumerate(used)}
     n_buckets = max(1, -(-sum(entries.values()) // chunk_size))
-    processor_cls = get_processor(config.processor)
     proc = processor_cls(config, staging, file_index, n_buckets=n_buckets, seed=seed)
     rows_per_chunk = DEBUG_CHUNK_ROWS if debug else (coffea_chunk_size or
                                                       default_coffea_chunk_size(layout))
     runner = _make_runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None)
     # preload: read all needed branches of a chunk in one uproot call (faster than lazily)
+    preload = processor_cls.preload_branches(config)
     fileset = {name: {"files": {f: config.tree_name for f in fs},
-                      "preload": list(config.branches)}
+                      **({"preload": preload} if preload else {})}
                for name, fs in by_process.items()}
     try:
         result = runner(fileset, proc, treename=config.tree_name)

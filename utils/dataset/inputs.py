@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -78,13 +78,18 @@ def assign_processes(files: Sequence[str], processes: Sequence[Process]) -> dict
     return {name: fs for name, fs in groups.items() if fs}
 
 
-def inspect_files(files: Sequence[str], tree_name: str, branches: Sequence[str],
+def inspect_files(files: Sequence[str], tree_name: str,
+                  branches: Sequence[str] | Callable[[set[str]], list[str]],
                   workers: int = 4) -> dict[str, int]:
     """Open every file before any work starts; return entries per file.
 
-    Raises :class:`InputError` listing every unreadable file, missing tree, missing branch
-    and empty tree.
+    ``branches`` lists the required branches, or is a function returning the missing ones
+    given the branches a file has. Raises :class:`InputError` listing every unreadable
+    file, missing tree, missing branch and empty tree.
     """
+    if not callable(branches):
+        required = list(branches)
+        branches = lambda available: [b for b in required if b not in available]  # noqa: E731
     def check(path: str) -> tuple[str, int | None, str | None]:
         try:
             with uproot.open(path) as f:
@@ -96,7 +101,7 @@ def inspect_files(files: Sequence[str], tree_name: str, branches: Sequence[str],
                     return path, None, f"{path}: '{tree_name}' is a {type(tree).__name__}, " \
                                        "not a TTree"
                 available = set(tree.keys(recursive=True, full_paths=False)) | set(tree.keys())
-                missing = [b for b in branches if b not in available]
+                missing = branches(available)
                 if missing:
                     return path, None, f"{path}: missing branch(es) {missing} in tree " \
                                        f"'{tree_name}'"

@@ -2,12 +2,18 @@
 
 A row is ``[feature groups (candidate-major) | observers | process | truth one-hot | weight]``.
 The layout travels in every chunk header, so a chunk file describes itself.
+
+Observers (event numbers, tagger scores, ...) must survive exactly, so each is stored as the
+bits of a float64 spread over the row dtype's columns (2 columns in float32 rows, 4 in
+float16); :meth:`ColumnLayout.encode_observers` / :meth:`decode_observers` convert.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from utils.config import Config
 
@@ -27,6 +33,10 @@ class Block:
     @property
     def width(self) -> int:
         return len(self.features) * (self.length or 1)
+
+    def observer_columns(self, dtype: str) -> int:
+        """Columns per observer (the bytes of a float64 in the row dtype)."""
+        return 8 // np.dtype(dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -49,9 +59,14 @@ class ColumnLayout:
         return cls(tuple(blocks), config.storage_dtype)
 
     # -- lookup ---------------------------------------------------------------------------
+    def _width(self, block: Block) -> int:
+        if block.kind == OBSERVERS:
+            return len(block.features) * block.observer_columns(self.dtype)
+        return block.width
+
     @property
     def n_columns(self) -> int:
-        return sum(b.width for b in self.blocks)
+        return sum(self._width(b) for b in self.blocks)
 
     def block(self, name: str) -> Block:
         for b in self.blocks:
@@ -64,13 +79,15 @@ class ColumnLayout:
         start = 0
         for b in self.blocks:
             if b.name == name:
-                return slice(start, start + b.width)
-            start += b.width
+                return slice(start, start + self._width(b))
+            start += self._width(b)
         raise KeyError(f"no column block {name!r}; blocks are {[b.name for b in self.blocks]}")
 
     def column(self, feature: str, candidate: int = 0) -> int:
         """Index of ``feature`` (of candidate ``candidate`` for candidate groups)."""
         for b in self.blocks:
+            if feature in b.features and b.kind == OBSERVERS:
+                raise KeyError(f"{feature!r} is an observer; read it with decode_observers")
             if feature in b.features:
                 length = b.length or 1
                 if not 0 <= candidate < length:
@@ -78,6 +95,23 @@ class ColumnLayout:
                 return self.slice(b.name).start + candidate * len(b.features) + \
                     b.features.index(feature)
         raise KeyError(f"no column for feature {feature!r}")
+
+    @property
+    def observer_names(self) -> tuple[str, ...]:
+        return next((b.features for b in self.blocks if b.kind == OBSERVERS), ())
+
+    def encode_observers(self, values: np.ndarray) -> np.ndarray:
+        """(rows, observers) float64 -> the (rows, columns) block in the row dtype (bits)."""
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        return values.view(self.dtype).reshape(len(values), -1)
+
+    def decode_observers(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Exact float64 observer values from rows (or from their observers block)."""
+        if not self.observer_names:
+            return {}
+        block = rows[:, self.slice("observers")] if rows.shape[1] == self.n_columns else rows
+        values = np.ascontiguousarray(block, dtype=self.dtype).view(np.float64)
+        return {name: values[:, i] for i, name in enumerate(self.observer_names)}
 
     @property
     def feature_blocks(self) -> tuple[Block, ...]:
@@ -99,7 +133,10 @@ class ColumnLayout:
         """One name per column, e.g. ``cpf[3].Cpfcan_ptrel``."""
         names: list[str] = []
         for b in self.blocks:
-            if b.length is None:
+            if b.kind == OBSERVERS:
+                k = b.observer_columns(self.dtype)
+                names += [f"{f}.bits{i}" for f in b.features for i in range(k)]
+            elif b.length is None:
                 names += list(b.features)
             else:
                 names += [f"{b.name}[{i}].{f}" for i in range(b.length) for f in b.features]

@@ -89,10 +89,18 @@ def score(disc: Discriminant, probs: np.ndarray, class_names: Sequence[str]) -> 
     return np.divide(p_sig, denominator, out=np.zeros_like(p_sig), where=denominator > 0)
 
 
+def jets(disc: Discriminant, truth: np.ndarray, class_names: Sequence[str]
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """``(mask, is_signal)``: the jets (true class index ``truth``) the discriminant applies
+    to, and which of them are signal."""
+    sig, bkg = _classes(disc.signal, class_names), _classes(disc.background, class_names)
+    mask = np.isin(truth, sig + bkg)
+    return mask, np.isin(truth[mask], sig)
+
+
 def evaluate(disc: Discriminant, probs: np.ndarray, truth: np.ndarray,
              class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(mask, score, is_signal)``: the jets the discriminant applies to (mask over all
     jets), their discriminant values and whether each is signal."""
-    sig, bkg = _classes(disc.signal, class_names), _classes(disc.background, class_names)
-    mask = np.isin(truth, sig + bkg)
-    return mask, score(disc, probs[mask], class_names), np.isin(truth[mask], sig)
+    mask, is_signal = jets(disc, truth, class_names)
+    return mask, score(disc, probs[mask], class_names), is_signal

@@ -4,6 +4,7 @@ WorkingPointTask and the comparison task; law-free)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,12 @@ WP_DISCRIMINANTS = ("BvsAll", "BvsL")
 
 @dataclass
 class Predictions:
-    """Inference outputs of one model on one test sample."""
+    """Inference outputs of one model on one test sample (``probs`` None: the test jets
+    only, for reference-tagger evaluations)."""
 
     label: str
     class_names: list[str]
-    probs: np.ndarray
+    probs: np.ndarray | None
     truth: np.ndarray
     pt: np.ndarray
     eta: np.ndarray
@@ -62,8 +64,30 @@ class Predictions:
                    kinematics[:, 0], kinematics[:, 1], np.load(directory / "process.npy"),
                    values)
 
+    @classmethod
+    def from_dataset(cls, config: Any, files: Sequence[str | Path]) -> Predictions:
+        """The jets of an exported dataset (truth classes from the config, pT, eta, process,
+        observers) without model scores."""
+        from utils.dataset.chunk_format import read_chunk
+
+        mapping = {label: i for i, labels in enumerate(config.classes.values())
+                   for label in labels}
+        parts = [read_chunk(path) for path in files]
+        if not parts:
+            raise EvaluationError("the dataset has no chunk files")
+        layout = parts[0][1]
+        rows = np.concatenate([p[0] for p in parts])
+        labels = np.argmax(rows[:, layout.slice("truth")], axis=1)
+        lookup = np.array([mapping.get(label, -1) for label in layout.truth_labels])
+        return cls("", list(config.classes), None, lookup[labels],
+                   rows[:, layout.column(config.pt_key)].astype(np.float64),
+                   rows[:, layout.column(config.eta_key)].astype(np.float64),
+                   rows[:, layout.process_column].astype(np.int64),
+                   layout.decode_observers(rows))
+
     def subset(self, mask: np.ndarray) -> Predictions:
-        return Predictions(self.label, self.class_names, self.probs[mask], self.truth[mask],
+        return Predictions(self.label, self.class_names,
+                           None if self.probs is None else self.probs[mask], self.truth[mask],
                            self.pt[mask], self.eta[mask], self.process[mask],
                            {k: v[mask] for k, v in self.observers.items()})
 
@@ -85,11 +109,11 @@ def process_windows(config: Any, pred: Predictions) -> dict[str, Predictions]:
 
 def reference_rocs(config: Any, disc: Discriminant, pred: Predictions) -> dict[str, Roc]:
     """ROCs of the config's reference taggers of ``disc`` on the same jets as the model."""
-    from utils.evaluation.discriminants import evaluate
+    from utils.evaluation.discriminants import jets
 
     out = {}
     for label, observer in (config.reference_taggers or {}).get(disc.name, {}).items():
-        mask, _, is_signal = evaluate(disc, pred.probs, pred.truth, pred.class_names)
+        mask, is_signal = jets(disc, pred.truth, pred.class_names)
         fpr, tpr, thresholds = roc_curve(pred.observers[observer][mask], is_signal)
         n_signal = int(is_signal.sum())
         out[label] = Roc(label, fpr, tpr, thresholds, n_signal, len(is_signal) - n_signal)
@@ -115,6 +139,8 @@ def roc_report(config: Any, preds: Sequence[Predictions], out_dir: Path,
         for disc in available(preds[0].class_names):
             curves, entry = [], {}
             for pred, window in zip(preds, windows, strict=True):
+                if pred.probs is None:
+                    continue
                 try:
                     roc = discriminant_roc(disc, window[process.name].probs,
                                            window[process.name].truth, pred.class_names)
@@ -128,18 +154,29 @@ def roc_report(config: Any, preds: Sequence[Predictions], out_dir: Path,
                 if pred is preds[0]:
                     np.savez(out_dir / f"roc_{process.name}_{disc.name}.npz", fpr=roc.fpr,
                              tpr=roc.tpr, thresholds=roc.thresholds, auc=roc.auc)
-            if curves:
+            if curves or preds[0].probs is None:
                 try:
                     refs = reference_rocs(config, disc, windows[0][process.name])
-                except EvaluationError:
+                except EvaluationError as exc:
+                    if preds[0].probs is None and (config.reference_taggers or {}).get(
+                            disc.name):
+                        console.print(f"[yellow]{process.name} {disc.name}: {exc}; no "
+                                      "curve[/]")
+                        entry = {"error": str(exc)}
                     refs = {}
                 for label, roc in refs.items():
                     entry[label] = roc.summary()
                     curves.append((label, roc.fpr, roc.tpr, roc.auc))
-                plot_roc(curves, out_dir / f"roc_{process.name}_{disc.name}", title,
-                         disc.xlabel, disc.ylabel)
-            summary[process.name][disc.name] = entry
-            if binned and curves and disc.name in WP_DISCRIMINANTS:
+                    tag = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
+                    np.savez(out_dir / f"roc_{process.name}_{disc.name}__{tag}.npz",
+                             fpr=roc.fpr, tpr=roc.tpr, thresholds=roc.thresholds, auc=roc.auc)
+                if curves:
+                    plot_roc(curves, out_dir / f"roc_{process.name}_{disc.name}", title,
+                             disc.xlabel, disc.ylabel)
+            if entry:
+                summary[process.name][disc.name] = entry
+            if binned and curves and preds[0].probs is not None and \
+                    disc.name in WP_DISCRIMINANTS:
                 _binned_report(config, disc, windows[0][process.name], process.name, title,
                                out_dir, plot_binned)
     write_json(out_dir / "summary.json", summary)

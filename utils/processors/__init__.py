@@ -7,6 +7,7 @@ import importlib
 # name -> "module:Class"; modules are imported only when used (coffea is heavy to import)
 PROCESSORS = {
     "jet_tuple": "utils.processors.jet_tuple:JetTupleProcessor",
+    "nanoaod": "utils.processors.nanoaod:NanoAODProcessor",
 }
 
 

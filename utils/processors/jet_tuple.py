@@ -9,6 +9,7 @@ counters), never the arrays themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +105,30 @@ class JetTupleProcessor(processor.ProcessorABC):
         self.n_buckets = n_buckets
         self.seed = seed
 
+    # -- where the per-jet columns come from (overridden for event-level formats) ----------
+    @classmethod
+    def missing_branches(cls, config: Config, available: set[str]) -> list[str]:
+        """Branches the config needs that a file lacks (checked before any work starts)."""
+        return [b for b in config.branches if b not in available]
+
+    @classmethod
+    def preload_branches(cls, config: Config) -> list[str] | None:
+        """Branches to read in one go per chunk (None: read lazily)."""
+        return list(config.branches)
+
+    def jet_source(self, events: Any) -> tuple[int, Callable[[str], Any], np.ndarray]:
+        """``(n_jets, column(name), jet_id)``: one tree entry is one jet; the id (for the
+        shuffle) is the entry number."""
+        entry = np.asarray(events.metadata["entrystart"], dtype=np.int64) + \
+            np.arange(len(events), dtype=np.int64)
+        return len(events), lambda name: events[name], entry
+
+    # -- rows -------------------------------------------------------------------------------
     def process(self, events: Any) -> dict[str, Any]:
         meta = events.metadata
         filename = meta["filename"]
         config, layout = self.config, self.layout
-        n = len(events)
+        n, source, jet_id = self.jet_source(events)
         cache: dict[str, Any] = {}
         derived = {d.name: d for g in config.groups for d in g.derived}
         derived.update({t.name: t for t in config.truths if isinstance(t, Derived)})
@@ -119,7 +139,7 @@ class JetTupleProcessor(processor.ProcessorABC):
                 if name in derived:
                     cache[name] = derived[name]({u: column(u) for u in derived[name].uses})
                 else:
-                    cache[name] = events[name]
+                    cache[name] = source(name)
             return cache[name]
 
         def scalar(name: str) -> np.ndarray:
@@ -147,16 +167,24 @@ class JetTupleProcessor(processor.ProcessorABC):
         # gather every stored value once (as float32) and find jets with NaN/inf
         bad = np.zeros(n, dtype=bool)
         scalars: dict[str, np.ndarray] = {}
-        for name in [f for g in config.groups if not g.is_candidates for f in g.features] + \
-                list(config.observer_names):
+        for name in [f for g in config.groups if not g.is_candidates for f in g.features]:
             scalars[name] = scalar(name).astype(np.float32, copy=False)
             bad |= ~np.isfinite(scalars[name])
+        observers = np.empty((n, len(config.observers)), dtype=np.float64)
+        for i, name in enumerate(config.observer_names):
+            observers[:, i] = scalar(name)
+        bad |= ~np.isfinite(observers).all(axis=1)
         candidates: dict[str, tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = {}
         for group in (g for g in config.groups if g.is_candidates):
             counts_ref, contents = None, []
+            order = None
+            if group.sort_by is not None:
+                order = ak.argsort(column(group.sort_by), axis=1, ascending=False, stable=True)
             for feature in group.features:
                 try:
-                    counts, content = jagged_parts(column(feature))
+                    values = column(feature)
+                    counts, content = jagged_parts(values if order is None else
+                                                   ak.materialize(values)[order])
                 except ColumnError as exc:
                     raise ColumnError(f"{filename}: branch '{feature}': {exc}") from exc
                 if counts_ref is None:
@@ -179,8 +207,8 @@ class JetTupleProcessor(processor.ProcessorABC):
 
         # order the selected jets by shuffle bucket, then fill the rows in that order
         selected = np.flatnonzero(mask)
-        entry = np.asarray(meta["entrystart"], dtype=np.int64) + selected
-        bucket = shuffle_bucket(self.seed, self.file_index[filename], entry, self.n_buckets)
+        bucket = shuffle_bucket(self.seed, self.file_index[filename], jet_id[selected],
+                                self.n_buckets)
         order = np.argsort(bucket, kind="stable")
         selected, bucket = selected[order], bucket[order]
         m = len(selected)
@@ -204,8 +232,8 @@ class JetTupleProcessor(processor.ProcessorABC):
                 dense[j, slot] = content[take]
             block.reshape(m, group.length, len(contents))[...] = \
                 dense.reshape(len(contents), m, group.length).transpose(1, 2, 0)
-        for feature in config.observer_names:
-            matrix[:, layout.column(feature)] = scalars[feature][selected]
+        if config.observers:
+            matrix[:, layout.slice("observers")] = layout.encode_observers(observers[selected])
         matrix[:, layout.process_column] = self.process_index[meta["dataset"]]
         matrix[np.arange(m), layout.slice("truth").start + label[selected]] = 1.0
 

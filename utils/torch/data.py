@@ -107,7 +107,8 @@ class ChunkDataset(IterableDataset):
 
     Yields dicts: ``inputs`` (group name -> tensor), ``target`` (class index), ``weight``,
     ``process``, ``truth_label`` (truth-label index) and, if ``columns`` are requested,
-    ``columns`` (batch, len(columns)) with those per-jet values (e.g. pT, eta, observers).
+    ``columns`` (batch, len(columns)) with those per-jet features (e.g. pT, eta) and, with
+    ``observers``, ``observers`` (batch, n_observers) float64, exact.
     Training mode permutes and (with ``sampling``) rejection-samples; other modes keep every
     usable jet in file order.
     """
@@ -115,7 +116,7 @@ class ChunkDataset(IterableDataset):
     def __init__(self, shards: Sequence[Shard], groups: Sequence[str],
                  label_to_class: Mapping[str, int], batch_size: int, mode: str = TRAIN,
                  sampling: bool = True, seed: int = 0, precision: str = "float32",
-                 columns: Sequence[str] = ()) -> None:
+                 columns: Sequence[str] = (), observers: bool = False) -> None:
         super().__init__()
         if not shards:
             raise DataError(f"no {mode} files")
@@ -137,6 +138,7 @@ class ChunkDataset(IterableDataset):
         self.seed = seed
         self.dtype = PRECISIONS[precision]
         self.epoch = 0
+        self.observers = observers and bool(self.layout.observer_names)
         try:
             self.columns = [self.layout.column(name) for name in columns]
         except KeyError as exc:
@@ -240,6 +242,9 @@ class ChunkDataset(IterableDataset):
         }
         if self.columns:
             batch["columns"] = torch.from_numpy(gather(self.columns).astype(np.float32))
+        if self.observers:
+            values = self.layout.decode_observers(gather(self.layout.slice("observers")))
+            batch["observers"] = torch.from_numpy(np.stack(list(values.values()), axis=1))
         return batch
 
 

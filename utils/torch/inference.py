@@ -40,7 +40,7 @@ def predict(model: BaseModel, data: ChunkDataset, device: torch.device, workers:
             else:
                 logits = model(inputs)
             out.setdefault("logits", []).append(logits.float().cpu().numpy())
-            for key in ("target", "weight", "process", "truth_label", "columns"):
+            for key in ("target", "weight", "process", "truth_label", "columns", "observers"):
                 if key in batch:
                     out.setdefault(key, []).append(batch[key].numpy())
             bar.advance()
@@ -71,9 +71,9 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
     load_trained_model(model, checkpoint, device)
     shards = dataset_shards(test_dir, read_processed_files(test_dir))
     mapping = {label: i for i, labels in enumerate(classes.values()) for label in labels}
-    columns = (config.pt_key, config.eta_key, *config.observer_names)
     data = ChunkDataset(shards, model.input_groups, mapping, batch_size, TEST,
-                        precision=precision, columns=columns)
+                        precision=precision, columns=(config.pt_key, config.eta_key),
+                        observers=True)
     console.print(f"[bold]Inference[/] of {model.name} on {len(shards)} file(s) "
                   f"({sum(s.rows for s in shards):,} jets) on {device}")
     start = time.perf_counter()
@@ -90,7 +90,7 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
         tmp = out_dir / f".{name}.tmp-{os.getpid()}.npy"
         np.save(tmp, array)
         os.replace(tmp, out_dir / name)
-    write_output_root(out_dir / "output.root", config, list(classes), pred, columns)
+    write_output_root(out_dir / "output.root", config, list(classes), pred)
     (out_dir / "classes.json").write_text(json.dumps({
         "model_name": model.name, "config": config.name, "class_names": list(classes),
         "classes": {k: list(v) for k, v in classes.items()}}, indent=2) + "\n")
@@ -102,8 +102,9 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
 
 
 def write_output_root(path: Path, config: Any, class_names: Sequence[str],
-                      pred: dict[str, np.ndarray], columns: Sequence[str]) -> None:
-    """A flat TTree ``tree``: jet pt/eta, process, prob_<class>, truth flags, observers."""
+                      pred: dict[str, np.ndarray]) -> None:
+    """A flat TTree ``tree``: jet pt/eta, process, prob_<class>, truth flags and the
+    observers (float64; integer-valued observers such as event numbers as int64)."""
     import uproot
 
     from utils.evaluation.discriminants import softmax
@@ -120,8 +121,10 @@ def write_output_root(path: Path, config: Any, class_names: Sequence[str],
         branches[f"prob_{name}"] = probs[:, i].astype(np.float32)
     for i, label in enumerate(config.truth_labels):
         branches[label] = (labels == i).astype(np.int32)
-    for j, name in enumerate(columns[2:], start=2):
-        branches[name] = pred["columns"][:, j].astype(np.float32)
+    for j, name in enumerate(config.observer_names):
+        values = pred["observers"][:, j]
+        integral = np.all(values == np.round(values)) and np.abs(values).max(initial=0) < 2**62
+        branches[name] = values.astype(np.int64) if integral else values
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with uproot.recreate(tmp) as f:
         f.mktree("tree", {k: v.dtype for k, v in branches.items()})

@@ -107,55 +107,13 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
     for name, fs in by_process.items():
         console.print(f"  {name}: {len(fs)} file(s), {sum(entries[f] for f in fs):,} entries")
 
-    scratch = os.environ.get("BHIVE_STAGING_DIR")
-    staging = Path(tempfile.mkdtemp(prefix="bhive-staging-", dir=scratch)) if scratch \
-        else work_dir / "staged"
-    staging.mkdir(exist_ok=True)
-    file_index = {f: i for i, f in enumerate(used)}
-    n_buckets = max(1, -(-sum(entries.values()) // chunk_size))
-    proc = processor_cls(config, staging, file_index, n_buckets=n_buckets, seed=seed)
-    rows_per_chunk = DEBUG_CHUNK_ROWS if debug else (coffea_chunk_size or
-                                                      default_coffea_chunk_size(layout))
-    runner = _make_runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None)
-    # preload: read all needed branches of a chunk in one uproot call (faster than lazily)
-    preload = processor_cls.preload_branches(config)
-    fileset = {name: {"files": {f: config.tree_name for f in fs},
-                      **({"preload": preload} if preload else {})}
-               for name, fs in by_process.items()}
+    staging = staging_dir(work_dir, sum(entries.values()) * 4 * layout.n_columns)
     try:
-        result = runner(fileset, proc, treename=config.tree_name)
-    except BaseException:
+        merged, result, histogram, counts = _process_and_merge(
+            config, by_process, entries, layout, staging, work_dir, chunk_size, seed,
+            executor, workers, debug, coffea_chunk_size)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-    counts = {k: int(v) for k, v in result["counts"].items()}
-    histogram = np.asarray(result["histogram"], dtype=np.float64)
-    staged = result["staged"]
-    if counts.get("non_finite"):
-        console.print(f"[yellow]Dropped {counts['non_finite']:,} jet(s) with NaN/inf "
-                      "features[/]")
-    if not staged:
-        raise ExportError(
-            f"no jet passed the selection in {len(used)} file(s) "
-            f"({counts.get('entries', 0):,} entries: {counts.get('out_of_window', 0):,} "
-            f"outside pT {config.pt_bins[0]}-{config.pt_bins[-1]} / eta "
-            f"{config.eta_bins[0]}-{config.eta_bins[-1]}, {counts.get('no_label', 0):,} "
-            f"without truth label, {counts.get('non_finite', 0):,} with NaN/inf)")
-
-    reference = config.truth_labels.index(config.reference_flavour)
-    if histogram[reference].sum() == 0:
-        warnings.warn(f"reference flavour {config.reference_flavour!r} has no jets in this "
-                      "dataset: weights are all 1 (no pT-eta reweighting)", stacklevel=2)
-        console.print(f"[yellow]Reference flavour {config.reference_flavour} has no jets: "
-                      "all weights set to 1[/]")
-    tables = weight_tables(histogram, reference)
-    n_rows = counts["selected"]
-    with progress_bar("Merging", total=n_rows, unit="jets") as bar:
-        merged = merge_staged(staged, layout, out_dir=work_dir, chunk_size=chunk_size,
-                              seed=seed, tables=tables,
-                              pt_key=config.pt_key, eta_key=config.eta_key,
-                              pt_bins=config.pt_bins, eta_bins=config.eta_bins,
-                              workers=workers, advance=bar.advance)
     final_files = [out_dir / p.name for p in merged.files]
 
     np.save(work_dir / HISTOGRAM, histogram)
@@ -185,9 +143,79 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
         "seconds": round(seconds, 3),
     })
     (work_dir / PROCESSED_FILES).write_text("".join(f"{p}\n" for p in final_files))
-    shutil.rmtree(staging, ignore_errors=True)
     return ExportSummary(final_files, merged.rows, merged.sum_weight, histogram, counts,
                          inputs, seconds)
+
+
+def staging_dir(work_dir: Path, estimated_bytes: int) -> Path:
+    """Where the processor stages its rows: ``$BHIVE_STAGING_DIR`` if set, else ``/dev/shm``
+    (memory, much faster than most disks) when it and the free memory comfortably hold the
+    estimate, else the output's work directory."""
+    scratch = os.environ.get("BHIVE_STAGING_DIR")
+    if not scratch and os.path.isdir("/dev/shm"):
+        free = shutil.disk_usage("/dev/shm").free
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if free > 2 * estimated_bytes and available > 4 * estimated_bytes:
+            scratch = "/dev/shm"
+    if scratch:
+        return Path(tempfile.mkdtemp(prefix="bhive-staging-", dir=scratch))
+    staging = work_dir / "staged"
+    staging.mkdir()
+    return staging
+
+
+def _process_and_merge(config: Config, by_process: dict[str, list[str]],
+                       entries: dict[str, int], layout: ColumnLayout, staging: Path,
+                       work_dir: Path, chunk_size: int, seed: int, executor: str, workers: int,
+                       debug: bool, coffea_chunk_size: int | None
+                       ) -> tuple[Any, dict[str, Any], np.ndarray, dict[str, int]]:
+    """Run the coffea processor into ``staging`` and merge into ``work_dir``."""
+    from utils.processors import get_processor
+
+    processor_cls = get_processor(config.processor)
+    used = [f for fs in by_process.values() for f in fs]
+    file_index = {f: i for i, f in enumerate(used)}
+    n_buckets = max(1, -(-sum(entries.values()) // chunk_size))
+    proc = processor_cls(config, staging, file_index, n_buckets=n_buckets, seed=seed)
+    rows_per_chunk = DEBUG_CHUNK_ROWS if debug else (coffea_chunk_size or
+                                                      default_coffea_chunk_size(layout))
+    runner = _make_runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None)
+    # preload: read all needed branches of a chunk in one uproot call (faster than lazily)
+    preload = processor_cls.preload_branches(config)
+    fileset = {name: {"files": {f: config.tree_name for f in fs},
+                      **({"preload": preload} if preload else {})}
+               for name, fs in by_process.items()}
+    result = runner(fileset, proc, treename=config.tree_name)
+
+    counts = {k: int(v) for k, v in result["counts"].items()}
+    histogram = np.asarray(result["histogram"], dtype=np.float64)
+    staged = result["staged"]
+    if counts.get("non_finite"):
+        console.print(f"[yellow]Dropped {counts['non_finite']:,} jet(s) with NaN/inf "
+                      "features[/]")
+    if not staged:
+        raise ExportError(
+            f"no jet passed the selection in {len(used)} file(s) "
+            f"({counts.get('entries', 0):,} entries: {counts.get('out_of_window', 0):,} "
+            f"outside pT {config.pt_bins[0]}-{config.pt_bins[-1]} / eta "
+            f"{config.eta_bins[0]}-{config.eta_bins[-1]}, {counts.get('no_label', 0):,} "
+            f"without truth label, {counts.get('non_finite', 0):,} with NaN/inf)")
+
+    reference = config.truth_labels.index(config.reference_flavour)
+    if histogram[reference].sum() == 0:
+        warnings.warn(f"reference flavour {config.reference_flavour!r} has no jets in this "
+                      "dataset: weights are all 1 (no pT-eta reweighting)", stacklevel=2)
+        console.print(f"[yellow]Reference flavour {config.reference_flavour} has no jets: "
+                      "all weights set to 1[/]")
+    tables = weight_tables(histogram, reference)
+    n_rows = counts["selected"]
+    with progress_bar("Merging", total=n_rows, unit="jets") as bar:
+        merged = merge_staged(staged, layout, out_dir=work_dir, chunk_size=chunk_size,
+                              seed=seed, tables=tables,
+                              pt_key=config.pt_key, eta_key=config.eta_key,
+                              pt_bins=config.pt_bins, eta_bins=config.eta_bins,
+                              workers=workers, advance=bar.advance)
+    return merged, result, histogram, counts
 
 
 def read_processed_files(dataset_dir: str | Path) -> list[Path]:

@@ -31,19 +31,20 @@ def staged_name(file_index: int, entry_start: int) -> str:
     return f"{file_index:06d}_{entry_start:012d}.raw"
 
 
-_BUFFER: list[np.ndarray] = []
+_BUFFERS: dict[str, np.ndarray] = {}
 
 
-def _zeroed_buffer(rows: int, cols: int) -> np.ndarray:
+def _zeroed_buffer(name: str, rows: int, cols: int) -> np.ndarray:
     """A zeroed (rows, cols) float32 array backed by a per-process reusable buffer.
 
     Faulting in fresh memory costs more than the processing itself on some machines, so the
-    staging matrix reuses one allocation per worker process (valid until the next call).
+    large per-chunk arrays reuse one allocation per name and worker process (each view is
+    valid until the next call with the same name).
     """
     size = rows * cols
-    if not _BUFFER or _BUFFER[0].size < size:
-        _BUFFER[:] = [np.empty(max(size, 1), dtype=np.float32)]
-    view = _BUFFER[0][:size].reshape(rows, cols)
+    if name not in _BUFFERS or _BUFFERS[name].size < size:
+        _BUFFERS[name] = np.empty(max(size, 1), dtype=np.float32)
+    view = _BUFFERS[name][:size].reshape(rows, cols)
     view.fill(0.0)
     return view
 
@@ -215,7 +216,7 @@ class JetTupleProcessor(processor.ProcessorABC):
         position = np.full(n, -1, dtype=np.int64)
         position[selected] = np.arange(m)
 
-        matrix = _zeroed_buffer(m, layout.n_columns)
+        matrix = _zeroed_buffer("rows", m, layout.n_columns)
         for group in config.groups:
             block = matrix[:, layout.slice(group.name)]
             if not group.is_candidates:
@@ -226,7 +227,7 @@ class JetTupleProcessor(processor.ProcessorABC):
             target = position[rows]
             take = np.flatnonzero((target >= 0) & (local < group.length))
             # fill feature-major (sequential writes), then transpose into the row block
-            dense = np.zeros((len(contents), m * group.length), dtype=np.float32)
+            dense = _zeroed_buffer(f"group:{group.name}", len(contents), m * group.length)
             slot = target[take] * group.length + local[take]
             for j, content in enumerate(contents):
                 dense[j, slot] = content[take]

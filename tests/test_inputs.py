@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from utils.config import Process
-from utils.dataset.inputs import InputError, assign_processes, inspect_files, read_filelist
+from utils.dataset.inputs import (
+    InputError,
+    assign_processes,
+    inspect_files,
+    parse_root_url,
+    read_filelist,
+)
 from utils.synthetic import synthetic_arrays, write_ntuple
 
 
@@ -35,6 +41,27 @@ def test_filelist_errors(tmp_path):
     listing.write_text("a.root\na.root\n")
     with pytest.raises(InputError, match="more than once"):
         read_filelist(listing)
+
+
+def test_xrootd_urls(tmp_path):
+    assert parse_root_url("root://eoscms.cern.ch//eos/cms/store/a.root") == (
+        "eoscms.cern.ch", "/eos/cms/store/a.root")
+    assert parse_root_url("root://xrootd-cms.infn.it:1094//store/b.root")[0] == \
+        "xrootd-cms.infn.it:1094"
+    with pytest.raises(InputError, match="malformed XRootD URL"):
+        parse_root_url("root://eoscms.cern.ch/eos/a.root")
+    listing = tmp_path / "remote.txt"
+    listing.write_text("root://eoscms.cern.ch/store/x.root\n")
+    with pytest.raises(InputError, match="malformed XRootD URL"):
+        read_filelist(listing)
+    url = "root://eoscms.cern.ch//eos/cms/store/TT_1.root"
+    try:
+        import fsspec_xrootd  # noqa: F401
+    except ImportError:
+        with pytest.raises(InputError, match="pip install fsspec-xrootd"):
+            inspect_files([url], "Events", ["Jet_pt"])
+    else:
+        pytest.skip("fsspec-xrootd is installed; the missing-extra error cannot be shown")
 
 
 def test_assign_processes():

@@ -23,6 +23,35 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def parse_root_url(url: str) -> tuple[str, str]:
+    """``(server, path)`` of an XRootD URL ``root://server[:port]//absolute/path``."""
+    if not url.startswith(("root://", "roots://")):
+        raise InputError(f"{url}: not an XRootD URL (root://server//path)")
+    rest = url.split("://", 1)[1]
+    server, sep, path = rest.partition("/")
+    if not server or not sep or not path.startswith("/"):
+        raise InputError(f"{url}: malformed XRootD URL; expected root://server[:port]//path "
+                         "(two slashes before an absolute path)")
+    return server, path
+
+
+def check_remote_support(files: Sequence[str]) -> None:
+    """Fail early, with the fix, when XRootD files are listed but the extra is missing."""
+    remote = [f for f in files if f.startswith(("root://", "roots://"))]
+    if not remote:
+        return
+    for url in remote:
+        parse_root_url(url)
+    try:
+        import fsspec_xrootd  # noqa: F401
+    except ImportError:
+        raise InputError(
+            f"{len(remote)} input file(s) are XRootD URLs (e.g. {remote[0]}); reading them "
+            "needs the XRootD extra: `pip install fsspec-xrootd` plus the XRootD client "
+            "(`conda install -c conda-forge xrootd`, or an lxplus/CMSSW environment), and a "
+            "valid grid proxy (`voms-proxy-init -voms cms`)") from None
+
+
 def read_filelist(path: str | Path) -> list[str]:
     """Read a file list: one path or URL per line; blank lines and ``#`` comments ignored.
 
@@ -40,6 +69,8 @@ def read_filelist(path: str | Path) -> list[str]:
             entry = entry[len("file://"):]
         if not is_remote(entry):
             entry = str((path.parent / entry).resolve())
+        elif entry.startswith(("root://", "roots://")):
+            parse_root_url(entry)
         files.append(entry)
     if not files:
         raise InputError(f"file list {path} lists no input files")
@@ -90,6 +121,8 @@ def inspect_files(files: Sequence[str], tree_name: str,
     if not callable(branches):
         required = list(branches)
         branches = lambda available: [b for b in required if b not in available]  # noqa: E731
+    check_remote_support(files)
+
     def check(path: str) -> tuple[str, int | None, str | None]:
         try:
             with uproot.open(path) as f:

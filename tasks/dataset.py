@@ -33,10 +33,17 @@ class DatasetConstructorTask(DatasetDependency):
     )
     executor = luigi.ChoiceParameter(
         default="futures",
-        choices=("iterative", "futures"),
+        choices=("iterative", "futures", "dask"),
         significant=False,
-        description="coffea executor: 'iterative' (in process) or 'futures' (process pool of "
-        "--coffea-worker workers); default: futures",
+        description="coffea executor: 'iterative' (in process), 'futures' (process pool of "
+        "--coffea-worker workers) or 'dask' (dask.distributed: --scheduler-address, or a "
+        "local cluster of --coffea-worker processes); default: futures",
+    )
+    scheduler_address = luigi.Parameter(
+        default="",
+        significant=False,
+        description="--executor dask: address of a running dask scheduler (tcp://host:port); "
+        "the workers must see the output directory. Default: start a local cluster",
     )
 
     stored_defaults = {**DatasetDependency.stored_defaults, "chunk_size": 100_000}
@@ -115,7 +122,8 @@ class DatasetConstructorTask(DatasetDependency):
             summary = export_dataset(
                 config, files, out_dir, work, chunk_size=self.resolved("chunk_size"),
                 seed=self.resolved("seed"),
-                executor=self.executor, workers=self.coffea_worker, debug=self.debug)
+                executor=self.executor, workers=self.coffea_worker, debug=self.debug,
+                scheduler_address=self.scheduler_address or None)
             self.write_parameters(work)
         c = summary.counts
         console.print(

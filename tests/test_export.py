@@ -197,3 +197,17 @@ def test_nothing_selected_is_an_error(tmp_path, offline_config):
         pt_bins=offline_config.pt_bins), 100)
     with pytest.raises(ExportError, match="no jet passed the selection in 1 file"):
         run_export(config, [path], tmp_path, chunk_size=10)
+
+
+def test_dask_local_cluster_identical_to_futures(tmp_path, offline_config, synthetic_files):
+    pytest.importorskip("distributed")
+    files, _ = synthetic_files
+    futures, work_f = run_export(offline_config, files, tmp_path / "f", chunk_size=1000,
+                                 executor="futures", workers=2, coffea_chunk_size=800)
+    dask, work_d = run_export(offline_config, files, tmp_path / "d", chunk_size=1000,
+                              executor="dask", workers=2, coffea_chunk_size=800)
+    assert dask.counts == futures.counts
+    np.testing.assert_array_equal(np.load(work_d / "histogram.npy"),
+                                  np.load(work_f / "histogram.npy"))
+    for a, b in zip(load_all(work_f), load_all(work_d), strict=True):
+        np.testing.assert_array_equal(a, b)  # same jets, same order, same weights

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -10,7 +11,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from utils.dataset.reweighting import weight_tables
 from utils.io import write_json
 from utils.progress import console, progress_bar
 
-EXECUTORS = ("iterative", "futures")
+EXECUTORS = ("iterative", "futures", "dask")
 DEBUG_MAX_CHUNKS = 3
 DEBUG_CHUNK_ROWS = 5_000
 TARGET_CHUNK_BYTES = 64 * 1024**2
@@ -56,31 +57,54 @@ def default_coffea_chunk_size(layout: ColumnLayout) -> int:
     return int(np.clip(TARGET_CHUNK_BYTES // (4 * layout.n_columns), 1_000, 200_000))
 
 
-def _make_runner(executor: str, workers: int, chunk_size: int, max_chunks: int | None) -> Any:
+@contextlib.contextmanager
+def _runner(executor: str, workers: int, chunk_size: int, max_chunks: int | None,
+            scheduler_address: str | None = None) -> Iterator[Any]:
+    """A coffea Runner for ``executor``; for dask, a client of ``scheduler_address`` or of a
+    local cluster of ``workers`` processes, closed afterwards."""
     from coffea import processor
     from coffea.nanoevents import BaseSchema
 
-    if executor == "iterative":
-        engine = processor.IterativeExecutor(status=True)
-    elif executor == "futures":
-        # fork: workers inherit the imported modules instead of re-importing coffea/awkward
-        pool = functools.partial(concurrent.futures.ProcessPoolExecutor,
-                                 mp_context=multiprocessing.get_context("fork"))
-        engine = processor.FuturesExecutor(workers=workers, status=True, pool=pool)
-    else:
-        raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
-    return processor.Runner(executor=engine, schema=BaseSchema, chunksize=chunk_size,
-                            maxchunks=max_chunks)
+    with contextlib.ExitStack() as stack:
+        if executor == "iterative":
+            engine = processor.IterativeExecutor(status=True)
+        elif executor == "futures":
+            # fork: workers inherit the imported modules instead of re-importing coffea
+            pool = functools.partial(concurrent.futures.ProcessPoolExecutor,
+                                     mp_context=multiprocessing.get_context("fork"))
+            engine = processor.FuturesExecutor(workers=workers, status=True, pool=pool)
+        elif executor == "dask":
+            try:
+                from distributed import Client, LocalCluster
+            except ImportError:
+                raise ExportError("--executor dask needs dask.distributed: "
+                                  "pip install 'dask[distributed]'") from None
+            if scheduler_address:
+                client = stack.enter_context(Client(scheduler_address))
+            else:
+                cluster = stack.enter_context(LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True,
+                    dashboard_address=None))
+                client = stack.enter_context(Client(cluster))
+            engine = processor.DaskExecutor(client=client, status=True, retries=0)
+        else:
+            raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
+        yield processor.Runner(executor=engine, schema=BaseSchema, chunksize=chunk_size,
+                               maxchunks=max_chunks)
 
 
 def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir: Path,
                    chunk_size: int = 100_000, seed: int = 123456, executor: str = "futures",
                    workers: int = 1, debug: bool = False,
-                   coffea_chunk_size: int | None = None) -> ExportSummary:
+                   coffea_chunk_size: int | None = None,
+                   scheduler_address: str | None = None) -> ExportSummary:
     """Run the export; write every output into ``work_dir`` naming final paths in ``out_dir``.
 
     Outputs: ``file_<k>.lz4``, ``processed_files.txt``, ``histogram.npy``, ``weights.json``,
     ``dataset_info.json``. The caller publishes ``work_dir`` into ``out_dir`` on success.
+    With ``executor="dask"`` and a ``scheduler_address`` the workers may run on other
+    machines: the staging files then go to ``work_dir`` (a shared file system) unless
+    ``$BHIVE_STAGING_DIR`` names another shared place.
     """
     from utils.processors import get_processor
 
@@ -107,11 +131,12 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
     for name, fs in by_process.items():
         console.print(f"  {name}: {len(fs)} file(s), {sum(entries[f] for f in fs):,} entries")
 
-    staging = staging_dir(work_dir, sum(entries.values()) * 4 * layout.n_columns)
+    staging = staging_dir(work_dir, sum(entries.values()) * 4 * layout.n_columns,
+                          shared=bool(scheduler_address))
     try:
         merged, result, histogram, counts = _process_and_merge(
             config, by_process, entries, layout, staging, work_dir, chunk_size, seed,
-            executor, workers, debug, coffea_chunk_size)
+            executor, workers, debug, coffea_chunk_size, scheduler_address)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     final_files = [out_dir / p.name for p in merged.files]
@@ -147,12 +172,12 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
                          inputs, seconds)
 
 
-def staging_dir(work_dir: Path, estimated_bytes: int) -> Path:
-    """Where the processor stages its rows: ``$BHIVE_STAGING_DIR`` if set, else ``/dev/shm``
-    (memory, much faster than most disks) when it and the free memory comfortably hold the
-    estimate, else the output's work directory."""
+def staging_dir(work_dir: Path, estimated_bytes: int, shared: bool = False) -> Path:
+    """Where the processor stages its rows: ``$BHIVE_STAGING_DIR`` if set, else (unless the
+    workers run elsewhere, ``shared``) ``/dev/shm`` (memory, much faster than most disks)
+    when it and the free memory comfortably hold the estimate, else the work directory."""
     scratch = os.environ.get("BHIVE_STAGING_DIR")
-    if not scratch and os.path.isdir("/dev/shm"):
+    if not scratch and not shared and os.path.isdir("/dev/shm"):
         free = shutil.disk_usage("/dev/shm").free
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         if free > 2 * estimated_bytes and available > 4 * estimated_bytes:
@@ -167,7 +192,8 @@ def staging_dir(work_dir: Path, estimated_bytes: int) -> Path:
 def _process_and_merge(config: Config, by_process: dict[str, list[str]],
                        entries: dict[str, int], layout: ColumnLayout, staging: Path,
                        work_dir: Path, chunk_size: int, seed: int, executor: str, workers: int,
-                       debug: bool, coffea_chunk_size: int | None
+                       debug: bool, coffea_chunk_size: int | None,
+                       scheduler_address: str | None = None
                        ) -> tuple[Any, dict[str, Any], np.ndarray, dict[str, int]]:
     """Run the coffea processor into ``staging`` and merge into ``work_dir``."""
     from utils.processors import get_processor
@@ -179,13 +205,14 @@ def _process_and_merge(config: Config, by_process: dict[str, list[str]],
     proc = processor_cls(config, staging, file_index, n_buckets=n_buckets, seed=seed)
     rows_per_chunk = DEBUG_CHUNK_ROWS if debug else (coffea_chunk_size or
                                                       default_coffea_chunk_size(layout))
-    runner = _make_runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None)
     # preload: read all needed branches of a chunk in one uproot call (faster than lazily)
     preload = processor_cls.preload_branches(config)
     fileset = {name: {"files": {f: config.tree_name for f in fs},
                       **({"preload": preload} if preload else {})}
                for name, fs in by_process.items()}
-    result = runner(fileset, proc, treename=config.tree_name)
+    with _runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None,
+                 scheduler_address) as runner:
+        result = runner(fileset, proc, treename=config.tree_name)
 
     counts = {k: int(v) for k, v in result["counts"].items()}
     histogram = np.asarray(result["histogram"], dtype=np.float64)

@@ -133,6 +133,10 @@ class TrainingTask(TrainingDependency):
     terminal_plot = luigi.BoolParameter(
         default=False, significant=False,
         description="draw the validation b-vs-light ROC in the terminal after every epoch")
+    ddp = luigi.IntParameter(
+        default=1, significant=False,
+        description="train with DistributedDataParallel on this many processes (torchrun; "
+        "one per GPU, or gloo on CPU); --batch-size stays the global batch size; default: 1")
 
     def requires(self) -> DatasetConstructorTask:
         return DatasetConstructorTask.req(self)
@@ -151,17 +155,21 @@ class TrainingTask(TrainingDependency):
         }
 
     def run(self) -> None:
+        from utils.torch.ddp import launch, training_spec
         from utils.torch.run import run_training
 
         out_dir = self.local_path()
         out_dir.mkdir(parents=True, exist_ok=True)
         self.write_parameters(out_dir)
         dataset_dir = Path(self.input()["processed_files"].path).parent
-        run_training(
-            config=self.load_config(), model_name=self.model_name, dataset_dir=dataset_dir,
-            out_dir=out_dir, settings=self.settings(),
+        arguments = dict(
+            model_name=self.model_name, dataset_dir=dataset_dir, out_dir=out_dir,
             train_val_split=self.resolved("train_val_split"),
             n_train_files=self.resolved("n_train_files"),
             precision=self.resolved("training_precision"), total_epochs=self.total_epochs,
             resume_epoch=self.resume_epoch, require_resume=self.resume_training,
             terminal_plot=self.terminal_plot)
+        if self.ddp > 1:
+            launch(training_spec(self.config, self.settings(), **arguments), self.ddp, out_dir)
+        else:
+            run_training(config=self.load_config(), settings=self.settings(), **arguments)

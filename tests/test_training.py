@@ -207,3 +207,27 @@ def test_resume_after_kill_and_parameter_errors(run_law, law_env):
     # epoch_lin_decay over 3 epochs reached lr * 0.01 in epoch 3; the extension keeps it
     assert metrics["learning_rate"][3] == pytest.approx(lr_before[-1]) == pytest.approx(1e-5)
     assert load_checkpoint(out / "model_3.pt")["epoch"] == 4
+
+
+@pytest.mark.slow
+def test_distributed_training_matches_single_process(demo_dataset, tmp_path):
+    """DistributedDataParallel on 2 CPU processes (gloo): completes, writes loadable
+    checkpoints, and ends close to a single-process run with the same global batch size."""
+    from utils.torch.ddp import launch, training_spec
+
+    config, directory = demo_dataset
+    settings = TrainSettings(epochs=3, batch_size=128, learning_rate=2e-3, seed=4,
+                             lr_scheduler="none", loader_workers=1)
+    launch(training_spec("demo_part", settings, model_name="DeepJet", dataset_dir=directory,
+                         out_dir=tmp_path / "ddp"), 2, tmp_path / "ddp")
+    single = run_training(config, "DeepJet", directory, tmp_path / "single", settings)
+    ddp_loss = np.load(tmp_path / "ddp" / "validation_metrics.npz")["loss"]
+    assert len(ddp_loss) == 3 and ddp_loss[-1] < ddp_loss[0]
+    assert not list((tmp_path / "ddp").glob(".ddp_spec.json"))
+    single_loss = single.history.validation["loss"][-1]
+    print(f"validation loss: DDP {ddp_loss[-1]:.4f}, single process {single_loss:.4f}")
+    assert ddp_loss[-1] == pytest.approx(single_loss, rel=0.15)
+    model, _ = build_model(config, "DeepJet")
+    state = load_checkpoint(tmp_path / "ddp" / "model_2.pt")
+    model.load_state_dict(state["model_state_dict"])  # plain keys, no DDP "module." prefix
+    assert state["epoch"] == 3

@@ -36,7 +36,7 @@ class Bar:
 
 @contextmanager
 def progress_bar(description: str, total: float | None, unit: str = "it",
-                 extra: str = "", **fields: object) -> Iterator[Bar]:
+                 extra: str = "", disable: bool = False, **fields: object) -> Iterator[Bar]:
     """A rich progress bar with counts, rate, elapsed and remaining time.
 
     ``extra`` is a rich format string over the task ``fields``, e.g.
@@ -49,5 +49,5 @@ def progress_bar(description: str, total: float | None, unit: str = "it",
     ]
     if extra:
         columns.append(TextColumn(extra))
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*columns, console=console, transient=False, disable=disable) as progress:
         yield Bar(progress, progress.add_task(description, total=total, **fields))

@@ -138,6 +138,7 @@ class ChunkDataset(IterableDataset):
         self.seed = seed
         self.dtype = PRECISIONS[precision]
         self.epoch = 0
+        self.rank, self.world = 0, 1
         self.observers = observers and bool(self.layout.observer_names)
         try:
             self.columns = [self.layout.column(name) for name in columns]
@@ -155,11 +156,16 @@ class ChunkDataset(IterableDataset):
         """Draw a new file order, permutation and sampling for this epoch."""
         self.epoch = epoch
 
+    def set_rank(self, rank: int, world: int) -> None:
+        """Distributed training: this process reads every ``world``-th file of each epoch's
+        file order (a disjoint share per rank)."""
+        self.rank, self.world = rank, world
+
     def expected_jets(self) -> float:
-        """Jets per epoch: sum of weights when sampling, else rows."""
-        if self.sampling:
-            return sum(s.sum_weight for s in self.shards)
-        return float(sum(s.rows for s in self.shards))
+        """Jets per epoch (of this rank's share): sum of weights when sampling, else rows."""
+        total = sum(s.sum_weight for s in self.shards) if self.sampling else \
+            float(sum(s.rows for s in self.shards))
+        return total / self.world
 
     def expected_batches(self) -> int:
         jets = self.expected_jets()
@@ -171,7 +177,7 @@ class ChunkDataset(IterableDataset):
         if self.mode == TRAIN:
             order = np.random.default_rng((self.seed, self.epoch)).permutation(len(shards))
             shards = [shards[i] for i in order]
-        return shards[worker::n_workers]
+        return shards[self.rank::self.world][worker::n_workers]
 
     def _select(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Row indices to use from a chunk, in the order they are batched."""
@@ -194,7 +200,7 @@ class ChunkDataset(IterableDataset):
 
     def iterate(self, worker: int = 0, n_workers: int = 1) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of the shards owned by ``worker`` of ``n_workers`` (disjoint files)."""
-        rng = np.random.default_rng((self.seed, self.epoch, worker))
+        rng = np.random.default_rng((self.seed, self.epoch, self.rank, worker))
         pending: list[tuple[np.ndarray, np.ndarray]] = []
         n_pending = 0
         for shard in self._my_shards(worker, n_workers):

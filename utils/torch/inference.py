@@ -24,13 +24,14 @@ PREDICTION_FILES = ("prediction.npy", "truth.npy", "kinematics.npy", "process.np
 
 @torch.no_grad()
 def predict(model: BaseModel, data: ChunkDataset, device: torch.device, workers: int = 0,
-            description: str = "Inference", autocast_dtype: torch.dtype | None = None
-            ) -> dict[str, np.ndarray]:
+            description: str = "Inference", autocast_dtype: torch.dtype | None = None,
+            quiet: bool = False) -> dict[str, np.ndarray]:
     """Logits and the batch fields (target, weight, process, truth_label, columns) of every
     jet of ``data`` in the order the dataset yields them."""
     model.eval()
     out: dict[str, list[np.ndarray]] = {}
-    with progress_bar(description, total=data.expected_batches(), unit="batches") as bar:
+    with progress_bar(description, total=data.expected_batches(), unit="batches",
+                      disable=quiet) as bar:
         for batch in make_loader(data, workers):
             inputs = {k: v.to(device, non_blocking=True).float()
                       for k, v in batch["inputs"].items()}

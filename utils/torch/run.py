@@ -13,7 +13,7 @@ from utils.dataset.export import read_processed_files
 from utils.models import BaseModel, InputSpec, get_model
 from utils.progress import console
 from utils.torch.data import TRAIN, VALIDATION, ChunkDataset, dataset_shards, split_shards
-from utils.torch.training import Trainer, TrainSettings, pick_device
+from utils.torch.training import DistContext, Trainer, TrainSettings, pick_device
 
 
 def model_classes(model_cls: type[BaseModel], config: Any) -> dict[str, tuple[str, ...]]:
@@ -43,28 +43,64 @@ def run_training(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
                  n_train_files: int = -1, precision: str = "float32",
                  total_epochs: int | None = None, resume_epoch: int | None = None,
                  require_resume: bool = False, terminal_plot: bool = False,
-                 device: torch.device | None = None) -> Trainer:
-    """Train and write checkpoints, metrics and plots into ``out_dir``."""
+                 device: torch.device | None = None, dist: DistContext | None = None
+                 ) -> Trainer:
+    """Train and write checkpoints, metrics and plots into ``out_dir``.
+
+    With ``dist`` (torch.distributed initialised, see utils/torch/ddp.py) every rank trains on
+    a disjoint share of the files with ``batch_size / world`` jets per step (the same global
+    batch size); rank 0 prints and writes.
+    """
     torch.manual_seed(settings.seed)
+    dist = dist or DistContext()
+    if settings.batch_size % dist.world:
+        raise ValueError(f"--batch-size {settings.batch_size} must be divisible by the "
+                         f"{dist.world} distributed processes")
     model, classes = build_model(config, model_name)
     shards = dataset_shards(dataset_dir, read_processed_files(dataset_dir))
     split = split_shards(shards, train_val_split, n_train_files if n_train_files > 0 else None)
-    if split.warning:
+    if split.warning and dist.main:
         console.print(f"[yellow]Warning: {split.warning}[/]")
     mapping = label_to_class(classes)
     groups = model.input_groups
-    train = ChunkDataset(split.train, groups, mapping, settings.batch_size, TRAIN,
+    per_rank = settings.batch_size // dist.world
+    train = ChunkDataset(split.train, groups, mapping, per_rank, TRAIN,
                          sampling=not settings.loss_weighting, seed=settings.seed,
                          precision=precision)
-    val = ChunkDataset(split.validation, groups, mapping, settings.batch_size, VALIDATION,
+    val = ChunkDataset(split.validation, groups, mapping, per_rank, VALIDATION,
                        seed=settings.seed, precision=precision)
+    train.set_rank(dist.rank, dist.world)
+    val.set_rank(dist.rank, dist.world)
     device = device or pick_device()
     metadata = {"config_name": config.name, "model_name": model_name,
                 "class_names": list(classes), "classes": {k: list(v) for k, v in
                                                           classes.items()}}
     trainer = Trainer(model, train, val, out_dir, settings, device, metadata=metadata,
-                      epoch_callback=_terminal_roc(list(classes)) if terminal_plot else None)
+                      epoch_callback=_terminal_roc(list(classes)) if terminal_plot else None,
+                      dist=dist)
+    resumed = trainer.resume(resume_epoch)
+    if require_resume and not resumed:
+        raise FileNotFoundError(f"--resume-training: no checkpoint in {out_dir}")
+    if dist.main:
+        _print_setup(split, settings, train, val, model_name, classes, model, precision, device,
+                     dist)
+        if resumed:
+            console.print(f"  Resuming after epoch {trainer.epoch} from "
+                          f"{trainer.checkpoint_path(trainer.epoch).name}")
+            for stale in out_dir.glob("model_*.pt"):
+                if int(stale.stem.split("_")[1]) >= trainer.epoch:
+                    stale.unlink()
+    dist.barrier()
+    trainer.fit(total_epochs or settings.epochs)
+    if dist.main:
+        console.print(f"[bold green]Training finished[/]: best validation loss "
+                      f"{trainer.best_loss:.4f}; outputs in {out_dir}")
+    return trainer
 
+
+def _print_setup(split: Any, settings: TrainSettings, train: ChunkDataset, val: ChunkDataset,
+                 model_name: str, classes: dict[str, tuple[str, ...]], model: BaseModel,
+                 precision: str, device: torch.device, dist: DistContext) -> None:
     console.print("[bold]Training[/]")
     console.print(f"  #Train files: {len(split.train)} ({sum(s.rows for s in split.train):,} "
                   f"jets)   #Val files: {len(split.validation)} "
@@ -75,29 +111,17 @@ def run_training(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
         console.print("  Using weighted sampling (rejection sampling with the pT-eta weights, "
                       "re-drawn every epoch)")
     console.print(f"  Estimated jets per epoch (after reweighting): "
-                  f"{train.expected_jets():,.0f} training, {val.expected_jets():,.0f} "
-                  "validation (weighted)")
+                  f"{train.expected_jets() * dist.world:,.0f} training, "
+                  f"{val.expected_jets() * dist.world:,.0f} validation (weighted)")
     console.print(f"  Model: {model_name} ({len(classes)} classes: {', '.join(classes)})   "
                   f"Optimizer: {settings.optimizer}   Scheduler: {settings.lr_scheduler}")
     console.print(f"  Total number of parameters: {model.n_parameters():,}")
     console.print(f"  Batch size {settings.batch_size}, learning rate "
                   f"{settings.learning_rate:g}, batches of {precision}"
                   f"{', mixed precision' if settings.mixed_precision else ''}")
-    console.print(f"  Start training on {device}")
-
-    resumed = trainer.resume(resume_epoch)
-    if require_resume and not resumed:
-        raise FileNotFoundError(f"--resume-training: no checkpoint in {out_dir}")
-    if resumed:
-        console.print(f"  Resuming after epoch {trainer.epoch} from "
-                      f"{trainer.checkpoint_path(trainer.epoch).name}")
-        for stale in out_dir.glob("model_*.pt"):
-            if int(stale.stem.split("_")[1]) >= trainer.epoch:
-                stale.unlink()
-    trainer.fit(total_epochs or settings.epochs)
-    console.print(f"[bold green]Training finished[/]: best validation loss "
-                  f"{trainer.best_loss:.4f}; outputs in {out_dir}")
-    return trainer
+    where = f"{dist.world} processes (DistributedDataParallel) on {device.type}" \
+        if dist.world > 1 else str(device)
+    console.print(f"  Start training on {where}")
 
 
 def _terminal_roc(class_names: list[str]) -> Any:

@@ -83,6 +83,44 @@ class History:
         return history
 
 
+@dataclass(frozen=True)
+class DistContext:
+    """Rank and world size of a (torch.distributed) training; world 1: single process."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over all ranks."""
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.tolist()
+
+    def everyone(self, flag: bool) -> bool:
+        """True if ``flag`` is true on every rank (keeps the ranks in lock-step)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        tensor = torch.tensor([int(flag)], dtype=torch.int32)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return bool(tensor.item())
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
 def pick_device() -> torch.device:
     """CUDA if available at run time, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,8 +136,9 @@ class Trainer:
     def __init__(self, model: nn.Module, train_data: ChunkDataset, val_data: ChunkDataset,
                  out_dir: Path, settings: TrainSettings, device: torch.device | None = None,
                  perturb: Perturbation = nominal, metadata: Mapping[str, Any] | None = None,
-                 epoch_callback: Callable[[int, dict[str, np.ndarray]], None] | None = None
-                 ) -> None:
+                 epoch_callback: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+                 dist: DistContext | None = None) -> None:
+        dist = dist or DistContext()
         self.model = model
         self.train_data, self.val_data = train_data, val_data
         self.out_dir = Path(out_dir)
@@ -108,6 +147,7 @@ class Trainer:
         self.perturb = perturb
         self.metadata = dict(metadata or {})
         self.epoch_callback = epoch_callback
+        self.dist = dist
         torch.manual_seed(settings.seed)
         self.model.to(self.device)
         self.optimizer = make_optimizer(settings.optimizer, model.parameters(),
@@ -119,8 +159,13 @@ class Trainer:
             settings.lr_decay_factor)
         self.criterion = make_loss(settings.loss_function)
         self.forward = model
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(
+                model, device_ids=[self.device] if self.device.type == "cuda" else None)
         if settings.use_torch_compile:
-            self.forward = torch.compile(model, mode=settings.torch_compile_mode)
+            self.forward = torch.compile(self.forward, mode=settings.torch_compile_mode)
         amp = settings.mixed_precision
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp and
@@ -174,7 +219,7 @@ class Trainer:
         self.model.train()
         self.train_data.set_epoch(self.epoch)
         torch.manual_seed(epoch_seed(self.settings.seed, self.epoch))
-        loader = make_loader(self.train_data, self.settings.loader_workers)
+        loader = iter(make_loader(self.train_data, self.settings.loader_workers))
         total_loss = correct = jets = 0.0
         lr_start = self.lr
         start = time.perf_counter()
@@ -182,22 +227,29 @@ class Trainer:
         with progress_bar(description, total=self.batches_per_epoch, unit="batches",
                           extra="loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} "
                                 "{task.fields[rate]:,.0f} jets/s",
-                          loss=float("nan"), lr=self.lr, rate=0.0) as bar:
-            for batch in loader:
+                          loss=float("nan"), lr=self.lr, rate=0.0,
+                          disable=not self.dist.main) as bar:
+            while True:
+                batch = next(loader, None)
+                # all ranks take the same number of steps: stop when any runs out of data
+                if not self.dist.everyone(batch is not None):
+                    break
                 loss, n_correct, n = self.training_step(batch)
                 total_loss += loss * n
                 correct += n_correct
                 jets += n
                 bar.advance()
                 bar.update(loss=total_loss / jets, lr=self.lr,
-                           rate=jets / (time.perf_counter() - start))
+                           rate=jets * self.dist.world / (time.perf_counter() - start))
+        total_loss, correct, jets = self.dist.sum([total_loss, correct, jets])
         if jets == 0:
             raise RuntimeError("no training batch: the training files hold fewer sampled jets "
                                f"than --batch-size {self.settings.batch_size}")
         seconds = time.perf_counter() - start
         if not self.per_batch:
             self.scheduler.step()
-        self.batches_per_epoch = max(1, int(jets // self.settings.batch_size))
+        self.batches_per_epoch = max(1, int(jets // self.dist.world //
+                                            self.train_data.batch_size))
         return {"loss": total_loss / jets, "accuracy": correct / jets, "jets": jets,
                 "seconds": seconds, "jets_per_second": jets / seconds,
                 "learning_rate": lr_start}
@@ -209,7 +261,7 @@ class Trainer:
 
         dtype = self.amp_dtype if self.settings.mixed_precision else None
         return predict(self.model, data, self.device, self.settings.loader_workers,
-                       description, dtype)
+                       description, dtype, quiet=not self.dist.main)
 
     def validate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Weighted validation loss/accuracy over all validation jets (the reweighted
@@ -217,17 +269,18 @@ class Trainer:
         start = time.perf_counter()
         pred = self.predict(self.val_data, f"Epoch {self.epoch + 1}/{self.settings.epochs} "
                                            "validation")
-        logits = torch.from_numpy(pred["logits"])
-        target = torch.from_numpy(pred["target"])
-        weight = torch.from_numpy(pred["weight"]).double()
-        per_jet = self.criterion(logits, target).double()
-        total = weight.sum().clamp_min(1e-12)
-        correct = (logits.argmax(1) == target).double()
+        logits = torch.from_numpy(pred.get("logits", np.zeros((0, 1), np.float32)))
+        target = torch.from_numpy(pred.get("target", np.zeros(0, np.int64)))
+        weight = torch.from_numpy(pred.get("weight", np.zeros(0, np.float32))).double()
+        per_jet = self.criterion(logits, target).double() if len(target) else weight
+        correct = (logits.argmax(1) == target).double() if len(target) else weight
+        loss_sum, correct_sum, total, n = self.dist.sum([
+            float((per_jet * weight).sum()), float((correct * weight).sum()),
+            float(weight.sum()), float(len(target))])
         seconds = time.perf_counter() - start
-        metrics = {"loss": float((per_jet * weight).sum() / total),
-                   "accuracy": float((correct * weight).sum() / total),
-                   "jets": float(len(target)), "seconds": seconds,
-                   "jets_per_second": len(target) / seconds, "learning_rate": self.lr}
+        metrics = {"loss": loss_sum / max(total, 1e-12), "accuracy": correct_sum /
+                   max(total, 1e-12), "jets": n, "seconds": seconds,
+                   "jets_per_second": n / seconds, "learning_rate": self.lr}
         return metrics, pred
 
     @property
@@ -246,7 +299,11 @@ class Trainer:
             self.epoch += 1
             improved = val["loss"] < self.best_loss
             self.best_loss = min(self.best_loss, val["loss"])
-            self.save_checkpoint(improved)
+            if self.dist.main:
+                self.save_checkpoint(improved)
+            self.dist.barrier()
+            if not self.dist.main:
+                continue
             console.print(
                 f"Epoch {self.epoch}/{total_epochs}: train loss {train['loss']:.4f} acc "
                 f"{100 * train['accuracy']:.1f}% | validation loss {val['loss']:.4f} acc "

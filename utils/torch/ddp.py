@@ -1,0 +1,84 @@
+"""Distributed training (DistributedDataParallel) launched with torchrun.
+
+``launch(spec, nproc)`` writes the training arguments to a JSON file and runs
+``torchrun --standalone --nproc-per-node <nproc> -m utils.torch.ddp <spec.json>``; every
+process initialises torch.distributed (nccl on GPUs, gloo on CPU) and runs
+:func:`utils.torch.run.run_training` with its rank. Ranks read disjoint shares of the chunk
+files each epoch, metrics are summed over ranks, and only rank 0 writes checkpoints, metrics
+and plots (checkpoints hold the plain model state, loadable without DDP).
+
+For several nodes use torchrun's own options (``--nnodes``, ``--rdzv-endpoint``) with
+``python -m utils.torch.ddp <spec.json>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def launch(spec: dict[str, Any], nproc: int, out_dir: Path) -> None:
+    """Run the training described by ``spec`` (run_training keyword arguments, with
+    ``config`` a config name or path and ``settings`` a dict) on ``nproc`` processes."""
+    if nproc < 2:
+        raise ValueError(f"--ddp needs at least 2 processes, got {nproc}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ".ddp_spec.json"
+    path.write_text(json.dumps(spec, indent=2, default=str))
+    env = dict(os.environ)
+    if not torch.cuda.is_available():  # share the CPU cores between the processes
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "utils.torch.ddp", str(path)]
+    try:
+        result = subprocess.run(command, env=env)
+    finally:
+        path.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"distributed training failed (exit code {result.returncode}); "
+                           f"command: {' '.join(command)}")
+
+
+def main(spec_path: str) -> None:
+    import torch.distributed as dist
+
+    from utils.config import load_config
+    from utils.torch.run import run_training
+    from utils.torch.training import DistContext, TrainSettings
+
+    spec = json.loads(Path(spec_path).read_text())
+    cuda = torch.cuda.is_available()
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    settings = spec.pop("settings")
+    settings["betas"] = tuple(settings["betas"])
+    try:
+        run_training(config=load_config(spec.pop("config")),
+                     settings=TrainSettings(**settings),
+                     dataset_dir=Path(spec.pop("dataset_dir")),
+                     out_dir=Path(spec.pop("out_dir")), device=device,
+                     dist=DistContext(rank, world), **spec)
+    finally:
+        dist.destroy_process_group()
+
+
+def training_spec(config: str, settings: Any, **kwargs: Any) -> dict[str, Any]:
+    """A JSON-serialisable description of a training for :func:`launch`."""
+    spec = {"config": config, "settings": dataclasses.asdict(settings)}
+    spec.update({k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()})
+    return spec
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -213,9 +213,16 @@ def test_resume_after_kill_and_parameter_errors(run_law, law_env):
 def test_distributed_training_matches_single_process(demo_dataset, tmp_path):
     """DistributedDataParallel on 2 CPU processes (gloo): completes, writes loadable
     checkpoints, and ends close to a single-process run with the same global batch size."""
+    from utils.dataset.export import export_dataset
     from utils.torch.ddp import launch, training_spec
 
-    config, directory = demo_dataset
+    config, exported = demo_dataset
+    # many small files, so that the ranks' shares are balanced
+    directory = tmp_path / "dataset"
+    directory.mkdir()
+    export_dataset(config, [str(exported.parent / "TT_0.root"),
+                            str(exported.parent / "QCD_0.root")], directory, directory,
+                   chunk_size=250, seed=3, executor="iterative")
     settings = TrainSettings(epochs=3, batch_size=128, learning_rate=2e-3, seed=4,
                              lr_scheduler="none", loader_workers=1)
     launch(training_spec("demo_part", settings, model_name="DeepJet", dataset_dir=directory,
@@ -226,7 +233,7 @@ def test_distributed_training_matches_single_process(demo_dataset, tmp_path):
     assert not list((tmp_path / "ddp").glob(".ddp_spec.json"))
     single_loss = single.history.validation["loss"][-1]
     print(f"validation loss: DDP {ddp_loss[-1]:.4f}, single process {single_loss:.4f}")
-    assert ddp_loss[-1] == pytest.approx(single_loss, rel=0.15)
+    assert ddp_loss[-1] == pytest.approx(single_loss, rel=0.1)
     model, _ = build_model(config, "DeepJet")
     state = load_checkpoint(tmp_path / "ddp" / "model_2.pt")
     model.load_state_dict(state["model_state_dict"])  # plain keys, no DDP "module." prefix

@@ -177,7 +177,16 @@ class ChunkDataset(IterableDataset):
         if self.mode == TRAIN:
             order = np.random.default_rng((self.seed, self.epoch)).permutation(len(shards))
             shards = [shards[i] for i in order]
-        return shards[self.rank::self.world][worker::n_workers]
+        if self.world > 1:  # balance the ranks' jets: next file to the least loaded rank
+            load = np.zeros(self.world)
+            mine = []
+            for shard in shards:
+                rank = int(np.argmin(load))
+                load[rank] += shard.sum_weight if self.sampling else shard.rows
+                if rank == self.rank:
+                    mine.append(shard)
+            shards = mine
+        return shards[worker::n_workers]
 
     def _select(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Row indices to use from a chunk, in the order they are batched."""

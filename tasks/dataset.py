@@ -10,6 +10,61 @@ import luigi
 
 from tasks.base import DatasetDependency
 from tasks.generation import GenerateSamplesTask
+from tasks.remote import BatchWorkflow
+
+STAGE_RESULT = "result.json"
+
+
+class ExportFilesTask(DatasetDependency, BatchWorkflow, law.LocalWorkflow):
+    """The per-file stage of the export as a law workflow: one branch (job) per input file
+    runs the coffea processor and writes its staged rows; DatasetConstructorTask
+    ``--stage-workflow local|htcondor|slurm`` then merges them on the submitting side.
+
+    Outputs: ``stage_<branch>/result.json`` (+ the staged rows, removed after the merge).
+    """
+
+    coffea_worker = luigi.IntParameter(default=1, significant=False,
+                                       description="processes per job; default: 1")
+    executor = luigi.ChoiceParameter(default="iterative", choices=("iterative", "futures"),
+                                     significant=False,
+                                     description="coffea executor inside a job; default: "
+                                     "iterative")
+    exclude_params_req_get = {"seed"}
+
+    def _plan(self) -> list[tuple[str, str]]:
+        from utils.dataset.export import plan_inputs
+        from utils.dataset.inputs import read_filelist
+
+        if not self.filelist:
+            raise ValueError("per-file export jobs (--stage-workflow) need --filelist")
+        by_process = plan_inputs(self.load_config(), read_filelist(self.filelist), self.debug)
+        return [(process, f) for process, files in by_process.items() for f in files]
+
+    def create_branch_map(self) -> dict[int, tuple[str, str]]:
+        return dict(enumerate(self._plan()))
+
+    def output(self) -> law.LocalFileTarget:
+        return self.local_target(f"stage_{self.branch}/{STAGE_RESULT}")
+
+    def run(self) -> None:
+        import shutil
+
+        from utils.dataset.export import check_inputs, run_processor
+        from utils.io import write_json
+
+        config = self.load_config()
+        process, path = self.branch_data
+        staging = self.local_path(f"stage_{self.branch}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        entries = check_inputs(config, [path])
+        result = run_processor(config, {process: [path]}, {path: self.branch}, staging,
+                               seed=self.resolved("seed"), executor=self.executor,
+                               workers=self.coffea_worker, debug=self.debug)
+        write_json(staging / STAGE_RESULT, {
+            "staged": [[str(p), int(n)] for p, n in result["staged"]],
+            "histogram": result["histogram"], "counts": result["counts"],
+            "rows_per_file": result["rows_per_file"], "entries": entries})
 
 
 class DatasetConstructorTask(DatasetDependency):
@@ -45,6 +100,14 @@ class DatasetConstructorTask(DatasetDependency):
         description="--executor dask: address of a running dask scheduler (tcp://host:port); "
         "the workers must see the output directory. Default: start a local cluster",
     )
+    stage_workflow = luigi.ChoiceParameter(
+        default="none",
+        choices=("none", "local", "htcondor", "slurm"),
+        significant=False,
+        description="run the per-file processing as law workflow jobs (ExportFilesTask, one "
+        "per file: local, htcondor or slurm; see its --ExportFilesTask-* options) and merge "
+        "here; default: none (process in this job with --executor)",
+    )
 
     stored_defaults = {**DatasetDependency.stored_defaults, "chunk_size": 100_000}
     # the shuffling seed of a dataset is its own; a training's --seed is not forwarded
@@ -57,7 +120,11 @@ class DatasetConstructorTask(DatasetDependency):
     )
 
     def requires(self) -> dict[str, Any]:
-        """Generated samples when the config defines them and no --filelist is given."""
+        """Generated samples when the config defines them and no --filelist is given; the
+        per-file export jobs with --stage-workflow."""
+        if self.stage_workflow != "none":
+            return {"stage": ExportFilesTask.req(self, workflow=self.stage_workflow,
+                                                 seed=self.resolved("seed"))}
         if self.filelist:
             return {}
         samples = self.load_config().generated_samples or {}
@@ -95,10 +162,25 @@ class DatasetConstructorTask(DatasetDependency):
             ])
         return outputs
 
+    def _merge_stages(self, config: Any, files: list[str], out_dir: Path, work: Path) -> Any:
+        """Merge the staged rows of the ExportFilesTask jobs."""
+        import json
+        import time
+
+        from utils.dataset.export import finish_export, plan_inputs
+
+        start = time.perf_counter()
+        targets = self.input()["stage"]["collection"].targets
+        results = [json.loads(Path(targets[b].path).read_text()) for b in sorted(targets)]
+        entries = {f: n for result in results for f, n in result["entries"].items()}
+        return finish_export(config, results, plan_inputs(config, files, self.debug), entries,
+                             out_dir, work, self.resolved("chunk_size"), self.resolved("seed"),
+                             self.coffea_worker, self.debug, start)
+
     def input_files(self) -> list[str]:
         from utils.dataset.inputs import read_filelist
 
-        if not self.filelist and self.input():
+        if not self.filelist and self.input() and "stage" not in self.input():
             return [target.path for sample in self.input().values()
                     for _, target in sorted(sample["collection"].targets.items())]
         if not self.filelist:
@@ -119,12 +201,19 @@ class DatasetConstructorTask(DatasetDependency):
         for stale in out_dir.glob("file_*.lz4"):
             stale.unlink()
         with publishing(out_dir, last=(PROCESSED_FILES,)) as work:
-            summary = export_dataset(
-                config, files, out_dir, work, chunk_size=self.resolved("chunk_size"),
-                seed=self.resolved("seed"),
-                executor=self.executor, workers=self.coffea_worker, debug=self.debug,
-                scheduler_address=self.scheduler_address or None)
+            if self.stage_workflow != "none":
+                summary = self._merge_stages(config, files, out_dir, work)
+            else:
+                summary = export_dataset(
+                    config, files, out_dir, work, chunk_size=self.resolved("chunk_size"),
+                    seed=self.resolved("seed"),
+                    executor=self.executor, workers=self.coffea_worker, debug=self.debug,
+                    scheduler_address=self.scheduler_address or None)
             self.write_parameters(work)
+        if self.stage_workflow != "none":  # the staged rows are merged: free the space
+            for target in self.input()["stage"]["collection"].targets.values():
+                for staged in Path(target.path).parent.glob("*.raw*"):
+                    staged.unlink()
         c = summary.counts
         console.print(
             f"[bold green]Exported {sum(summary.rows):,} jets[/] of {c['entries']:,} entries "

@@ -9,17 +9,19 @@ import law
 import luigi
 
 from tasks.base import BaseTask
+from tasks.remote import BatchWorkflow
 
 DEFAULT_EVENTS = {"TT": 1200, "QCD": 4000}
 FILELIST = "filelist.txt"
 
 
-class GenerateSamplesTask(BaseTask, law.LocalWorkflow):
+class GenerateSamplesTask(BaseTask, BatchWorkflow, law.LocalWorkflow):
     """Generate flat DeepNTuples-style ROOT files; one workflow branch per file.
 
     Outputs in ``GenerateSamplesTask/<sample_version>/<process>/``: ``<process>_<i>.root`` and
     ``filelist.txt`` (written when the last file is complete). Branches run in parallel with
-    law's ``--workers N``.
+    law's ``--workers N`` (``--workflow local``) or as batch jobs (``--workflow htcondor`` or
+    ``slurm``).
     """
 
     process = luigi.ChoiceParameter(

@@ -93,6 +93,72 @@ def _runner(executor: str, workers: int, chunk_size: int, max_chunks: int | None
                                maxchunks=max_chunks)
 
 
+def plan_inputs(config: Config, files: Sequence[str], debug: bool = False
+                ) -> dict[str, list[str]]:
+    """Input files by process (config order); with ``debug`` one file per process. The
+    position of a file in this plan is its file index (part of every jet's shuffle key)."""
+    by_process = assign_processes(files, config.processes)
+    if debug:
+        by_process = {name: fs[:1] for name, fs in by_process.items()}
+    return by_process
+
+
+def check_inputs(config: Config, files: Sequence[str], workers: int = 4) -> dict[str, int]:
+    """Pre-flight check of every input file (tree, branches, entries); entries per file."""
+    from utils.processors import get_processor
+
+    processor_cls = get_processor(config.processor)
+    return inspect_files(files, config.tree_name,
+                         lambda available: processor_cls.missing_branches(config, available),
+                         workers=max(4, workers))
+
+
+def run_processor(config: Config, by_process: dict[str, list[str]],
+                  file_index: dict[str, int], staging: Path, seed: int,
+                  executor: str = "futures", workers: int = 1, debug: bool = False,
+                  coffea_chunk_size: int | None = None,
+                  scheduler_address: str | None = None) -> dict[str, Any]:
+    """Run the config's coffea processor over the files; staged rows go to ``staging``.
+
+    Returns the accumulated result: ``staged`` [(path, rows)], ``histogram``, ``counts``,
+    ``rows_per_file``.
+    """
+    from utils.processors import get_processor
+
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor must be one of {EXECUTORS}, got {executor!r}")
+    if workers < 1:
+        raise ValueError(f"--coffea-worker must be >= 1, got {workers}")
+    processor_cls = get_processor(config.processor)
+    layout = ColumnLayout.from_config(config)
+    proc = processor_cls(config, staging, file_index, seed=seed)
+    rows_per_chunk = DEBUG_CHUNK_ROWS if debug else (coffea_chunk_size or
+                                                      default_coffea_chunk_size(layout))
+    # preload: read all needed branches of a chunk in one uproot call (faster than lazily)
+    preload = processor_cls.preload_branches(config)
+    fileset = {name: {"files": {f: config.tree_name for f in fs},
+                      **({"preload": preload} if preload else {})}
+               for name, fs in by_process.items() if fs}
+    with _runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None,
+                 scheduler_address) as runner:
+        return dict(runner(fileset, proc, treename=config.tree_name))
+
+
+def combine_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the results of several processor runs (e.g. one per batch job)."""
+    combined: dict[str, Any] = {"staged": [], "histogram": None, "counts": {},
+                                "rows_per_file": {}}
+    for result in results:
+        combined["staged"] += [tuple(entry) for entry in result["staged"]]
+        histogram = np.asarray(result["histogram"], dtype=np.float64)
+        combined["histogram"] = histogram if combined["histogram"] is None else \
+            combined["histogram"] + histogram
+        for key in ("counts", "rows_per_file"):
+            for name, value in result[key].items():
+                combined[key][name] = combined[key].get(name, 0) + int(value)
+    return combined
+
+
 def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir: Path,
                    chunk_size: int = 100_000, seed: int = 123456, executor: str = "futures",
                    workers: int = 1, debug: bool = False,
@@ -106,23 +172,12 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
     machines: the staging files then go to ``work_dir`` (a shared file system) unless
     ``$BHIVE_STAGING_DIR`` names another shared place.
     """
-    from utils.processors import get_processor
-
     start = time.perf_counter()
     if chunk_size < 1:
         raise ValueError(f"--chunk-size must be >= 1, got {chunk_size}")
-    if executor not in EXECUTORS:
-        raise ValueError(f"--executor must be one of {EXECUTORS}, got {executor!r}")
-    if workers < 1:
-        raise ValueError(f"--coffea-worker must be >= 1, got {workers}")
-    by_process = assign_processes(files, config.processes)
-    if debug:
-        by_process = {name: fs[:1] for name, fs in by_process.items()}
+    by_process = plan_inputs(config, files, debug)
     used = [f for fs in by_process.values() for f in fs]
-    processor_cls = get_processor(config.processor)
-    entries = inspect_files(used, config.tree_name,
-                            lambda available: processor_cls.missing_branches(config, available),
-                            workers=max(4, workers))
+    entries = check_inputs(config, used, workers)
     layout = ColumnLayout.from_config(config)
     console.print(f"[bold]Dataset construction[/] config [cyan]{config.name}[/]: {len(used)} "
                   f"input file(s), {sum(entries.values()):,} entries, "
@@ -130,15 +185,50 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
                   f"executor {executor} x {workers}")
     for name, fs in by_process.items():
         console.print(f"  {name}: {len(fs)} file(s), {sum(entries[f] for f in fs):,} entries")
-
     staging = staging_dir(work_dir, sum(entries.values()) * 4 * layout.n_columns,
                           shared=bool(scheduler_address))
     try:
-        merged, result, histogram, counts = _process_and_merge(
-            config, by_process, entries, layout, staging, work_dir, chunk_size, seed,
-            executor, workers, debug, coffea_chunk_size, scheduler_address)
+        result = run_processor(config, by_process, {f: i for i, f in enumerate(used)},
+                               staging, seed, executor, workers, debug, coffea_chunk_size,
+                               scheduler_address)
+        return finish_export(config, [result], by_process, entries, out_dir, work_dir,
+                             chunk_size, seed, workers, debug, start)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def finish_export(config: Config, results: Sequence[dict[str, Any]],
+                  by_process: dict[str, list[str]], entries: dict[str, int], out_dir: Path,
+                  work_dir: Path, chunk_size: int, seed: int, workers: int, debug: bool,
+                  start: float) -> ExportSummary:
+    """Merge the staged rows of the processor ``results`` and write all dataset files."""
+    layout = ColumnLayout.from_config(config)
+    result = combine_results(results)
+    counts = {k: int(v) for k, v in result["counts"].items()}
+    histogram = np.asarray(result["histogram"], dtype=np.float64)
+    if counts.get("non_finite"):
+        console.print(f"[yellow]Dropped {counts['non_finite']:,} jet(s) with NaN/inf "
+                      "features[/]")
+    if not result["staged"]:
+        raise ExportError(
+            f"no jet passed the selection in {len(entries)} file(s) "
+            f"({counts.get('entries', 0):,} entries: {counts.get('out_of_window', 0):,} "
+            f"outside pT {config.pt_bins[0]}-{config.pt_bins[-1]} / eta "
+            f"{config.eta_bins[0]}-{config.eta_bins[-1]}, {counts.get('no_label', 0):,} "
+            f"without truth label, {counts.get('non_finite', 0):,} with NaN/inf)")
+    reference = config.truth_labels.index(config.reference_flavour)
+    if histogram[reference].sum() == 0:
+        warnings.warn(f"reference flavour {config.reference_flavour!r} has no jets in this "
+                      "dataset: weights are all 1 (no pT-eta reweighting)", stacklevel=2)
+        console.print(f"[yellow]Reference flavour {config.reference_flavour} has no jets: "
+                      "all weights set to 1[/]")
+    with progress_bar("Merging", total=counts["selected"], unit="jets") as bar:
+        merged = merge_staged(result["staged"], layout, out_dir=work_dir,
+                              chunk_size=chunk_size, seed=seed,
+                              tables=weight_tables(histogram, reference),
+                              pt_key=config.pt_key, eta_key=config.eta_key,
+                              pt_bins=config.pt_bins, eta_bins=config.eta_bins,
+                              workers=workers, advance=bar.advance)
     final_files = [out_dir / p.name for p in merged.files]
 
     np.save(work_dir / HISTOGRAM, histogram)
@@ -187,62 +277,6 @@ def staging_dir(work_dir: Path, estimated_bytes: int, shared: bool = False) -> P
     staging = work_dir / "staged"
     staging.mkdir()
     return staging
-
-
-def _process_and_merge(config: Config, by_process: dict[str, list[str]],
-                       entries: dict[str, int], layout: ColumnLayout, staging: Path,
-                       work_dir: Path, chunk_size: int, seed: int, executor: str, workers: int,
-                       debug: bool, coffea_chunk_size: int | None,
-                       scheduler_address: str | None = None
-                       ) -> tuple[Any, dict[str, Any], np.ndarray, dict[str, int]]:
-    """Run the coffea processor into ``staging`` and merge into ``work_dir``."""
-    from utils.processors import get_processor
-
-    processor_cls = get_processor(config.processor)
-    used = [f for fs in by_process.values() for f in fs]
-    file_index = {f: i for i, f in enumerate(used)}
-    n_buckets = max(1, -(-sum(entries.values()) // chunk_size))
-    proc = processor_cls(config, staging, file_index, n_buckets=n_buckets, seed=seed)
-    rows_per_chunk = DEBUG_CHUNK_ROWS if debug else (coffea_chunk_size or
-                                                      default_coffea_chunk_size(layout))
-    # preload: read all needed branches of a chunk in one uproot call (faster than lazily)
-    preload = processor_cls.preload_branches(config)
-    fileset = {name: {"files": {f: config.tree_name for f in fs},
-                      **({"preload": preload} if preload else {})}
-               for name, fs in by_process.items()}
-    with _runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None,
-                 scheduler_address) as runner:
-        result = runner(fileset, proc, treename=config.tree_name)
-
-    counts = {k: int(v) for k, v in result["counts"].items()}
-    histogram = np.asarray(result["histogram"], dtype=np.float64)
-    staged = result["staged"]
-    if counts.get("non_finite"):
-        console.print(f"[yellow]Dropped {counts['non_finite']:,} jet(s) with NaN/inf "
-                      "features[/]")
-    if not staged:
-        raise ExportError(
-            f"no jet passed the selection in {len(used)} file(s) "
-            f"({counts.get('entries', 0):,} entries: {counts.get('out_of_window', 0):,} "
-            f"outside pT {config.pt_bins[0]}-{config.pt_bins[-1]} / eta "
-            f"{config.eta_bins[0]}-{config.eta_bins[-1]}, {counts.get('no_label', 0):,} "
-            f"without truth label, {counts.get('non_finite', 0):,} with NaN/inf)")
-
-    reference = config.truth_labels.index(config.reference_flavour)
-    if histogram[reference].sum() == 0:
-        warnings.warn(f"reference flavour {config.reference_flavour!r} has no jets in this "
-                      "dataset: weights are all 1 (no pT-eta reweighting)", stacklevel=2)
-        console.print(f"[yellow]Reference flavour {config.reference_flavour} has no jets: "
-                      "all weights set to 1[/]")
-    tables = weight_tables(histogram, reference)
-    n_rows = counts["selected"]
-    with progress_bar("Merging", total=n_rows, unit="jets") as bar:
-        merged = merge_staged(staged, layout, out_dir=work_dir, chunk_size=chunk_size,
-                              seed=seed, tables=tables,
-                              pt_key=config.pt_key, eta_key=config.eta_key,
-                              pt_bins=config.pt_bins, eta_bins=config.eta_bins,
-                              workers=workers, advance=bar.advance)
-    return merged, result, histogram, counts
 
 
 def read_processed_files(dataset_dir: str | Path) -> list[Path]:

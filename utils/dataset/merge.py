@@ -1,11 +1,12 @@
 """Merge staged per-chunk row matrices into shuffled, reweighted LZ4 chunks.
 
-The processor assigns every jet a pseudo-random shuffle bucket from its identity (seed,
-file, entry) and writes each coffea chunk's rows grouped by bucket. The merge then:
+The processor gives every jet a pseudo-random 64-bit key from its identity (seed, file,
+jet) and writes each coffea chunk's rows sorted by key, with the keys. The merge then:
 
-1. takes the buckets in order; a bucket's rows are contiguous slices of the staged files
-   (read in file/entry order);
-2. permutes each bucket's rows with a generator seeded by (seed, bucket);
+1. cuts the key range into equal buckets (about one output file each) and takes them in
+   order; a bucket's rows are contiguous slices of the staged files (in file/entry order);
+2. orders each bucket's rows by key and permutes them with a generator seeded by
+   (seed, bucket);
 3. concatenates the permuted buckets and cuts them into files of exactly ``chunk_size``
    rows (the last file holds the remainder);
 4. fills the per-jet weight column and writes ``file_<k>.lz4`` (compression in threads).
@@ -48,25 +49,35 @@ def chunk_sizes(n_rows: int, chunk_size: int) -> list[int]:
     return [chunk_size] * (n_files - 1) + [n_rows - chunk_size * (n_files - 1)] if n_files else []
 
 
-def merge_staged(staged: Sequence[tuple[str, Sequence[int]]], layout: ColumnLayout,
+def bucket_bounds(keys: np.ndarray, n_buckets: int) -> np.ndarray:
+    """Row bounds of ``n_buckets`` equal key ranges in sorted ``keys`` (uint64)."""
+    edges = np.array([(b << 64) // n_buckets for b in range(1, n_buckets)], dtype=np.uint64)
+    return np.concatenate([[0], np.searchsorted(keys, edges, side="left"), [len(keys)]])
+
+
+def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
                  out_dir: Path, chunk_size: int, seed: int, tables: np.ndarray, pt_key: str,
                  eta_key: str, pt_bins: tuple[float, ...], eta_bins: tuple[float, ...],
                  workers: int = 1, advance: Callable[[int], None] | None = None
                  ) -> MergeResult:
-    """Merge staged ``(path, bucket bounds)`` raw float32 files into ``out_dir/file_<k>.lz4``.
+    """Merge staged ``(path, rows)`` raw float32 files (rows sorted by the uint64 keys in
+    ``<path>.keys``) into ``out_dir/file_<k>.lz4``.
 
     ``advance`` is called with the number of rows written after each output file.
     Buffers are allocated once and reused (fresh memory is expensive to fault in).
     """
     staged = sorted(staged, key=lambda entry: Path(entry[0]).name)
-    bounds = np.array([b for _, b in staged], dtype=np.int64).reshape(len(staged), -1)
     n_cols = layout.n_columns
     row_bytes = 4 * n_cols
-    for (path, _), b in zip(staged, bounds, strict=True):
-        if Path(path).stat().st_size != b[-1] * row_bytes:
+    for path, rows in staged:
+        if Path(path).stat().st_size != rows * row_bytes:
             raise ValueError(f"staged file {path} has {Path(path).stat().st_size} bytes, "
-                             f"expected {b[-1]} rows of {n_cols} float32")
-    sizes = chunk_sizes(int(bounds[:, -1].sum()), chunk_size)
+                             f"expected {rows} rows of {n_cols} float32")
+    sizes = chunk_sizes(sum(rows for _, rows in staged), chunk_size)
+    n_buckets = max(1, len(sizes))
+    keys = [np.fromfile(f"{path}.keys", dtype=np.uint64) for path, _ in staged]
+    bounds = np.array([bucket_bounds(k, n_buckets) for k in keys],
+                      dtype=np.int64).reshape(len(staged), -1)
     if not sizes:
         raise ValueError("no rows to merge")
     truth = layout.slice("truth")
@@ -110,7 +121,11 @@ def merge_staged(staged: Sequence[tuple[str, Sequence[int]]], layout: ColumnLayo
                         if handle.readinto(view) != (hi - lo) * row_bytes:
                             raise OSError(f"short read from staged file {handle.name}")
                         n_rows += int(hi - lo)
-                perm = np.random.default_rng((seed, int(b))).permutation(n_rows)
+                # canonical order (by key, independent of the input chunking), then shuffled
+                bucket_keys = np.concatenate([k[lo:hi] for k, lo, hi in zip(
+                    keys, bounds[:, b], bounds[:, b + 1], strict=True)])
+                perm = np.argsort(bucket_keys, kind="stable")[
+                    np.random.default_rng((seed, int(b))).permutation(n_rows)]
                 taken = 0
                 while taken < n_rows:
                     n = min(n_rows - taken, sizes[k] - filled)

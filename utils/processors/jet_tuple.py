@@ -3,7 +3,7 @@
 ``process`` is a pure function of one chunk: it selects jets, pads/clips the candidate
 groups, computes derived features and truth labels, and writes the selected rows of the
 chunk to one raw float32 staging file, grouped by shuffle bucket. It returns only small
-mergeable accumulators (staged file names with bucket bounds, per-label pT-eta histograms,
+mergeable accumulators (staged file names and row counts, per-label pT-eta histograms,
 counters), never the arrays themselves.
 """
 
@@ -49,19 +49,20 @@ def _zeroed_buffer(name: str, rows: int, cols: int) -> np.ndarray:
     return view
 
 
-def shuffle_bucket(seed: int, file_index: int, entry: np.ndarray, n_buckets: int) -> np.ndarray:
-    """Pseudo-random bucket of each jet from (seed, file, entry): a splitmix64 hash.
+def shuffle_key(seed: int, file_index: int, jet_id: np.ndarray) -> np.ndarray:
+    """Pseudo-random 64-bit key of each jet from (seed, file, jet id): a splitmix64 hash.
 
-    Depends only on the jet's identity, not on how the input is split into chunks, so the
-    shuffled output is identical for any chunking and number of workers.
+    Depends only on the jet's identity, not on how the input is split into chunks or jobs,
+    so the shuffled output is identical for any chunking, executor and number of workers.
+    The merge cuts the key range into buckets.
     """
     with np.errstate(over="ignore"):
         z = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
-             + (np.uint64(file_index) << np.uint64(40)) + entry.astype(np.uint64))
+             + (np.uint64(file_index) << np.uint64(40)) + jet_id.astype(np.uint64))
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z ^= z >> np.uint64(31)
-    return (z % np.uint64(n_buckets)).astype(np.int64)
+    return z
 
 
 def jagged_parts(values: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -91,19 +92,18 @@ def scalar_values(values: Any) -> np.ndarray:
 class JetTupleProcessor(processor.ProcessorABC):
     """Turn chunks of a flat jet tuple into staged row matrices (see :class:`ColumnLayout`).
 
-    Selected rows are written grouped by shuffle bucket (``shuffle_bucket`` of the jet's file
-    and entry number), with the bucket boundaries returned, so the merge reads each bucket
-    as contiguous slices.
+    Selected rows are written sorted by their shuffle key (``shuffle_key`` of the jet's file
+    and id), with the keys beside them (``<name>.keys``), so the merge reads every key range
+    (bucket) as contiguous slices.
     """
 
     def __init__(self, config: Config, staging_dir: str | Path, file_index: dict[str, int],
-                 n_buckets: int = 1, seed: int = 0) -> None:
+                 seed: int = 0) -> None:
         self.config = config
         self.layout = ColumnLayout.from_config(config)
         self.staging_dir = str(staging_dir)
         self.file_index = dict(file_index)
         self.process_index = {name: i for i, name in enumerate(config.process_names)}
-        self.n_buckets = n_buckets
         self.seed = seed
 
     # -- where the per-jet columns come from (overridden for event-level formats) ----------
@@ -208,10 +208,9 @@ class JetTupleProcessor(processor.ProcessorABC):
 
         # order the selected jets by shuffle bucket, then fill the rows in that order
         selected = np.flatnonzero(mask)
-        bucket = shuffle_bucket(self.seed, self.file_index[filename], jet_id[selected],
-                                self.n_buckets)
-        order = np.argsort(bucket, kind="stable")
-        selected, bucket = selected[order], bucket[order]
+        key = shuffle_key(self.seed, self.file_index[filename], jet_id[selected])
+        order = np.argsort(key, kind="stable")
+        selected, key = selected[order], key[order]
         m = len(selected)
         position = np.full(n, -1, dtype=np.int64)
         position[selected] = np.arange(m)
@@ -250,8 +249,8 @@ class JetTupleProcessor(processor.ProcessorABC):
             path = Path(self.staging_dir) / staged_name(self.file_index[filename],
                                                         meta["entrystart"])
             matrix.tofile(path)
-            bounds = np.searchsorted(bucket, np.arange(self.n_buckets + 1))
-            staged.append((str(path), bounds.tolist()))
+            key.tofile(f"{path}.keys")
+            staged.append((str(path), m))
         counts = {
             "entries": n,
             "selected": m,

@@ -1,0 +1,99 @@
+"""Batch workflows (HTCondor, Slurm) without a batch system: rendered job files, and the
+local workflow of the per-file export stage giving the same dataset as a plain run."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+from law.job.dashboard import NoJobDashboard
+from luigi.cmdline_parser import CmdlineParser
+
+import tasks.dataset  # noqa: F401  (registers the tasks)
+import tasks.generation  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+def render_job(args: list[str], job_num: int, branches: list[int]) -> tuple[str, Path]:
+    """The job file law would submit for ``branches``, and its directory."""
+    with CmdlineParser.global_instance(args) as parser:
+        task = parser.get_task_obj()
+        proxy = task.workflow_proxy
+        proxy.dashboard = NoJobDashboard()
+        proxy.job_file_factory = proxy.create_job_file_factory()
+        job = proxy.create_job_file(job_num, branches)["job"]
+    return Path(job).read_text(), Path(job).parent
+
+
+def decoded_arguments(text: str) -> str:
+    """law passes the task parameters and branches base64-encoded; decode what decodes."""
+    words = []
+    for word in text.split():
+        try:
+            words.append(base64.b64decode(word, validate=True).decode())
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return " ".join(words)
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path, law_env):
+    for key in ("B_HIVE_DIR", "LAW_HOME", "LAW_CONFIG_FILE"):
+        monkeypatch.setenv(key, law_env[key])
+    monkeypatch.setenv("DATA_PATH", str(tmp_path / "data"))
+    return tmp_path
+
+
+def test_htcondor_job_file(env, synthetic_files):
+    _, filelist = synthetic_files
+    text, directory = render_job(
+        ["ExportFilesTask", "--workflow", "htcondor", "--config", "offline_run3",
+         "--dataset-version", "batch", "--filelist", str(filelist), "--max-runtime", "90min",
+         "--htcondor-flavour", "workday", "--seed", "7"], 2, [2])
+    assert "universe = vanilla" in text
+    assert "+MaxRuntime = 5400" in text and '+JobFlavour = "workday"' in text
+    assert f"initialdir = {env / 'data'}/ExportFilesTask/offline_run3/batch/htcondor_jobs" \
+        in text
+    arguments = next(line for line in text.splitlines() if line.startswith("arguments"))
+    assert "tasks.dataset ExportFilesTask" in arguments
+    decoded = decoded_arguments(arguments.split("ExportFilesTask", 1)[1])
+    assert "--config=offline_run3" in decoded and "--dataset-version=batch" in decoded
+    assert "--seed=7" in decoded and f"--filelist={filelist}" in decoded
+    assert "2" in decoded.split()  # the branch of this job
+    bootstrap = next(directory.glob("remote_bootstrap*.sh")).read_text()
+    assert f'source "{os.environ["B_HIVE_DIR"]}/setup.sh"' in bootstrap
+    assert f'export DATA_PATH="{env / "data"}"' in bootstrap
+
+
+def test_slurm_job_file(env):
+    text, directory = render_job(
+        ["GenerateSamplesTask", "--workflow", "slurm", "--process", "QCD", "--n-files", "6",
+         "--max-runtime", "2.5"], 0, [3, 4, 5])
+    assert "#SBATCH --time=02:30:00" in text
+    assert "GenerateSamplesTask" in text and "_3To6" in text
+    decoded = decoded_arguments(text.split("GenerateSamplesTask", 2)[-1])
+    assert "--process=QCD" in decoded and "--n-files=6" in decoded
+    assert "3 4 5" in decoded
+    bootstrap = next(directory.glob("remote_bootstrap*.sh")).read_text()
+    assert "{{" not in bootstrap and "setup.sh" in bootstrap
+
+
+def test_local_stage_workflow_equals_plain_run(run_law, synthetic_files):
+    _, filelist = synthetic_files
+    common = ("DatasetConstructorTask", "--config", "offline_run3", "--filelist", filelist,
+              "--chunk-size", 1500)
+    run_law(*common, "--dataset-version", "plain")
+    run_law(*common, "--dataset-version", "staged", "--stage-workflow", "local", "--workers",
+            2)
+    base = run_law.data_path / "DatasetConstructorTask" / "offline_run3"
+    plain = sorted((base / "plain").glob("file_*.lz4"))
+    assert plain and [p.name for p in plain] == sorted(
+        p.name for p in (base / "staged").glob("file_*.lz4"))
+    for path in plain:
+        assert path.read_bytes() == (base / "staged" / path.name).read_bytes()
+    stages = run_law.data_path / "ExportFilesTask" / "offline_run3" / "staged"
+    assert len(list(stages.glob("stage_*/result.json"))) == 3
+    assert not list(stages.rglob("*.raw"))  # staged rows removed after the merge

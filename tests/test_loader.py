@@ -145,3 +145,18 @@ def test_errors_name_the_problem(shards, mapping):
     with pytest.raises(DataError, match="jet_ptt"):
         ChunkDataset(shards, GROUPS, mapping, 10, TEST, columns=("jet_ptt",))
     assert isinstance(shards[0], Shard)
+
+
+def test_thread_loader_stops_when_abandoned(shards, mapping):
+    """Breaking out of an epoch (e.g. distributed ranks in lock-step) must not leave loader
+    threads blocked on a full queue."""
+    import threading
+
+    from utils.torch.data import ThreadLoader
+
+    before = threading.active_count()
+    data = ChunkDataset(shards, GROUPS, mapping, 10, VALIDATION)
+    loader = iter(ThreadLoader(data, workers=2, prefetch=1))
+    next(loader)
+    loader.close()
+    assert threading.active_count() == before

@@ -282,20 +282,24 @@ class ThreadLoader:
         stop = threading.Event()
         queues: list[queue.Queue] = [queue.Queue(self.prefetch) for _ in range(self.workers)]
 
+        def put(worker: int, item: object) -> bool:
+            """Hand ``item`` over unless the consumer stopped; False if it did."""
+            while not stop.is_set():
+                try:
+                    queues[worker].put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce(worker: int) -> None:
             try:
                 for batch in self.dataset.iterate(worker, self.workers):
-                    while not stop.is_set():
-                        try:
-                            queues[worker].put(batch, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not put(worker, batch):
                         return
-                queues[worker].put(done)
+                put(worker, done)
             except BaseException as exc:  # hand errors to the consumer
-                queues[worker].put(exc)
+                put(worker, exc)
 
         threads = [threading.Thread(target=produce, args=(i,), daemon=True)
                    for i in range(self.workers)]

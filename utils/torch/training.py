@@ -241,6 +241,8 @@ class Trainer:
                 bar.advance()
                 bar.update(loss=total_loss / jets, lr=self.lr,
                            rate=jets * self.dist.world / (time.perf_counter() - start))
+        if hasattr(loader, "close"):  # stop the loader threads of an unfinished epoch
+            loader.close()
         total_loss, correct, jets = self.dist.sum([total_loss, correct, jets])
         if jets == 0:
             raise RuntimeError("no training batch: the training files hold fewer sampled jets "

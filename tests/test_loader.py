@@ -155,7 +155,8 @@ def test_thread_loader_stops_when_abandoned(shards, mapping):
     from utils.torch.data import ThreadLoader
 
     before = threading.active_count()
-    data = ChunkDataset(shards, GROUPS, mapping, 10, VALIDATION)
+    # one batch per worker: each worker then waits to hand over its end marker
+    data = ChunkDataset(shards[:2], GROUPS, mapping, 10_000, VALIDATION)
     loader = iter(ThreadLoader(data, workers=2, prefetch=1))
     next(loader)
     loader.close()

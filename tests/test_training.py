@@ -223,8 +223,8 @@ def test_distributed_training_matches_single_process(demo_dataset, tmp_path):
     export_dataset(config, [str(exported.parent / "TT_0.root"),
                             str(exported.parent / "QCD_0.root")], directory, directory,
                    chunk_size=250, seed=3, executor="iterative")
-    settings = TrainSettings(epochs=3, batch_size=128, learning_rate=2e-3, seed=4,
-                             lr_scheduler="none", loader_workers=1)
+    settings = TrainSettings(epochs=3, batch_size=128, learning_rate=1e-3, seed=4,
+                             lr_scheduler="epoch_lin_decay", loader_workers=1)
     launch(training_spec("demo_part", settings, model_name="DeepJet", dataset_dir=directory,
                          out_dir=tmp_path / "ddp"), 2, tmp_path / "ddp")
     single = run_training(config, "DeepJet", directory, tmp_path / "single", settings)
@@ -233,8 +233,14 @@ def test_distributed_training_matches_single_process(demo_dataset, tmp_path):
     assert not list((tmp_path / "ddp").glob(".ddp_spec.json"))
     single_loss = single.history.validation["loss"][-1]
     print(f"validation loss: DDP {ddp_loss[-1]:.4f}, single process {single_loss:.4f}")
-    assert ddp_loss[-1] == pytest.approx(single_loss, rel=0.1)
+    # per-rank batch-norm statistics and a different data order: close, not identical
+    assert ddp_loss[-1] == pytest.approx(single_loss, rel=0.15)
     model, _ = build_model(config, "DeepJet")
     state = load_checkpoint(tmp_path / "ddp" / "model_2.pt")
     model.load_state_dict(state["model_state_dict"])  # plain keys, no DDP "module." prefix
     assert state["epoch"] == 3
+    # resuming works as for one process: one more epoch continues from the checkpoint
+    launch(training_spec("demo_part", settings, model_name="DeepJet", dataset_dir=directory,
+                         out_dir=tmp_path / "ddp", total_epochs=4), 2, tmp_path / "ddp")
+    resumed = np.load(tmp_path / "ddp" / "validation_metrics.npz")["loss"]
+    assert len(resumed) == 4 and np.array_equal(resumed[:3], ddp_loss)

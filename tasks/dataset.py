@@ -15,7 +15,7 @@ from tasks.remote import BatchWorkflow
 STAGE_RESULT = "result.json"
 
 
-class ExportFilesTask(DatasetDependency, BatchWorkflow, law.LocalWorkflow):
+class ExportFilesTask(DatasetDependency, law.LocalWorkflow, BatchWorkflow):
     """The per-file stage of the export as a law workflow: one branch (job) per input file
     runs the coffea processor and writes its staged rows; DatasetConstructorTask
     ``--stage-workflow local|htcondor|slurm`` then merges them on the submitting side.

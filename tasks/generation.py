@@ -15,7 +15,7 @@ DEFAULT_EVENTS = {"TT": 1200, "QCD": 4000}
 FILELIST = "filelist.txt"
 
 
-class GenerateSamplesTask(BaseTask, BatchWorkflow, law.LocalWorkflow):
+class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
     """Generate flat DeepNTuples-style ROOT files; one workflow branch per file.
 
     Outputs in ``GenerateSamplesTask/<sample_version>/<process>/``: ``<process>_<i>.root`` and

@@ -97,3 +97,12 @@ def test_local_stage_workflow_equals_plain_run(run_law, synthetic_files):
     stages = run_law.data_path / "ExportFilesTask" / "offline_run3" / "staged"
     assert len(list(stages.glob("stage_*/result.json"))) == 3
     assert not list(stages.rglob("*.raw"))  # staged rows removed after the merge
+
+
+def test_workflows_run_locally_by_default():
+    from tasks.dataset import ExportFilesTask
+    from tasks.generation import GenerateSamplesTask
+
+    assert GenerateSamplesTask(process="TT").effective_workflow == "local"
+    task = ExportFilesTask(config="offline_run3", filelist="x.txt")
+    assert task.effective_workflow == "local"

@@ -28,12 +28,10 @@ FOUR_VECTOR_PREFIX = {"cpf": "Cpfcan_", "npf": "Npfcan_", "vtx": "sv_"}
 
 
 def with_four_vectors(config: Config) -> Config:
-    """``config`` with (pt, eta, phi, energy) features declared for cpf, npf and vtx."""
+    """``config`` with (pt, eta, phi, energy) declared for cpf, npf and vtx."""
     for group, prefix in FOUR_VECTOR_PREFIX.items():
-        names = tuple(prefix + v for v in ("pt", "eta", "phi", "e"))
-        branches = config.group(group).branches
-        config = config.replace_group(group, four_vector=names, branches=branches + tuple(
-            n for n in names if n not in branches))
+        config = config.with_four_vector(group, tuple(prefix + v for v in ("pt", "eta", "phi",
+                                                                             "e")))
     return config
 
 

@@ -351,6 +351,13 @@ class Config:
                        for g in self.groups)
         return self.replace(groups=groups)
 
+    def with_four_vector(self, group: str, names: Sequence[str]) -> Config:
+        """Return a copy whose group ``group`` declares ``names`` = (pt, eta, phi, energy) as
+        its candidates' 4-vector (branches not yet in the group are appended)."""
+        branches = self.group(group).branches
+        extra = tuple(n for n in names if n not in self.group(group).features)
+        return self.replace_group(group, branches=branches + extra, four_vector=tuple(names))
+
     def group(self, name: str) -> FeatureGroup:
         for g in self.groups:
             if g.name == name:

@@ -79,10 +79,10 @@ def _flat(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
 class WorkingPointTask(TestDatasetDependency):
     """Thresholds at 10 %, 1 %, 0.1 %, 0.05 %, 0.01 % light mis-id (L, M, T, XT, XXT) for
     BvsAll and BvsL per process, from the sorted scores, with the b efficiency, c and light
-    mis-id each gives.
+    mis-id each gives; also for the config's reference taggers on the same jets.
 
-    Outputs: ``wp_<process>_<disc>.csv/.json/.pdf/.png``, ``working_points.json`` (all of
-    them) and ``parameters.json``.
+    Outputs: ``wp_<process>_<disc>[__<tagger>].csv/.json``, ``wp_<process>_<disc>.pdf/png``,
+    ``working_points.json`` (``{process: {disc: {label: [...]}}}``), ``parameters.json``.
     """
 
     def requires(self) -> InferenceTask:
@@ -99,16 +99,17 @@ class WorkingPointTask(TestDatasetDependency):
 
         config = self.load_config()
         pred = Predictions.load(Path(self.input()["prediction"].path).parent,
-                                label=self.model_name)
+                                label=self.model_name, observers=config.observer_names)
         with publishing(self.local_path(), last=("working_points.json",)) as work:
             report = working_point_report(config, pred, work)
             write_json(work / "working_points.json", report)
             self.write_parameters(work)
         for process, discs in report.items():
-            for disc, wps in discs.items():
-                rows = ", ".join(f"{wp['name']}: {wp['threshold']:.4f} (b {wp['b_efficiency']:.3f})"
-                                 for wp in wps)
-                console.print(f"  {process} {disc}: {rows}")
+            for disc, taggers in discs.items():
+                for label, wps in taggers.items():
+                    rows = ", ".join(f"{wp['name']}: {wp['threshold']:.4f} "
+                                     f"(b {wp['b_efficiency']:.3f})" for wp in wps)
+                    console.print(f"  {process} {disc} ({label}): {rows}")
         console.print(f"  working points in {self.local_path()}")
 
 

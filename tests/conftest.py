@@ -13,7 +13,8 @@ from utils.config import load_config
 from utils.synthetic import write_synthetic_ntuple
 
 REPO = Path(__file__).resolve().parents[1]
-CMS_DATA = REPO.parent / "shared" / "data" / "cms-nanoaod"
+# real CMS NanoAOD/PFNano test files (not part of a user's clone; tests skip without them)
+CMS_DATA = Path(os.environ.get("BHIVE_CMS_DATA", REPO.parent / "shared" / "data" / "cms-nanoaod"))
 
 
 @pytest.fixture(scope="session")

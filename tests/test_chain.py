@@ -124,7 +124,9 @@ def test_working_points(chain):
     report = json.loads((wp_dir / "working_points.json").read_text())
     for process in ("TT", "QCD"):
         for disc in ("BvsAll", "BvsL"):
-            wps = report[process][disc]
+            assert set(report[process][disc]) == {"DeepJet",
+                                                  "Track counting (2nd track Sip2dSig)"}
+            wps = report[process][disc]["DeepJet"]
             assert [wp["name"] for wp in wps] == ["L", "M", "T", "XT", "XXT"]
             for wp in wps:
                 assert wp["l_misid"] <= wp["target"] + 1e-12
@@ -134,6 +136,7 @@ def test_working_points(chain):
         rows = list(csv.DictReader(f))
     assert {"name", "threshold", "b_efficiency", "c_misid", "l_misid"} <= set(rows[0])
     assert (wp_dir / "wp_TT_BvsL.png").exists()
+    assert (wp_dir / "wp_TT_BvsL__Track_counting_2nd_track_Sip2dSig.csv").exists()
 
 
 def test_rerun_does_nothing_and_status_shows_chain(chain):

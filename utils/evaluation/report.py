@@ -24,6 +24,11 @@ from utils.progress import console
 WP_DISCRIMINANTS = ("BvsAll", "BvsL")
 
 
+def file_tag(label: str) -> str:
+    """A tagger label as a file-name part: ``Track counting (x)`` -> ``Track_counting_x``."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
+
+
 @dataclass
 class Predictions:
     """Inference outputs of one model on one test sample (``probs`` None: the test jets
@@ -167,8 +172,7 @@ def roc_report(config: Any, preds: Sequence[Predictions], out_dir: Path,
                 for label, roc in refs.items():
                     entry[label] = roc.summary()
                     curves.append((label, roc.fpr, roc.tpr, roc.auc))
-                    tag = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
-                    np.savez(out_dir / f"roc_{process.name}_{disc.name}__{tag}.npz",
+                    np.savez(out_dir / f"roc_{process.name}_{disc.name}__{file_tag(label)}.npz",
                              fpr=roc.fpr, tpr=roc.tpr, thresholds=roc.thresholds, auc=roc.auc)
                 if curves:
                     plot_roc(curves, out_dir / f"roc_{process.name}_{disc.name}", title,
@@ -205,31 +209,39 @@ def _binned_report(config: Any, disc: Discriminant, pred: Predictions, process: 
 
 def working_point_report(config: Any, pred: Predictions, out_dir: Path,
                          discriminants: Sequence[str] = WP_DISCRIMINANTS
-                         ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Working points (L, M, T, XT, XXT light mis-id) per process for the discriminants:
-    ``wp_<process>_<disc>.csv/.json`` and a mis-id vs threshold figure."""
+                         ) -> dict[str, dict[str, dict[str, list[dict[str, Any]]]]]:
+    """Working points (L, M, T, XT, XXT light mis-id) per process for the discriminants, of
+    the model and of the config's reference taggers on the same jets:
+    ``wp_<process>_<disc>[__<tagger>].csv/.json``, a mis-id vs threshold figure of the model,
+    and the report ``{process: {discriminant: {label: [working points]}}}``."""
     from utils.plotting.roc import window_label
     from utils.plotting.working_points import plot_working_points
 
-    report: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    report: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
     for name, window in process_windows(config, pred).items():
         process = next(p for p in config.processes if p.name == name)
         report[name] = {}
         for disc in (by_name(d) for d in discriminants):
             if disc not in available(pred.class_names):
                 continue
-            score = discriminant_score(disc, window.probs, window.class_names)
             flavour = jet_flavours(window.truth, window.class_names)
-            try:
-                wps = working_points(score, flavour, background="l")
-            except EvaluationError as exc:
-                console.print(f"[yellow]{name} {disc.name}: {exc}[/]")
-                continue
-            base = out_dir / f"wp_{name}_{disc.name}"
-            write_working_points(wps, base)
-            plot_working_points(score, flavour, wps, base, disc.name,
-                                title=window_label(name, process.pt_range, process.eta_range))
-            report[name][disc.name] = [wp.to_dict() for wp in wps]
+            scores = {pred.label: discriminant_score(disc, window.probs, window.class_names)}
+            for label, observer in (config.reference_taggers or {}).get(disc.name, {}).items():
+                scores[label] = window.observers[observer]
+            for label, score in scores.items():
+                try:
+                    wps = working_points(score, flavour, background="l")
+                except EvaluationError as exc:
+                    console.print(f"[yellow]{name} {disc.name} ({label}): {exc}[/]")
+                    continue
+                base = out_dir / f"wp_{name}_{disc.name}"
+                if label != pred.label:
+                    base = base.with_name(f"{base.name}__{file_tag(label)}")
+                write_working_points(wps, base)
+                if label == pred.label:
+                    plot_working_points(score, flavour, wps, base, disc.name, title=window_label(
+                        name, process.pt_range, process.eta_range))
+                report[name].setdefault(disc.name, {})[label] = [wp.to_dict() for wp in wps]
     return report
 
 

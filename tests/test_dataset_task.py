@@ -117,3 +117,19 @@ def test_processing_error_leaves_no_output(run_law, tmp_path, offline_config):
                    "jagged", "--filelist", filelist, "--executor", "iterative", check=False)
     assert "branch 'jet_pt': expected one value per jet" in proc.stdout + proc.stderr
     _assert_failed_without_outputs(proc, dataset_dir(run_law, "jagged"))
+
+
+@pytest.mark.parametrize("preset, config, model", [
+    ("DeepJetRun", "offline_run3", "DeepJet"),
+    ("DeepJetRunHLT", "hlt_run3", "DeepJetHLT"),
+    ("DeepJetRunHLTPhase2", "hlt_phase2", "DeepJetHLT"),
+    ("ParticleNetRunHLT", "hlt_run3_pnet", "ParticleNet"),
+])
+def test_presets_resolve_the_whole_chain(run_law, synthetic_files, preset, config, model):
+    _, filelist = synthetic_files
+    status = run_law(preset, "--version", "v7", "--filelist", filelist, "--test-filelist",
+                     filelist, "--print-status", "-1").stdout
+    for task in ("ROCCurveTask", "InferenceTask", "TrainingTask", "DatasetConstructorTask"):
+        assert f"> {task}(" in status
+    assert f"config={config}" in status and f"model_name={model}" in status
+    assert "dataset_version=testfiles_v7" in status and "training_version=v7" in status

@@ -141,7 +141,10 @@ class DatasetConstructorTask(DatasetDependency):
 
     def parameters_record(self) -> dict[str, Any]:
         record = super().parameters_record()
-        record["config_fingerprint"] = self.load_config().fingerprint()
+        config = self.load_config()
+        record["config_fingerprint"] = config.fingerprint()
+        if self.filelist or not config.generated_samples:  # only generated inputs have one
+            record["parameters"].pop("sample_version", None)
         return record
 
     def output(self) -> dict[str, Any]:
@@ -210,10 +213,12 @@ class DatasetConstructorTask(DatasetDependency):
                     executor=self.executor, workers=self.coffea_worker, debug=self.debug,
                     scheduler_address=self.scheduler_address or None)
             self.write_parameters(work)
-        if self.stage_workflow != "none":  # the staged rows are merged: free the space
+        if self.stage_workflow != "none":
+            # the staged rows are merged: free the space (redone if the dataset is rebuilt)
+            import shutil
+
             for target in self.input()["stage"]["collection"].targets.values():
-                for staged in Path(target.path).parent.glob("*.raw*"):
-                    staged.unlink()
+                shutil.rmtree(Path(target.path).parent, ignore_errors=True)
         c = summary.counts
         console.print(
             f"[bold green]Exported {sum(summary.rows):,} jets[/] of {c['entries']:,} entries "

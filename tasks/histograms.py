@@ -84,8 +84,9 @@ class HistogramPlotterTask(DatasetDependency):
         hists = FeatureHistograms.load(self.input()["histograms"].path)
         out_dir = self.local_path()
         with publishing(out_dir, last=("plots.txt",)) as work:
-            paths = plot_feature_histograms(hists, out_dir, classes=config.classes,
+            paths = plot_feature_histograms(hists, work, classes=config.classes,
                                             log_y=True if self.ylog else None)
-            (work / "plots.txt").write_text("".join(f"{p}\n" for p in paths))
+            (work / "plots.txt").write_text("".join(
+                f"{out_dir / p.relative_to(work)}\n" for p in paths))
             self.write_parameters(work)
         console.print(f"{len(paths)} plots in {out_dir}")

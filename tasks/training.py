@@ -64,9 +64,11 @@ class TrainingDependency(DatasetDependency):
         default=None, description="fraction of the chunk files used for training, the rest "
         "validates (one file: split by rows); default: 0.85")
     n_train_files = luigi.OptionalIntParameter(default=None, description="use at most this "
-                                               "many training files (-1: all); default: -1")
-    n_threads = luigi.IntParameter(default=1, significant=False, description="DataLoader "
-                                   "worker processes (0: load in the main process); default: 1")
+                                               "many training files (-1 or 0: all); "
+                                               "default: -1")
+    n_threads = luigi.IntParameter(default=1, significant=False, description="loader threads, "
+                                   "each reading its own files (0: load in the training "
+                                   "thread); default: 1")
     use_torch_compile = luigi.BoolParameter(default=False, significant=False,
                                             description="compile the model with torch.compile")
     torch_compile_mode = luigi.Parameter(default="default", significant=False,
@@ -124,8 +126,9 @@ class TrainingTask(TrainingDependency):
         "of an interrupted training happens anyway)")
     resume_epoch = luigi.OptionalIntParameter(
         default=None, significant=False,
-        description="restart from the state after this many completed epochs (0: from "
-        "scratch); later checkpoints are replaced")
+        description="restart an unfinished (or, with --extend-training, a finished) training "
+        "from the state after this many completed epochs (0: from scratch); later "
+        "checkpoints are replaced")
     extend_training = luigi.IntParameter(
         default=0, significant=False,
         description="train this many epochs more than --epochs, continuing the schedule of "
@@ -145,14 +148,21 @@ class TrainingTask(TrainingDependency):
     def total_epochs(self) -> int:
         return self.epochs + self.extend_training
 
-    def output(self) -> dict[str, law.LocalFileTarget]:
-        return {
+    def output(self) -> dict[str, Any]:
+        outputs: dict[str, Any] = {
             "model": self.local_target(f"model_{self.total_epochs - 1}.pt"),
             "best_model": self.local_target("best_model.pt"),
             "training_metrics": self.local_target("training_metrics.npz"),
             "validation_metrics": self.local_target("validation_metrics.npz"),
             "parameters": self.parameters_target(),
         }
+        # every existing checkpoint, so that --remove-output leaves nothing to resume from
+        directory = self.local_path()
+        checkpoints = sorted(directory.glob("model_*.pt")) if directory.exists() else []
+        if checkpoints:
+            outputs["checkpoints"] = law.TargetCollection(
+                [self.local_target(p.name) for p in checkpoints])
+        return outputs
 
     def run(self) -> None:
         from utils.torch.ddp import launch, training_spec
@@ -169,6 +179,7 @@ class TrainingTask(TrainingDependency):
             precision=self.resolved("training_precision"), total_epochs=self.total_epochs,
             resume_epoch=self.resume_epoch, require_resume=self.resume_training,
             terminal_plot=self.terminal_plot)
+        arguments["parameters"] = self.parameters_record()["parameters"]
         if self.ddp > 1:
             launch(training_spec(self.config, self.settings(), **arguments), self.ddp, out_dir)
         else:

@@ -95,8 +95,12 @@ def test_local_stage_workflow_equals_plain_run(run_law, synthetic_files):
     for path in plain:
         assert path.read_bytes() == (base / "staged" / path.name).read_bytes()
     stages = run_law.data_path / "ExportFilesTask" / "offline_run3" / "staged"
-    assert len(list(stages.glob("stage_*/result.json"))) == 3
-    assert not list(stages.rglob("*.raw"))  # staged rows removed after the merge
+    assert not list(stages.glob("stage_*"))  # staged rows removed after the merge
+    # removing and rebuilding the dataset redoes the stage
+    run_law(*common, "--dataset-version", "staged", "--remove-output", "0,a")
+    run_law(*common, "--dataset-version", "staged", "--stage-workflow", "local")
+    for path in plain:
+        assert path.read_bytes() == (base / "staged" / path.name).read_bytes()
 
 
 def test_workflows_run_locally_by_default():
@@ -106,3 +110,14 @@ def test_workflows_run_locally_by_default():
     assert GenerateSamplesTask(process="TT").effective_workflow == "local"
     task = ExportFilesTask(config="offline_run3", filelist="x.txt")
     assert task.effective_workflow == "local"
+
+
+def test_sample_version_only_recorded_for_generated_inputs():
+    from tasks.dataset import DatasetConstructorTask
+
+    listed = DatasetConstructorTask(config="demo", filelist="files.txt", sample_version="test")
+    assert "sample_version" not in listed.parameters_record()["parameters"]
+    generated = DatasetConstructorTask(config="demo", sample_version="test")
+    assert generated.parameters_record()["parameters"]["sample_version"] == "test"
+    offline = DatasetConstructorTask(config="offline_run3", sample_version="test")
+    assert "sample_version" not in offline.parameters_record()["parameters"]

@@ -131,3 +131,23 @@ def test_class_of_label(offline_config):
     mapping = offline_config.class_of_label()
     assert mapping["isB"] == 0 and mapping["isGBB"] == 1 and mapping["isG"] == 5
     assert len(mapping) == 11
+
+
+def test_fingerprint_sees_function_constants_and_reference(offline_config):
+    from utils.config import Derived
+
+    low = offline_config.replace(selection=Derived("cut", ("jet_pt",), lambda jet_pt: jet_pt > 30))
+    high = offline_config.replace(selection=Derived("cut", ("jet_pt",),
+                                                    lambda jet_pt: jet_pt > 300))
+    assert low.fingerprint() != high.fingerprint()
+    assert offline_config.replace(reference_flavour="isC").fingerprint() != \
+        offline_config.fingerprint()
+
+
+def test_derived_may_use_derived(offline_config):
+    from utils.config import Derived
+
+    config = offline_config.replace_group(
+        "global", derived=(Derived("abs_eta", ("jet_eta",), abs),)).replace(
+        selection=Derived("central", ("abs_eta",), lambda abs_eta: abs_eta < 1.5))
+    assert "abs_eta" not in config.branches and "jet_eta" in config.branches

@@ -211,3 +211,28 @@ def test_dask_local_cluster_identical_to_futures(tmp_path, offline_config, synth
                                   np.load(work_f / "histogram.npy"))
     for a, b in zip(load_all(work_f), load_all(work_d), strict=True):
         np.testing.assert_array_equal(a, b)  # same jets, same order, same weights
+
+
+def test_float16_storage_keeps_observers_exact(tmp_path, offline_config):
+    config = offline_config.replace(storage_dtype="float16", observers=("event",))
+    arrays = synthetic_arrays(config, 400, seed=2)
+    # event numbers whose float64 bit words include float16 inf/nan patterns (0x7C00...)
+    arrays["event"] = np.arange(400, dtype=np.int64) * 31744 + 5628
+    path = write_ntuple(tmp_path / "TT_f16.root", config.tree_name, arrays)
+    _, work = run_export(config, [path], tmp_path, chunk_size=1000)
+    rows = np.concatenate(load_all(work))
+    events = ColumnLayout.from_config(config).decode_observers(rows)["event"]
+    assert set(events.astype(np.int64)) <= set(arrays["event"].tolist())
+    assert np.all(events == np.round(events))
+
+
+def test_selection_on_derived_column(tmp_path, offline_config):
+    config = offline_config.replace_group(
+        "global", derived=(Derived("abs_eta", ("jet_eta",), np.abs),)).replace(
+        selection=Derived("central", ("abs_eta",), lambda abs_eta: abs_eta < 1.0))
+    path = write_synthetic_ntuple(tmp_path / "TT_d.root", config, 600, seed=3)
+    summary, work = run_export(config, [path], tmp_path, chunk_size=1000)
+    rows = np.concatenate(load_all(work))
+    layout = ColumnLayout.from_config(config)
+    assert summary.counts["rejected"] > 0
+    assert np.all(np.abs(rows[:, layout.column("jet_eta")]) < 1.0)

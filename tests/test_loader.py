@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -161,3 +162,16 @@ def test_thread_loader_stops_when_abandoned(shards, mapping):
     next(loader)
     loader.close()
     assert threading.active_count() == before
+
+
+def test_split_rows_for_distributed_shares(shards):
+    from utils.torch.data import split_rows
+
+    pieces = split_rows(shards[:2], 3)
+    assert len(pieces) == 6
+    assert sum(p.rows for p in pieces) == shards[0].rows + shards[1].rows
+    assert sum(p.sum_weight for p in pieces) == pytest.approx(
+        shards[0].sum_weight + shards[1].sum_weight)
+    first = [p for p in pieces if p.path == shards[0].path]
+    assert first[0].start == 0 and first[-1].stop == shards[0].rows
+    assert all(a.stop == b.start for a, b in itertools.pairwise(first))

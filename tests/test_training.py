@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -69,6 +70,10 @@ def test_schedule_factors():
     assert cosine[-1] == pytest.approx(0.01) and max(cosine) == pytest.approx(1.0)
     assert cosine[55] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 45 / 89)))
     assert schedule_factor("none", 5, 10, 0.1) == 1.0
+    # short trainings keep the full learning rate (no decay step for < 4 steps)
+    assert [schedule_factor("epoch_lin_decay", s, 3, 0.01) for s in range(3)] == [1.0] * 3
+    assert [schedule_factor("epoch_lin_decay", s, 4, 0.01) for s in range(4)] == \
+        [1.0, 1.0, 1.0, pytest.approx(0.01)]
     # extended trainings keep the final value
     assert schedule_factor("epoch_lin_decay", 14, 10, 0.1) == pytest.approx(0.1)
 
@@ -146,6 +151,16 @@ def test_loss_weighting_trains_on_all_jets(demo_dataset, tmp_path):
     assert rows - 64 < trainer.history.train["jets"][0] <= rows
 
 
+def test_checkpoints_of_other_settings_are_not_resumed(demo_dataset, tmp_path):
+    config, directory = demo_dataset
+    settings = TrainSettings(epochs=2, batch_size=64, seed=3, loader_workers=0)
+    run_training(config, "MLP", directory, tmp_path, dataclasses.replace(settings, epochs=1),
+                 parameters={"learning_rate": "0.001"})
+    with pytest.raises(ValueError, match="learning_rate: '0.001' -> '0.01'"):
+        run_training(config, "MLP", directory, tmp_path, settings,
+                     parameters={"learning_rate": "0.01"})
+
+
 def test_sampled_epoch_size_matches_weights(demo_dataset):
     config, directory = demo_dataset
     shards = dataset_shards(directory, read_processed_files(directory))
@@ -204,9 +219,17 @@ def test_resume_after_kill_and_parameter_errors(run_law, law_env):
     metrics = np.load(out / "training_metrics.npz")
     assert len(metrics["loss"]) == 4 and (out / "model_3.pt").exists()
     np.testing.assert_array_equal(metrics["learning_rate"][:3], lr_before)
-    # epoch_lin_decay over 3 epochs reached lr * 0.01 in epoch 3; the extension keeps it
-    assert metrics["learning_rate"][3] == pytest.approx(lr_before[-1]) == pytest.approx(1e-5)
+    # epoch_lin_decay over 3 epochs has no decay step; the extension keeps the final value
+    assert metrics["learning_rate"][3] == pytest.approx(lr_before[-1]) == pytest.approx(1e-3)
     assert load_checkpoint(out / "model_3.pt")["epoch"] == 4
+    # --remove-output deletes every checkpoint: a new training starts from scratch
+    run_law("TrainingTask", *DEMO, "--training-version", "t1", "--model-name", "DeepJet",
+            "--epochs", 3, "--extend-training", 1, "--remove-output", "0,a")
+    assert not list(out.glob("*.pt"))
+    fresh = run_law(*train, "--learning-rate", 0.01)
+    assert "Resuming" not in fresh.stdout
+    assert json.loads((out / "parameters.json").read_text())["parameters"][
+        "learning_rate"] == "0.01"
 
 
 @pytest.mark.slow

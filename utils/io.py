@@ -18,8 +18,9 @@ WORK_PREFIX = ".work-"
 def publishing(directory: str | Path, last: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a fresh hidden work directory inside ``directory``.
 
-    On success every file written there is moved into ``directory`` (the names in ``last``,
-    typically the completion markers, are moved last). On any exception, including
+    On success every file written there (also in subdirectories) is moved into
+    ``directory`` at the same relative place (the names in ``last``, typically the
+    completion markers, are moved last). On any exception, including
     KeyboardInterrupt, the work directory is removed and nothing is published.
     Work directories left by killed runs (their process is gone) are removed on the next call.
     """
@@ -33,10 +34,12 @@ def publishing(directory: str | Path, last: Sequence[str] = ()) -> Iterator[Path
     work.mkdir()
     try:
         yield work
-        files = sorted(p for p in work.iterdir() if p.is_file())
+        files = sorted(p for p in work.rglob("*") if p.is_file())
         files.sort(key=lambda p: p.name in last)
         for path in files:
-            os.replace(path, directory / path.name)
+            target = directory / path.relative_to(work)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if created and not any(directory.iterdir()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import itertools
 import json
 import math
@@ -55,7 +56,8 @@ def _fail(key: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class Derived:
-    """A column computed from branches: ``function(**{name: array for name in uses})``.
+    """A column computed from branches: ``function(**{name: array for name in uses})``
+    (numpy ufuncs and builtins such as ``np.abs`` get the arrays positionally).
 
     Used for derived features (the result is a per-jet or per-candidate array with the
     shape of its inputs) and for truth-label conditions (the result is a boolean per jet).
@@ -76,6 +78,8 @@ class Derived:
             _fail(self.name, f"'function' must be callable, got {type(self.function).__name__}")
 
     def __call__(self, columns: Mapping[str, Any]) -> Any:
+        if inspect.isbuiltin(self.function) or type(self.function).__name__ == "ufunc":
+            return self.function(*(columns[name] for name in self.uses))  # e.g. np.abs
         return self.function(**{name: columns[name] for name in self.uses})
 
 
@@ -400,15 +404,15 @@ class Config:
         names.extend(o for o in self.observers if isinstance(o, str))
         for d in derived:
             names.extend(d.uses)
-        return tuple(dict.fromkeys(names))
+        computed = {d.name for d in derived}  # a Derived may use another Derived
+        return tuple(n for n in dict.fromkeys(names) if n not in computed)
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the exported data (for version checks)."""
         def describe(obj: Any) -> Any:
             if isinstance(obj, Derived):
-                code = getattr(obj.function, "__code__", None)
-                body = code.co_code.hex() if code is not None else repr(obj.function)
-                return {"derived": obj.name, "uses": obj.uses, "code": body}
+                return {"derived": obj.name, "uses": obj.uses,
+                        "code": _function_fingerprint(obj.function)}
             return obj
 
         payload = {
@@ -424,9 +428,35 @@ class Config:
             "observers": [describe(o) for o in self.observers],
             "processor": self.processor,
             "storage_dtype": self.storage_dtype,
+            "reference_flavour": self.reference_flavour,
         }
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _function_fingerprint(function: Any, depth: int = 0) -> str:
+    """A stable description of a callable: byte code, constants (nested code objects
+    included), names, defaults and closure values, so that e.g. ``lambda x: x > 30`` and
+    ``lambda x: x > 300`` differ."""
+    code = getattr(function, "__code__", function)
+    if not hasattr(code, "co_code") or depth > 5:
+        return repr(function)
+
+    def constant(value: Any) -> str:
+        return _function_fingerprint(value, depth + 1) if hasattr(value, "co_code") \
+            else repr(value)
+
+    parts = [code.co_code.hex(), repr(code.co_names), *map(constant, code.co_consts)]
+    parts.append(repr(getattr(function, "__defaults__", None)))
+    parts.append(repr(getattr(function, "__kwdefaults__", None)))
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # empty cell
+            value = None
+        parts.append(_function_fingerprint(value, depth + 1) if callable(value)
+                     else repr(value))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _check_unique(key: str, names: list[str]) -> None:

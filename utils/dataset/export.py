@@ -185,8 +185,10 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
                   f"executor {executor} x {workers}")
     for name, fs in by_process.items():
         console.print(f"  {name}: {len(fs)} file(s), {sum(entries[f] for f in fs):,} entries")
-    staging = staging_dir(work_dir, sum(entries.values()) * 4 * layout.n_columns,
-                          shared=bool(scheduler_address))
+    from utils.processors import get_processor
+
+    rows = sum(entries.values()) * get_processor(config.processor).rows_per_entry
+    staging = staging_dir(work_dir, rows * 4 * layout.n_columns, shared=bool(scheduler_address))
     try:
         result = run_processor(config, by_process, {f: i for i, f in enumerate(used)},
                                staging, seed, executor, workers, debug, coffea_chunk_size,

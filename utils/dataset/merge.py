@@ -95,8 +95,11 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
             labels = np.argmax(rows[:, truth], axis=1)
             rows[:, w_col] = jet_weights(tables, labels, rows[:, pt_col], rows[:, eta_col],
                                          pt_bins, eta_bins)
-            if layout.dtype == "float16":
-                np.clip(rows, -FLOAT16_MAX, FLOAT16_MAX, out=rows)
+            if layout.dtype == "float16":  # values, not the observers' float64 bit words
+                for block in layout.blocks:
+                    if block.kind != "observers":
+                        part = rows[:, layout.slice(block.name)]
+                        np.clip(part, -FLOAT16_MAX, FLOAT16_MAX, out=part)
             path = out_dir / f"file_{k}.lz4"
             write_chunk(path, rows, layout)
             sum_weight = float(rows[:, w_col].sum(dtype=np.float64))
@@ -106,42 +109,39 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
             advance(len(rows))
         return path, len(rows), sum_weight
 
-    handles = [open(path, "rb") for path, _ in staged]
     futures: list[Future] = []
-    try:
-        with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            k, filled = 0, 0
-            buffer = free.get()
-            for b in np.flatnonzero(bucket_rows):
-                n_rows = 0
-                for handle, lo, hi in zip(handles, bounds[:, b], bounds[:, b + 1], strict=True):
-                    if hi > lo:
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        k, filled = 0, 0
+        buffer = free.get()
+        for b in np.flatnonzero(bucket_rows):
+            n_rows = 0
+            for (path, _), lo, hi in zip(staged, bounds[:, b], bounds[:, b + 1],
+                                         strict=True):
+                if hi > lo:  # files opened one at a time (thousands of staged files)
+                    with open(path, "rb") as handle:
                         handle.seek(int(lo) * row_bytes)
                         view = memoryview(bucket[n_rows:n_rows + hi - lo]).cast("B")
                         if handle.readinto(view) != (hi - lo) * row_bytes:
-                            raise OSError(f"short read from staged file {handle.name}")
-                        n_rows += int(hi - lo)
-                # canonical order (by key, independent of the input chunking), then shuffled
-                bucket_keys = np.concatenate([k[lo:hi] for k, lo, hi in zip(
-                    keys, bounds[:, b], bounds[:, b + 1], strict=True)])
-                perm = np.argsort(bucket_keys, kind="stable")[
-                    np.random.default_rng((seed, int(b))).permutation(n_rows)]
-                taken = 0
-                while taken < n_rows:
-                    n = min(n_rows - taken, sizes[k] - filled)
-                    np.take(bucket, perm[taken:taken + n], axis=0,
-                            out=buffer[filled:filled + n], mode="clip")
-                    taken += n
-                    filled += n
-                    if filled == sizes[k]:
-                        futures.append(pool.submit(finalise, k, buffer))
-                        k, filled = k + 1, 0
-                        if k < len(sizes):
-                            buffer = free.get()
-            results = [f.result() for f in futures]
-    finally:
-        for handle in handles:
-            handle.close()
+                            raise OSError(f"short read from staged file {path}")
+                    n_rows += int(hi - lo)
+            # canonical order (by key, independent of the input chunking), then shuffled
+            bucket_keys = np.concatenate([key[lo:hi] for key, lo, hi in zip(
+                keys, bounds[:, b], bounds[:, b + 1], strict=True)])
+            perm = np.argsort(bucket_keys, kind="stable")[
+                np.random.default_rng((seed, int(b))).permutation(n_rows)]
+            taken = 0
+            while taken < n_rows:
+                n = min(n_rows - taken, sizes[k] - filled)
+                np.take(bucket, perm[taken:taken + n], axis=0,
+                        out=buffer[filled:filled + n], mode="clip")
+                taken += n
+                filled += n
+                if filled == sizes[k]:
+                    futures.append(pool.submit(finalise, k, buffer))
+                    k, filled = k + 1, 0
+                    if k < len(sizes):
+                        buffer = free.get()
+        results = [f.result() for f in futures]
     if k != len(sizes):
         raise RuntimeError(f"merge wrote {k} of {len(sizes)} files; staged bounds inconsistent")
     return MergeResult([r[0] for r in results], [r[1] for r in results],

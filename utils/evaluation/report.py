@@ -77,18 +77,25 @@ class Predictions:
 
         mapping = {label: i for i, labels in enumerate(config.classes.values())
                    for label in labels}
-        parts = [read_chunk(path) for path in files]
+        parts: dict[str, list[np.ndarray]] = {}
+        observers: dict[str, list[np.ndarray]] = {}
+        for path in files:  # only the few columns needed, chunk by chunk
+            rows, layout = read_chunk(path)
+            lookup = np.array([mapping.get(label, -1) for label in layout.truth_labels])
+            parts.setdefault("truth", []).append(
+                lookup[np.argmax(rows[:, layout.slice("truth")], axis=1)])
+            parts.setdefault("pt", []).append(rows[:, layout.column(config.pt_key)])
+            parts.setdefault("eta", []).append(rows[:, layout.column(config.eta_key)])
+            parts.setdefault("process", []).append(rows[:, layout.process_column])
+            for name, values in layout.decode_observers(rows).items():
+                observers.setdefault(name, []).append(values.copy())
         if not parts:
             raise EvaluationError("the dataset has no chunk files")
-        layout = parts[0][1]
-        rows = np.concatenate([p[0] for p in parts])
-        labels = np.argmax(rows[:, layout.slice("truth")], axis=1)
-        lookup = np.array([mapping.get(label, -1) for label in layout.truth_labels])
-        return cls("", list(config.classes), None, lookup[labels],
-                   rows[:, layout.column(config.pt_key)].astype(np.float64),
-                   rows[:, layout.column(config.eta_key)].astype(np.float64),
-                   rows[:, layout.process_column].astype(np.int64),
-                   layout.decode_observers(rows))
+        joined = {k: np.concatenate(v) for k, v in parts.items()}
+        return cls("", list(config.classes), None, joined["truth"],
+                   joined["pt"].astype(np.float64), joined["eta"].astype(np.float64),
+                   joined["process"].astype(np.int64),
+                   {k: np.concatenate(v) for k, v in observers.items()})
 
     def subset(self, mask: np.ndarray) -> Predictions:
         return Predictions(self.label, self.class_names,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -24,11 +25,15 @@ def cms_label(ax: plt.Axes, right: str = "(13.6 TeV)") -> None:
 
 
 def save(fig: plt.Figure, path_without_suffix: str | Path) -> list[Path]:
-    """Save as PDF and PNG; return both paths."""
+    """Save as PDF and PNG (each written to a temporary name, then renamed); return both."""
     base = Path(path_without_suffix)
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = [base.with_suffix(".pdf"), base.with_suffix(".png")]
-    for path in paths:
-        fig.savefig(path, bbox_inches="tight", dpi=120 if path.suffix == ".png" else None)
-    plt.close(fig)
+    try:
+        for path in paths:
+            tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+            fig.savefig(tmp, bbox_inches="tight", dpi=120 if path.suffix == ".png" else None)
+            os.replace(tmp, path)
+    finally:
+        plt.close(fig)
     return paths

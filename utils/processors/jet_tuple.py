@@ -107,6 +107,8 @@ class JetTupleProcessor(processor.ProcessorABC):
         self.seed = seed
 
     # -- where the per-jet columns come from (overridden for event-level formats) ----------
+    rows_per_entry = 1  # jets per tree entry, to estimate the staging size
+
     @classmethod
     def missing_branches(cls, config: Config, available: set[str]) -> list[str]:
         """Branches the config needs that a file lacks (checked before any work starts)."""

@@ -68,6 +68,8 @@ def _flat(values: Any) -> np.ndarray:
 class NanoAODProcessor(JetTupleProcessor):
     """Jets of NanoAOD / PFNano events as rows (see module doc)."""
 
+    rows_per_entry = 10  # a generous number of jets per event, to size the staging
+
     @classmethod
     def missing_branches(cls, config: Config, available: set[str]) -> list[str]:
         missing = []

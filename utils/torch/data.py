@@ -102,6 +102,20 @@ def split_shards(shards: Sequence[Shard], fraction: float = 0.85,
     return Split(train, validation)
 
 
+def split_rows(shards: Sequence[Shard], parts: int) -> list[Shard]:
+    """Each shard cut into ``parts`` row ranges (for balanced distributed shares)."""
+    out = []
+    for shard in shards:
+        start, stop = shard.start, shard.start + shard.rows
+        edges = np.linspace(start, stop, parts + 1).round().astype(int)
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            if hi > lo:
+                share = (hi - lo) / max(shard.rows, 1)
+                out.append(Shard(shard.path, int(lo), int(hi), int(hi - lo),
+                                 shard.sum_weight * share))
+    return out
+
+
 class ChunkDataset(IterableDataset):
     """Batches from LZ4 chunk shards (see module doc).
 

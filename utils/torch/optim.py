@@ -45,7 +45,8 @@ def schedule_factor(name: str, step: int, total: int, decay_factor: float,
     - ``none``: 1.
     - ``epoch_lin_decay`` / ``batch_lin_decay``: 1 for the first 70 % of the steps, then
       multiplied by a constant factor per step so that the last step reaches
-      ``decay_factor`` (the original b-hive's schedule, geometric despite its name).
+      ``decay_factor`` (geometric despite its name, as in the original b-hive); with fewer
+      than 4 steps there is no decay step (the original decayed even a 1-epoch training).
     - ``batch_cosine_warmup``: linear warm-up from ``decay_factor`` to 1 over ``warmup``
       steps, then a half cosine down to ``decay_factor`` at the last step.
     Steps beyond ``total`` (extended trainings) keep the final value.
@@ -54,9 +55,9 @@ def schedule_factor(name: str, step: int, total: int, decay_factor: float,
         return 1.0
     step = min(step, max(total - 1, 0))
     if name in ("epoch_lin_decay", "batch_lin_decay"):
-        k = max(1, int(DECAY_FRACTION * total))
+        k = int(DECAY_FRACTION * total)
         first = total - k  # steps first .. total-1 decay
-        if step < first:
+        if k == 0 or step < first:
             return 1.0
         return decay_factor ** ((step - first + 1) / k)
     if name == "batch_cosine_warmup":

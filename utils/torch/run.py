@@ -12,7 +12,14 @@ import torch
 from utils.dataset.export import read_processed_files
 from utils.models import BaseModel, InputSpec, get_model
 from utils.progress import console
-from utils.torch.data import TRAIN, VALIDATION, ChunkDataset, dataset_shards, split_shards
+from utils.torch.data import (
+    TRAIN,
+    VALIDATION,
+    ChunkDataset,
+    dataset_shards,
+    split_rows,
+    split_shards,
+)
 from utils.torch.training import DistContext, Trainer, TrainSettings, pick_device
 
 
@@ -43,13 +50,14 @@ def run_training(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
                  n_train_files: int = -1, precision: str = "float32",
                  total_epochs: int | None = None, resume_epoch: int | None = None,
                  require_resume: bool = False, terminal_plot: bool = False,
-                 device: torch.device | None = None, dist: DistContext | None = None
-                 ) -> Trainer:
+                 device: torch.device | None = None, dist: DistContext | None = None,
+                 parameters: dict[str, Any] | None = None) -> Trainer:
     """Train and write checkpoints, metrics and plots into ``out_dir``.
 
     With ``dist`` (torch.distributed initialised, see utils/torch/ddp.py) every rank trains on
     a disjoint share of the files with ``batch_size / world`` jets per step (the same global
-    batch size); rank 0 prints and writes.
+    batch size); rank 0 prints and writes. ``parameters`` (the task's significant values) are
+    stored in every checkpoint; a checkpoint made with other values is never resumed.
     """
     torch.manual_seed(settings.seed)
     dist = dist or DistContext()
@@ -61,6 +69,9 @@ def run_training(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
     split = split_shards(shards, train_val_split, n_train_files if n_train_files > 0 else None)
     if split.warning and dist.main:
         console.print(f"[yellow]Warning: {split.warning}[/]")
+    if dist.world > 1 and len(split.train) < 4 * dist.world:
+        # too few files to give every rank a balanced share: share row ranges instead
+        split.train = split_rows(split.train, dist.world)
     mapping = label_to_class(classes)
     groups = model.input_groups
     per_rank = settings.batch_size // dist.world
@@ -74,7 +85,8 @@ def run_training(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
     device = device or pick_device()
     metadata = {"config_name": config.name, "model_name": model_name,
                 "class_names": list(classes), "classes": {k: list(v) for k, v in
-                                                          classes.items()}}
+                                                          classes.items()},
+                "parameters": dict(parameters or {})}
     trainer = Trainer(model, train, val, out_dir, settings, device, metadata=metadata,
                       epoch_callback=_terminal_roc(list(classes)) if terminal_plot else None,
                       dist=dist)

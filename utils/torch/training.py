@@ -368,7 +368,15 @@ class Trainer:
             epoch = available[-1]
         else:
             return False
-        state = load_checkpoint(self.checkpoint_path(epoch), self.device)
+        path = self.checkpoint_path(epoch)
+        state = load_checkpoint(path, self.device)
+        stored, current = state.get("parameters", {}), self.metadata.get("parameters", {})
+        diffs = [f"{k}: {stored[k]!r} -> {v!r}" for k, v in current.items()
+                 if k in stored and stored[k] != v]
+        if diffs:
+            raise ValueError(f"{path} was written with other settings ({'; '.join(diffs)}); "
+                             "remove the old checkpoints (--remove-output) or choose a new "
+                             "--training-version")
         self.model.load_state_dict(state["model_state_dict"])
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
@@ -380,8 +388,11 @@ class Trainer:
         losses = self.history.validation["loss"]
         self.best_loss = min(losses) if losses else float("inf")
         best = self.out_dir / "best_model.pt"
-        if losses and (not best.exists() or load_checkpoint(best)["epoch"] > epoch):
-            shutil.copyfile(self.checkpoint_path(int(np.argmin(losses)) + 1), best)
+        if self.dist.main and losses and (not best.exists() or
+                                          load_checkpoint(best)["epoch"] > epoch):
+            tmp = best.with_name(f".{best.name}.tmp-{os.getpid()}")
+            shutil.copyfile(self.checkpoint_path(int(np.argmin(losses)) + 1), tmp)
+            os.replace(tmp, best)
         return True
 
 

@@ -21,10 +21,10 @@ import numpy as np  # noqa: E402
 
 from utils.config import load_config  # noqa: E402
 from utils.dataset.export import export_dataset  # noqa: E402
+from utils.settings import TrainSettings  # noqa: E402
 from utils.synthetic import write_synthetic_ntuple  # noqa: E402
 from utils.torch.ddp import launch, training_spec  # noqa: E402
 from utils.torch.run import run_training  # noqa: E402
-from utils.torch.training import TrainSettings  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config("offline_run3")
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, seed=1,
-                             loss_weighting=True, lr_scheduler="none", loader_workers=1)
+                             loss_weighting=True, lr_scheduler="none", n_threads=1)
     with tempfile.TemporaryDirectory(prefix="bhive-bench-") as tmp:
         tmp = Path(tmp)
         files = []

@@ -22,7 +22,8 @@ import lz4.frame  # noqa: E402
 
 from utils.config import load_config  # noqa: E402
 from utils.dataset.chunk_format import MAGIC  # noqa: E402
-from utils.dataset.export import export_dataset, read_processed_files  # noqa: E402
+from utils.dataset.directory import DatasetDirectory  # noqa: E402
+from utils.dataset.export import export_dataset  # noqa: E402
 from utils.synthetic import write_synthetic_ntuple  # noqa: E402
 from utils.torch.data import TRAIN, ChunkDataset, dataset_shards, make_loader  # noqa: E402
 
@@ -65,7 +66,7 @@ def main() -> None:
             directory.mkdir()
             export_dataset(config, files, directory, directory, chunk_size=100_000,
                            executor="futures", workers=2)
-        files = read_processed_files(directory)
+        files = DatasetDirectory(directory).files()
         shards = dataset_shards(directory, files)
         n_cols = None
         limits = [lz4_limit(files) for _ in range(3)]  # best of three, like the loader

@@ -1,24 +1,35 @@
-"""Base task, shared parameter mixins and output conventions of every b-hive task.
+"""Base task, parameter plumbing, error reporting and output conventions of every task.
 
 Output directories follow ``$DATA_PATH/<TaskClass>/<config>[/debug]/<version parts...>``.
 Each task directory holds ``parameters.json``; running again with other significant values
-into an existing directory is an error instead of a silent reuse of stale outputs.
+into a directory that holds a result is an error instead of a silent reuse of stale outputs.
+
+Parameters come from the settings dataclasses of :mod:`utils.settings` (:func:`setting`):
+defaults, ``--help`` texts and validity live there. A task resolves its values once, when
+it is created (given, else stored for its version, else the default), validates them and
+keeps them in ``self.settings``; task code reads plain values from there.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
 import law
 import luigi
 
+from utils.errors import BHiveError
+from utils.settings import StepSettings, cli_name, options
+
 PARAMETERS_FILE = "parameters.json"
 
 
-class ParameterMismatchError(Exception):
+class ParameterMismatchError(BHiveError):
     """Outputs exist for the same version but were made with other significant parameters."""
 
 
@@ -27,26 +38,68 @@ def data_path() -> Path:
     return Path(os.environ.get("DATA_PATH") or Path.cwd() / "output").resolve()
 
 
+def help_text(text: str) -> str:
+    """A parameter description safe for argparse (which %-formats help strings)."""
+    return text.replace("%", "%%")
+
+
+_OPTIONAL = {"int": luigi.OptionalIntParameter, "float": luigi.OptionalFloatParameter,
+             "str": luigi.OptionalParameter, "bool": luigi.OptionalBoolParameter}
+_PLAIN = {"int": luigi.IntParameter, "float": luigi.FloatParameter, "str": luigi.Parameter,
+          "bool": luigi.BoolParameter}
+
+
+def setting(settings_class: type, name: str, significant: bool = True,
+            description: str | None = None) -> luigi.Parameter:
+    """The luigi parameter of field ``name`` of a :mod:`utils.settings` dataclass.
+
+    A stored option becomes an optional parameter with default None ("the value stored for
+    this version, else the default"); other options get their default directly. The
+    description ends with the default.
+    """
+    opt, default, kind = options(settings_class)[name]
+    text = description or opt.help
+    if "default:" not in text:
+        shown = default if not isinstance(default, bool) else str(default).lower()
+        text += f"; default: {shown}" + (" for a new version, else the stored value"
+                                         if opt.stored else "")
+    kwargs: dict[str, Any] = {"description": help_text(text), "significant": significant}
+    if opt.stored:
+        if opt.choices is not None:
+            return luigi.OptionalChoiceParameter(default=None, choices=opt.choices, **kwargs)
+        return _OPTIONAL[kind](default=None, **kwargs)
+    if opt.choices is not None:
+        return luigi.ChoiceParameter(default=default, choices=opt.choices, **kwargs)
+    return _PLAIN[kind](default=default, **kwargs)
+
+
 class BaseTask(law.Task):
     """Common parameters, the output-path scheme and the parameter bookkeeping.
 
-    Parameters listed in ``stored_defaults`` are declared with default ``None``, meaning
-    "the value this version was made with, or the documented default for a new version".
-    Downstream commands therefore only need the version names; a value given explicitly
-    that differs from the stored one is an error.
+    ``settings_class`` names the :mod:`utils.settings` dataclass of the task's step; the
+    parameters of the task that are fields of it are resolved into ``self.settings``.
     """
 
-    seed = luigi.OptionalIntParameter(
-        default=None,
-        description="random seed of this step (shuffling, sampling, initialisation); default: "
-        "123456 for a new version, else the stored value",
-    )
-
-    # documented defaults of the parameters declared with default None (see class doc)
-    stored_defaults: ClassVar[dict[str, Any]] = {"seed": 123456}
+    settings_class: ClassVar[type] = StepSettings
     # parameters that are significant for luigi but need not match a previous run's values
     exclude_from_consistency: ClassVar[frozenset[str]] = frozenset()
 
+    seed = setting(StepSettings, "seed")
+    verbose = luigi.BoolParameter(
+        default=False, significant=False,
+        description="report more: NaN/inf counts per branch, jets per process and class, "
+        "time per stage")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings = self.settings_class(**self.resolved_values())
+        self.validate_parameters()
+
+    def validate_parameters(self) -> None:
+        """Check task parameters that are not settings (raise a BHiveError); called when
+        the task is created, before anything is written."""
+
+    # -- paths ------------------------------------------------------------------------------
     def store_parts(self) -> tuple[str, ...]:
         return (self.__class__.__name__,)
 
@@ -57,26 +110,54 @@ class BaseTask(law.Task):
         return law.LocalFileTarget(str(self.local_path(name)))
 
     # -- parameter bookkeeping ------------------------------------------------------------
+    @classmethod
+    def stored_defaults(cls) -> dict[str, Any]:
+        """Defaults of the stored parameters of this task (None-default parameters)."""
+        names = set(cls.get_param_names(include_significant=True))
+        return {name: default for name, (opt, default, _) in options(cls.settings_class).items()
+                if opt.stored and name in names}
+
+    def holds_result(self) -> bool:
+        """True if this version holds a completed result (only then is it locked by its
+        parameters.json). Tasks publish parameters.json together with their outputs."""
+        return Path(self.parameters_target().path).is_file()
+
     def parameters_target(self) -> law.LocalFileTarget:
         return self.local_target(PARAMETERS_FILE)
 
     def stored_record(self) -> dict[str, Any]:
-        """Contents of ``parameters.json`` of this task's directory ({} if absent)."""
-        path = Path(self.parameters_target().path)
+        """Contents of ``parameters.json`` if this version holds a result (else {})."""
+        if not self.holds_result():
+            return {}
         try:
-            return json.loads(path.read_text())
+            return json.loads(Path(self.parameters_target().path).read_text())
         except (OSError, ValueError):
             return {}
 
-    def resolved(self, name: str) -> Any:
-        """Value of parameter ``name``: given, else stored for this version, else default."""
-        value = getattr(self, name)
-        if value is not None or name not in self.stored_defaults:
-            return value
-        stored = self.stored_record().get("parameters", {}).get(name)
-        if stored is not None:
-            return dict(self.get_params())[name].parse(stored)
-        return self.stored_defaults[name]
+    def resolved_values(self) -> dict[str, Any]:
+        """Values of the parameters that are settings fields: given, else stored for this
+        version (stored options only), else the default."""
+        fields = options(self.settings_class)
+        params = dict(self.get_params())
+        stored = self.stored_record().get("parameters", {})
+        values = {}
+        for name in fields:
+            if name not in params:
+                continue
+            value = getattr(self, name)
+            if value is None and fields[name][0].stored:
+                if stored.get(name) is not None:
+                    value = params[name].parse(stored[name])
+                else:
+                    value = fields[name][1]
+            values[name] = value
+        return values
+
+    def value(self, name: str) -> Any:
+        """The resolved value of parameter ``name``."""
+        if name in options(self.settings_class):
+            return getattr(self.settings, name)
+        return getattr(self, name)
 
     def significant_parameters(self) -> dict[str, str]:
         """Serialised (resolved) values of the significant parameters of this task."""
@@ -85,48 +166,61 @@ class BaseTask(law.Task):
             owner = next(c for c in type(self).__mro__ if name in vars(c))
             if (param.significant and name not in self.exclude_from_consistency
                     and owner.__module__.split(".")[0] in ("tasks", "workflows")):
-                values[name] = param.serialize(self.resolved(name))
+                values[name] = param.serialize(self.value(name))
         return values
 
     def parameters_record(self) -> dict[str, Any]:
-        """What ``parameters.json`` stores (subclasses may add e.g. a config fingerprint)."""
+        """What ``parameters.json`` stores (subclasses add e.g. the config fingerprint)."""
         return {"task": self.__class__.__name__, "parameters": self.significant_parameters()}
 
-    def check_parameters(self) -> None:
-        """Raise if this task's directory was produced with other significant values."""
-        stored = self.stored_record()
-        if not stored:
-            return
-        current = self.parameters_record()
+    def record_differences(self, stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+        """Human-readable differences between a stored and the current record."""
         diffs = []
         for key, value in current.items():
             old = stored.get(key)
-            if isinstance(value, dict) and isinstance(old, dict):
-                diffs += [f"{k}: {old[k]!r} -> {v!r}" for k, v in value.items()
+            if key not in stored:
+                continue
+            if key == "parameters":
+                diffs += [f"{cli_name(k)}: {old[k]!r} -> {v!r}" for k, v in value.items()
                           if k in old and old[k] != v]
-            elif key == "config_fingerprint" and key in stored and old != value:
-                diffs.append(f"config '{self.config}' was edited since these outputs were made")
-            elif key in stored and old != value:
+            elif key != "task" and old != value:
                 diffs.append(f"{key}: {old!r} -> {value!r}")
+        return diffs
+
+    def check_parameters(self) -> None:
+        """Raise if this task's directory holds a result made with other significant
+        values."""
+        stored = self.stored_record()
+        if not stored:
+            return
+        diffs = self.record_differences(stored, self.parameters_record())
         if diffs:
             raise ParameterMismatchError(
                 f"{self.__class__.__name__} outputs in {self.local_path()} were produced with "
                 f"other significant parameters ({'; '.join(diffs)}). Choose a new version "
                 "(e.g. --dataset-version / --training-version) or delete the old outputs with "
-                "--remove-output.")
+                "--remove-output 0,a")
+
+    def check_result(self) -> None:
+        """Raise if the result this version holds is damaged (default: nothing to check)."""
 
     def complete(self) -> bool:
         self.check_parameters()
+        if self.holds_result():
+            self.check_result()
         return super().complete()
 
-    def write_parameters(self, directory: Path) -> None:
+    def write_parameters(self, directory: Path, record: dict[str, Any] | None = None) -> None:
         from utils.io import write_json
 
-        write_json(directory / PARAMETERS_FILE, self.parameters_record())
+        write_json(directory / PARAMETERS_FILE, record or self.parameters_record())
 
 
 class ConfigTask(BaseTask):
-    """A task working with a configuration: outputs go to ``<TaskClass>/<config>[/debug]``."""
+    """A task working with a configuration: outputs go to ``<TaskClass>/<config>[/debug]``.
+
+    Its record holds the config fingerprint and the label -> class mapping, so outputs of
+    an edited config are never reused."""
 
     config = luigi.Parameter(
         description="configuration module in config/ (e.g. offline_run3, hlt_run3, demo) "
@@ -147,6 +241,24 @@ class ConfigTask(BaseTask):
 
         return load_config(self.config)
 
+    def parameters_record(self) -> dict[str, Any]:
+        config = self.load_config()
+        return {**super().parameters_record(), "config_fingerprint": config.fingerprint(),
+                "classes": {k: list(v) for k, v in config.classes.items()}}
+
+    def record_differences(self, stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+        diffs = []
+        if "classes" in stored and stored["classes"] != current["classes"]:
+            from utils.config import mapping_text
+
+            diffs.append(f"label -> class mapping {mapping_text(stored['classes'])} -> "
+                         f"{mapping_text(current['classes'])}")
+        elif stored.get("config_fingerprint", current["config_fingerprint"]) != \
+                current["config_fingerprint"]:
+            diffs.append(f"config '{self.config}' was edited since these outputs were made")
+        rest = {k: v for k, v in current.items() if k not in ("classes", "config_fingerprint")}
+        return diffs + super().record_differences(stored, rest)
+
 
 class DatasetDependency(ConfigTask):
     """Parameters that select an exported dataset."""
@@ -165,3 +277,62 @@ class DatasetDependency(ConfigTask):
 
     def store_parts(self) -> tuple[str, ...]:
         return super().store_parts() + (self.dataset_version,)
+
+
+# -- how errors reach the user ---------------------------------------------------------------
+def _user_error_classes() -> set[str]:
+    names, todo = set(), [BHiveError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
+_TRACE_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+): ", re.M)
+
+
+def short_trace(text: str) -> str | None:
+    """The exception lines of a formatted traceback whose last exception is a
+    :class:`BHiveError` (None otherwise)."""
+    if "Traceback (most recent call last)" not in text:
+        return None
+    matches = list(_TRACE_LINE.finditer(text))
+    if not matches or matches[-1].group(1) not in _user_error_classes():
+        return None
+    return text[matches[-1].start():].rstrip()
+
+
+class UserErrorFilter(logging.Filter):
+    """Shows b-hive's own errors (:class:`BHiveError`) in luigi's log as their message,
+    without the Python traceback luigi would print; other errors keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BHiveError):
+            record.msg = f"{record.getMessage()}\n{type(exc).__name__}: {exc}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            return True
+        if isinstance(record.msg, str):
+            message = record.getMessage()
+            short = short_trace(message)
+            if short is not None:
+                head = message.split("Traceback (most recent call last)", 1)[0].rstrip()
+                record.msg, record.args = f"{head}\n{short}", ()
+        return True
+
+
+def _excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """Uncaught errors of the law command line (e.g. an invalid parameter value found when
+    the task is created): b-hive's own as one message, Ctrl-C as one line."""
+    if isinstance(exc, BHiveError):
+        print(f"b-hive: {type(exc).__name__}: {exc}", file=sys.stderr)
+    elif isinstance(exc, KeyboardInterrupt):
+        print("b-hive: interrupted; completed steps are kept, run the same command again to "
+              "continue", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, exc, tb)
+
+
+logging.getLogger("luigi-interface").addFilter(UserErrorFilter())
+sys.excepthook = _excepthook

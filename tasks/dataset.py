@@ -8,9 +8,10 @@ from typing import Any
 import law
 import luigi
 
-from tasks.base import DatasetDependency
+from tasks.base import DatasetDependency, setting
 from tasks.generation import GenerateSamplesTask
 from tasks.remote import BatchWorkflow
+from utils.settings import ExportSettings
 
 STAGE_RESULT = "result.json"
 
@@ -23,8 +24,9 @@ class ExportFilesTask(DatasetDependency, law.LocalWorkflow, BatchWorkflow):
     Outputs: ``stage_<branch>/result.json`` (+ the staged rows, removed after the merge).
     """
 
-    coffea_worker = luigi.IntParameter(default=1, significant=False,
-                                       description="processes per job; default: 1")
+    settings_class = ExportSettings
+    coffea_worker = setting(ExportSettings, "coffea_worker", significant=False,
+                            description="processes per job")
     executor = luigi.ChoiceParameter(default="iterative", choices=("iterative", "futures"),
                                      significant=False,
                                      description="coffea executor inside a job; default: "
@@ -32,11 +34,11 @@ class ExportFilesTask(DatasetDependency, law.LocalWorkflow, BatchWorkflow):
     exclude_params_req_get = {"seed"}
 
     def _plan(self) -> list[tuple[str, str]]:
-        from utils.dataset.export import plan_inputs
+        from utils.dataset.export import ExportError, plan_inputs
         from utils.dataset.inputs import read_filelist
 
         if not self.filelist:
-            raise ValueError("per-file export jobs (--stage-workflow) need --filelist")
+            raise ExportError("per-file export jobs (--stage-workflow) need --filelist")
         by_process = plan_inputs(self.load_config(), read_filelist(self.filelist), self.debug)
         return [(process, f) for process, files in by_process.items() for f in files]
 
@@ -59,12 +61,15 @@ class ExportFilesTask(DatasetDependency, law.LocalWorkflow, BatchWorkflow):
         staging.mkdir(parents=True)
         entries = check_inputs(config, [path])
         result = run_processor(config, {process: [path]}, {path: self.branch}, staging,
-                               seed=self.resolved("seed"), executor=self.executor,
-                               workers=self.coffea_worker, debug=self.debug)
+                               seed=self.settings.seed, executor=self.executor,
+                               workers=self.settings.coffea_worker, debug=self.debug)
         write_json(staging / STAGE_RESULT, {
             "staged": [[str(p), int(n)] for p, n in result["staged"]],
-            "histogram": result["histogram"], "counts": result["counts"],
-            "rows_per_file": result["rows_per_file"], "entries": entries})
+            "histogram": result.get("histogram"), "counts": result.get("counts", {}),
+            "rows_per_file": result.get("rows_per_file", {}),
+            "non_finite_branches": result.get("non_finite_branches", {}),
+            "labels_per_process": result.get("labels_per_process", {}),
+            "entries": entries})
 
 
 class DatasetConstructorTask(DatasetDependency):
@@ -72,28 +77,15 @@ class DatasetConstructorTask(DatasetDependency):
 
     Outputs (in ``DatasetConstructorTask/<config>[/debug]/<dataset_version>/``):
     ``file_<k>.lz4`` chunks, ``processed_files.txt``, ``histogram.npy``, ``weights.json``,
-    ``dataset_info.json`` and ``parameters.json``.
+    ``dataset_info.json`` and ``parameters.json`` (with the inputs: paths, sizes and
+    modification times). A published dataset that lost a chunk is an error, never rebuilt
+    silently.
     """
 
-    chunk_size = luigi.OptionalIntParameter(
-        default=None,
-        description="jets per output file (the last file holds the remainder); default: "
-        "100000 for a new dataset, else the stored value",
-    )
-    coffea_worker = luigi.IntParameter(
-        default=1,
-        significant=False,
-        description="parallel worker processes for the coffea processor and merging; "
-        "default: 1",
-    )
-    executor = luigi.ChoiceParameter(
-        default="futures",
-        choices=("iterative", "futures", "dask"),
-        significant=False,
-        description="coffea executor: 'iterative' (in process), 'futures' (process pool of "
-        "--coffea-worker workers) or 'dask' (dask.distributed: --scheduler-address, or a "
-        "local cluster of --coffea-worker processes); default: futures",
-    )
+    settings_class = ExportSettings
+    chunk_size = setting(ExportSettings, "chunk_size")
+    coffea_worker = setting(ExportSettings, "coffea_worker", significant=False)
+    executor = setting(ExportSettings, "executor", significant=False)
     scheduler_address = luigi.Parameter(
         default="",
         significant=False,
@@ -108,23 +100,32 @@ class DatasetConstructorTask(DatasetDependency):
         "per file: local, htcondor or slurm; see its --ExportFilesTask-* options) and merge "
         "here; default: none (process in this job with --executor)",
     )
-
-    stored_defaults = {**DatasetDependency.stored_defaults, "chunk_size": 100_000}
-    # the shuffling seed of a dataset is its own; a training's --seed is not forwarded
-    exclude_params_req_get = {"seed"}
-
     sample_version = luigi.Parameter(
         default="v1",
         description="config with built-in samples and no --filelist: version of the generated "
         "sample (GenerateSamplesTask); default: v1",
     )
 
+    # the shuffling seed of a dataset is its own; a training's --seed is not forwarded
+    exclude_params_req_get = {"seed"}
+
+    def directory(self) -> Any:
+        from utils.dataset.directory import DatasetDirectory
+
+        return DatasetDirectory(self.local_path())
+
+    def holds_result(self) -> bool:
+        return self.directory().published
+
+    def check_result(self) -> None:
+        self.directory().check()  # a published dataset must be whole: never rebuilt
+
     def requires(self) -> dict[str, Any]:
         """Generated samples when the config defines them and no --filelist is given; the
         per-file export jobs with --stage-workflow."""
         if self.stage_workflow != "none":
             return {"stage": ExportFilesTask.req(self, workflow=self.stage_workflow,
-                                                 seed=self.resolved("seed"))}
+                                                 seed=self.settings.seed)}
         if self.filelist:
             return {}
         samples = self.load_config().generated_samples or {}
@@ -140,15 +141,36 @@ class DatasetConstructorTask(DatasetDependency):
         return requirements
 
     def parameters_record(self) -> dict[str, Any]:
+        """The parameters, config fingerprint and class mapping; with --filelist also the
+        inputs (compared with the recorded ones)."""
         record = super().parameters_record()
         config = self.load_config()
-        record["config_fingerprint"] = config.fingerprint()
         if self.filelist or not config.generated_samples:  # only generated inputs have one
             record["parameters"].pop("sample_version", None)
+        if self.filelist:
+            record["inputs"] = self._inputs_record(self.input_files())
         return record
 
+    def _inputs_record(self, files: list[str]) -> dict[str, Any]:
+        from utils.dataset.directory import inputs_record
+        from utils.dataset.export import plan_inputs
+
+        by_process = plan_inputs(self.load_config(), files, self.debug)
+        return inputs_record([f for fs in by_process.values() for f in fs])
+
+    def record_differences(self, stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+        from utils.dataset.directory import inputs_difference
+
+        diffs = []
+        if "inputs" in current and "inputs" in stored:
+            difference = inputs_difference(stored["inputs"], current["inputs"])
+            if difference:
+                diffs.append(f"inputs (--filelist): {difference}")
+        rest = {k: v for k, v in current.items() if k != "inputs"}
+        return diffs + super().record_differences(stored, rest)
+
     def output(self) -> dict[str, Any]:
-        from utils.dataset.export import HISTOGRAM, INFO, PROCESSED_FILES, WEIGHTS
+        from utils.dataset.directory import HISTOGRAM, INFO, PROCESSED_FILES, WEIGHTS
 
         outputs: dict[str, Any] = {
             "processed_files": self.local_target(PROCESSED_FILES),
@@ -157,12 +179,10 @@ class DatasetConstructorTask(DatasetDependency):
             "info": self.local_target(INFO),
             "parameters": self.parameters_target(),
         }
-        listing = Path(outputs["processed_files"].path)
-        if listing.exists():
-            outputs["chunks"] = law.TargetCollection([
-                self.local_target(Path(line).name)
-                for line in listing.read_text().splitlines() if line.strip()
-            ])
+        directory = self.directory()
+        if directory.published:
+            outputs["chunks"] = law.TargetCollection([self.local_target(p.name)
+                                                      for p in directory.files()])
         return outputs
 
     def _merge_stages(self, config: Any, files: list[str], out_dir: Path, work: Path) -> Any:
@@ -177,54 +197,49 @@ class DatasetConstructorTask(DatasetDependency):
         results = [json.loads(Path(targets[b].path).read_text()) for b in sorted(targets)]
         entries = {f: n for result in results for f, n in result["entries"].items()}
         return finish_export(config, results, plan_inputs(config, files, self.debug), entries,
-                             out_dir, work, self.resolved("chunk_size"), self.resolved("seed"),
-                             self.coffea_worker, self.debug, start)
+                             out_dir, work, self.settings.chunk_size, self.settings.seed,
+                             self.settings.coffea_worker, self.debug, start)
 
     def input_files(self) -> list[str]:
+        from utils.dataset.export import ExportError
         from utils.dataset.inputs import read_filelist
 
         if not self.filelist and self.input() and "stage" not in self.input():
             return [target.path for sample in self.input().values()
                     for _, target in sorted(sample["collection"].targets.items())]
         if not self.filelist:
-            raise ValueError(
+            raise ExportError(
                 f"DatasetConstructorTask for config '{self.config}' needs --filelist (a text "
-                "file listing the input ROOT files); if the dataset already exists, check "
-                "--dataset-version and --config")
+                f"file listing the input ROOT files): dataset version "
+                f"'{self.dataset_version}' does not exist yet in {self.local_path()}")
         return read_filelist(self.filelist)
 
     def run(self) -> None:
-        from utils.dataset.export import PROCESSED_FILES, export_dataset
+        from utils.dataset.directory import CHUNK_GLOB, PROCESSED_FILES
+        from utils.dataset.export import export_dataset, report
         from utils.io import publishing
-        from utils.progress import console
 
         config = self.load_config()
         files = self.input_files()
         out_dir = self.local_path()
-        for stale in out_dir.glob("file_*.lz4"):
+        for stale in out_dir.glob(CHUNK_GLOB):  # chunks of a dataset whose listing is gone
             stale.unlink()
         with publishing(out_dir, last=(PROCESSED_FILES,)) as work:
             if self.stage_workflow != "none":
                 summary = self._merge_stages(config, files, out_dir, work)
             else:
                 summary = export_dataset(
-                    config, files, out_dir, work, chunk_size=self.resolved("chunk_size"),
-                    seed=self.resolved("seed"),
-                    executor=self.executor, workers=self.coffea_worker, debug=self.debug,
+                    config, files, out_dir, work, chunk_size=self.settings.chunk_size,
+                    seed=self.settings.seed, executor=self.settings.executor,
+                    workers=self.settings.coffea_worker, debug=self.debug,
                     scheduler_address=self.scheduler_address or None)
-            self.write_parameters(work)
+            record = self.parameters_record()
+            record["inputs"] = self._inputs_record(files)
+            self.write_parameters(work, record)
         if self.stage_workflow != "none":
             # the staged rows are merged: free the space (redone if the dataset is rebuilt)
             import shutil
 
             for target in self.input()["stage"]["collection"].targets.values():
                 shutil.rmtree(Path(target.path).parent, ignore_errors=True)
-        c = summary.counts
-        console.print(
-            f"[bold green]Exported {sum(summary.rows):,} jets[/] of {c['entries']:,} entries "
-            f"into {len(summary.files)} file(s) in {summary.seconds:.1f} s "
-            f"({c['entries'] / max(summary.seconds, 1e-9):,.0f} entries/s): "
-            f"{c['out_of_window']:,} outside pT/eta bins, {c['no_label']:,} without label, "
-            f"{c['non_finite']:,} with NaN/inf dropped, {c['multi_label']:,} with several "
-            f"labels (first one kept)")
-        console.print(f"  {out_dir}")
+        report(summary, config, out_dir, verbose=self.verbose)

@@ -35,6 +35,10 @@ class ROCCurveTask(TestDatasetDependency):
     mis-id), ``files.json`` (the list of files written) and ``parameters.json``.
     """
 
+    quiet = luigi.BoolParameter(default=False, significant=False,
+                                description="do not print the summary table (the presets "
+                                "print their own)")
+
     def requires(self) -> InferenceTask:
         return InferenceTask.req(self)
 
@@ -63,9 +67,11 @@ class ROCCurveTask(TestDatasetDependency):
             write_json(work / "files.json", {"files": sorted(
                 p.name for p in work.iterdir() if p.name not in (SUMMARY, "files.json"))})
             self.write_parameters(work)
-        console.print(summary_table(_flat(summary), title=f"ROC summary: {self.model_name} "
-                                    f"({self.training_version}) on {self.test_dataset_version}"))
-        console.print(f"  plots in {self.local_path()}")
+        if not self.quiet:
+            console.print(summary_table(_flat(summary), title=f"ROC summary: {self.model_name} "
+                                        f"({self.training_version}) on "
+                                        f"{self.test_dataset_version}"))
+        console.print(f"  ROC curves and summary.json in {self.local_path()}")
 
 
 def _flat(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -128,7 +134,7 @@ class ReferenceROCTask(DatasetDependency):
         return ROCCurveTask.output(self)
 
     def run(self) -> None:
-        from utils.dataset.export import read_processed_files
+        from utils.dataset.directory import DatasetDirectory
         from utils.evaluation.report import Predictions, roc_report
         from utils.evaluation.summary import summary_table
         from utils.io import publishing, write_json
@@ -138,7 +144,7 @@ class ReferenceROCTask(DatasetDependency):
         if not config.reference_taggers:
             raise ValueError(f"config '{self.config}' defines no reference_taggers to evaluate")
         dataset_dir = Path(self.input()["processed_files"].path).parent
-        jets = Predictions.from_dataset(config, read_processed_files(dataset_dir))
+        jets = Predictions.from_dataset(config, DatasetDirectory(dataset_dir).files())
         with publishing(self.local_path(), last=(SUMMARY,)) as work:
             summary = roc_report(config, [jets], work, binned=False)
             write_json(work / "files.json", {"files": sorted(
@@ -198,7 +204,7 @@ class CompareTrainingsTask(ConfigTask):
     def run(self) -> None:
         from utils.evaluation.report import Predictions, roc_report
         from utils.evaluation.summary import summary_table
-        from utils.io import publishing
+        from utils.io import publishing, write_text
         from utils.progress import console
 
         config = self.load_config()
@@ -209,7 +215,7 @@ class CompareTrainingsTask(ConfigTask):
         with publishing(self.local_path(), last=(SUMMARY,)) as work:
             summary = roc_report(config, preds, work, binned=False)
             table = summary_table(_flat(summary), title="Comparison", width=140)
-            (work / "table.txt").write_text(table)
+            write_text(work / "table.txt", table)
             self.write_parameters(work)
         console.print(table)
         console.print(f"  plots in {self.local_path()}")

@@ -8,10 +8,10 @@ from typing import Any
 import law
 import luigi
 
-from tasks.base import BaseTask
+from tasks.base import BaseTask, setting
 from tasks.remote import BatchWorkflow
+from utils.settings import GenerationSettings
 
-DEFAULT_EVENTS = {"TT": 1200, "QCD": 4000}
 FILELIST = "filelist.txt"
 
 
@@ -28,44 +28,27 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
         choices=("TT", "QCD"),
         description="physics process: TT (ttbar, 13.6 TeV) or QCD (hard QCD with --pthat-min)",
     )
-    n_files = luigi.IntParameter(
-        default=4,
-        description="number of files (workflow branches); default: 4",
-    )
-    events_per_file = luigi.OptionalIntParameter(
-        default=None,
-        description="events per file; default: 1200 for TT (~6700 jets), 4000 for QCD "
-        "(~6500 jets)",
-    )
-    pthat_min = luigi.FloatParameter(
-        default=30.0,
-        description="QCD only: minimum pT-hat of the hard scattering in GeV; default: 30",
-    )
+    settings_class = GenerationSettings
+    n_files = setting(GenerationSettings, "n_files")
+    events_per_file = setting(GenerationSettings, "events_per_file")
+    pthat_min = setting(GenerationSettings, "pthat_min")
+    seed = setting(GenerationSettings, "seed")
     sample_version = luigi.Parameter(
         default="v1",
         description="version tag of the generated sample (a directory name); default: v1",
     )
 
-    stored_defaults = {**BaseTask.stored_defaults, "events_per_file": None}
     exclude_params_req_get = {"seed"}
 
     def store_parts(self) -> tuple[str, ...]:
         return super().store_parts() + (self.sample_version, self.process)
 
     def create_branch_map(self) -> dict[int, int]:
-        if self.n_files < 1:
-            raise ValueError(f"--n-files must be >= 1, got {self.n_files}")
-        return {i: i for i in range(self.n_files)}
+        return {i: i for i in range(self.settings.n_files)}
 
     @property
     def n_events(self) -> int:
-        return int(self.resolved("events_per_file"))
-
-    def resolved(self, name: str) -> Any:
-        value = super().resolved(name)
-        if name == "events_per_file" and value is None:
-            return DEFAULT_EVENTS[self.process]
-        return value
+        return self.settings.events(self.process)
 
     def output(self) -> law.LocalFileTarget:
         return self.local_target(f"{self.process}_{self.branch}.root")
@@ -92,7 +75,7 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
 
         from utils.generation.generator import PROCESSES, SEED_MAX
 
-        state = np.random.SeedSequence([self.resolved("seed"),
+        state = np.random.SeedSequence([self.settings.seed,
                                         zlib.crc32(self.sample_version.encode()),
                                         PROCESSES.index(self.process), self.branch])
         return int(state.generate_state(1)[0]) % (SEED_MAX + 1)
@@ -106,7 +89,7 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
         label = f"{self.process} file {self.branch + 1}/{self.n_files}"
         with progress_bar(f"Generating {label}", total=self.n_events, unit="events") as bar:
             stats = generate_file(path, process=self.process, n_events=self.n_events,
-                                  seed=self.branch_seed(), pthat_min=self.pthat_min,
+                                  seed=self.branch_seed(), pthat_min=self.settings.pthat_min,
                                   progress=bar.advance)
         console.print(f"{label}: {stats['n_jets']:,} jets from {stats['n_events']:,} events in "
                       f"{stats['seconds']:.1f} s -> {path}")
@@ -118,13 +101,10 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
         The content is deterministic, so concurrent branches finishing together write the
         same files (atomically); at least the last branch to finish sees all files.
         """
-        from utils.io import write_json
+        from utils.io import write_text
 
         files = [Path(self.req(self, branch=b).output().path) for b in range(self.n_files)]
         if not all(f.exists() for f in files):
             return
-        write_json(self.local_path("parameters.json"), self.parameters_record())
-        target = Path(self.filelist_target().path)
-        tmp = target.with_name(f".{target.name}.tmp-{self.branch}")
-        tmp.write_text("".join(f"{f}\n" for f in files))
-        tmp.replace(target)
+        self.write_parameters(self.local_path())
+        write_text(self.filelist_target().path, "".join(f"{f}\n" for f in files))

@@ -33,15 +33,16 @@ class InputHistogrammerTask(DatasetDependency):
                 "parameters": self.parameters_target()}
 
     def run(self) -> None:
-        from utils.dataset.export import read_processed_files
+        from utils.dataset.directory import DatasetDirectory
         from utils.dataset.histograms import histogram_dataset
         from utils.io import publishing
         from utils.progress import console, progress_bar
 
         config = self.load_config()
         dataset_dir = Path(self.input()["processed_files"].path).parent
-        files = read_processed_files(dataset_dir)
-        total = sum(int(x) for x in _rows(dataset_dir))
+        directory = DatasetDirectory(dataset_dir)
+        files = directory.files()
+        total = directory.n_jets
         if self.max_jets > 0:
             total = min(total, self.max_jets)
         with publishing(self.local_path(), last=(HISTOGRAMS,)) as work:
@@ -52,12 +53,6 @@ class InputHistogrammerTask(DatasetDependency):
             hists.save(work / HISTOGRAMS)
             self.write_parameters(work)
         console.print(f"{len(hists.histograms)} feature histograms -> {self.local_path()}")
-
-
-def _rows(dataset_dir: Path) -> list[int]:
-    import json
-
-    return json.loads((dataset_dir / "weights.json").read_text())["rows"]
 
 
 class HistogramPlotterTask(DatasetDependency):
@@ -76,17 +71,19 @@ class HistogramPlotterTask(DatasetDependency):
 
     def run(self) -> None:
         from utils.dataset.histograms import FeatureHistograms
-        from utils.io import publishing
+        from utils.io import publishing, write_text
         from utils.plotting.histograms import plot_feature_histograms
+        from utils.plotting.style import set_figure_label
         from utils.progress import console
 
         config = self.load_config()
+        set_figure_label(config.figure_text)
         hists = FeatureHistograms.load(self.input()["histograms"].path)
         out_dir = self.local_path()
         with publishing(out_dir, last=("plots.txt",)) as work:
             paths = plot_feature_histograms(hists, work, classes=config.classes,
                                             log_y=True if self.ylog else None)
-            (work / "plots.txt").write_text("".join(
+            write_text(work / "plots.txt", "".join(
                 f"{out_dir / p.relative_to(work)}\n" for p in paths))
             self.write_parameters(work)
         console.print(f"{len(paths)} plots in {out_dir}")

@@ -11,6 +11,7 @@ import luigi
 from tasks.base import ConfigTask
 from tasks.dataset import DatasetConstructorTask
 from tasks.training import TrainingDependency, TrainingTask
+from utils.settings import TrainSettings, stored_defaults
 
 TEST_SAMPLE_VERSION = "test"
 
@@ -31,7 +32,7 @@ class TestDatasetDependency(TrainingDependency):
     )
 
     # the training's hyper-parameters are checked by TrainingTask, not recorded again here
-    exclude_from_consistency = frozenset(TrainingDependency.stored_defaults) - {"seed"}
+    exclude_from_consistency = frozenset(stored_defaults(TrainSettings)) - {"seed"}
 
     def store_parts(self) -> tuple[str, ...]:
         return ConfigTask.store_parts(self) + (
@@ -73,6 +74,7 @@ class InferenceTask(TestDatasetDependency):
         test_dir = Path(self.input()["test_dataset"]["processed_files"].path).parent
         with publishing(self.local_path(), last=("parameters.json",)) as work:
             run_inference(config, model, classes, checkpoint, test_dir, work,
-                          batch_size=self.resolved("batch_size"), workers=self.n_threads,
-                          precision=self.resolved("training_precision"))
+                          batch_size=self.settings.batch_size,
+                          workers=self.settings.n_threads,
+                          precision=self.settings.training_precision, verbose=self.verbose)
             self.write_parameters(work)

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import law
 import luigi
 
-from tasks.base import DatasetDependency
+from tasks.base import DatasetDependency, setting
 from tasks.dataset import DatasetConstructorTask
+from utils.settings import TrainSettings
 
-SCHEDULERS = ("none", "epoch_lin_decay", "batch_lin_decay", "batch_cosine_warmup")
-PRECISIONS = ("float32", "float16", "bfloat16")
+
+def _train(name: str, **kwargs: Any) -> luigi.Parameter:
+    return setting(TrainSettings, name, **kwargs)
 
 
 class TrainingDependency(DatasetDependency):
     """Parameters that identify a training. Hyper-parameters default to the values stored
     for an existing ``--training-version`` (or the documented defaults for a new one)."""
+
+    settings_class = TrainSettings
 
     training_version = luigi.Parameter(
         default="training_version_01",
@@ -28,87 +34,29 @@ class TrainingDependency(DatasetDependency):
         description="model to train, one of the registered BaseModel names (DeepJet, "
         "DeepJetHLT, DeepJetTransformer, ParticleNet, ParticleTransformer, MLP)",
     )
-    epochs = luigi.IntParameter(default=1, description="number of epochs; default: 1")
-    batch_size = luigi.OptionalIntParameter(default=None, description="jets per batch; "
-                                            "default: 1024")
-    learning_rate = luigi.OptionalFloatParameter(default=None, description="initial learning "
-                                                 "rate; default: 1e-3")
-    optimizer = luigi.OptionalParameter(default=None, description="any torch.optim optimiser "
-                                        "name (AdamW, Adam, RAdam, SGD, ...); default: AdamW")
-    betas = luigi.OptionalParameter(default=None, description="Adam-type betas as 'b1,b2'; "
-                                    "default: 0.95,0.999")
-    eps = luigi.OptionalFloatParameter(default=None, description="optimiser epsilon; "
-                                       "default: 1e-6")
-    weight_decay = luigi.OptionalFloatParameter(default=None, description="weight decay; "
-                                                "default: 0.01")
-    lr_scheduler = luigi.OptionalChoiceParameter(
-        default=None, choices=SCHEDULERS,
-        description="learning-rate schedule: none; epoch_lin_decay / batch_lin_decay "
-        "(constant, then decay over the last 30% of epochs / batches to lr*lr_decay_factor); "
-        "batch_cosine_warmup (one-epoch warm-up, cosine decay); default: epoch_lin_decay")
-    lr_decay_factor = luigi.OptionalFloatParameter(default=None, description="final learning "
-                                                   "rate / initial; default: 0.01")
-    loss_function = luigi.OptionalParameter(default=None, description="torch.nn loss on "
-                                            "(logits, class); default: CrossEntropyLoss")
-    loss_weighting = luigi.OptionalBoolParameter(
-        default=None, description="use the per-jet pT-eta weights in the loss instead of "
-        "rejection sampling; default: False")
-    mixed_precision = luigi.OptionalBoolParameter(
-        default=None, description="automatic mixed precision (float16 on GPU, bfloat16 on "
-        "CPU); default: False")
-    training_precision = luigi.OptionalChoiceParameter(
-        default=None, choices=PRECISIONS,
-        description="dtype of the batches handed to the device (float32, float16, bfloat16); "
-        "default: float32")
-    train_val_split = luigi.OptionalFloatParameter(
-        default=None, description="fraction of the chunk files used for training, the rest "
-        "validates (one file: split by rows); default: 0.85")
-    n_train_files = luigi.OptionalIntParameter(default=None, description="use at most this "
-                                               "many training files (-1 or 0: all); "
-                                               "default: -1")
-    n_threads = luigi.IntParameter(default=1, significant=False, description="loader threads, "
-                                   "each reading its own files (0: load in the training "
-                                   "thread); default: 1")
-    use_torch_compile = luigi.BoolParameter(default=False, significant=False,
-                                            description="compile the model with torch.compile")
-    torch_compile_mode = luigi.Parameter(default="default", significant=False,
-                                         description="torch.compile mode; default: default")
-
-    stored_defaults = {
-        **DatasetDependency.stored_defaults,
-        "batch_size": 1024, "learning_rate": 1e-3, "optimizer": "AdamW", "betas": "0.95,0.999",
-        "eps": 1e-6, "weight_decay": 0.01, "lr_scheduler": "epoch_lin_decay",
-        "lr_decay_factor": 1e-2, "loss_function": "CrossEntropyLoss", "loss_weighting": False,
-        "mixed_precision": False, "training_precision": "float32", "train_val_split": 0.85,
-        "n_train_files": -1,
-    }
+    epochs = _train("epochs")
+    batch_size = _train("batch_size")
+    learning_rate = _train("learning_rate")
+    optimizer = _train("optimizer")
+    betas = _train("betas")
+    eps = _train("eps")
+    weight_decay = _train("weight_decay")
+    lr_scheduler = _train("lr_scheduler")
+    lr_decay_factor = _train("lr_decay_factor")
+    loss_function = _train("loss_function")
+    loss_weighting = _train("loss_weighting")
+    mixed_precision = _train("mixed_precision")
+    training_precision = _train("training_precision")
+    train_val_split = _train("train_val_split")
+    n_train_files = _train("n_train_files")
+    seed = _train("seed")
+    n_threads = _train("n_threads", significant=False)
+    use_torch_compile = _train("use_torch_compile", significant=False)
+    torch_compile_mode = _train("torch_compile_mode", significant=False)
 
     def store_parts(self) -> tuple[str, ...]:
         return super().store_parts() + (self.training_version, self.model_name,
                                         f"epochs_{self.epochs}")
-
-    def settings(self) -> Any:
-        """The resolved hyper-parameters as :class:`utils.torch.training.TrainSettings`."""
-        from utils.torch.training import TrainSettings
-
-        r = self.resolved
-        try:
-            betas = tuple(float(b) for b in str(r("betas")).split(","))
-        except ValueError:
-            betas = ()
-        if len(betas) != 2:
-            raise ValueError(f"--betas must be two comma-separated numbers, got {r('betas')!r}")
-        if self.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
-        return TrainSettings(
-            epochs=self.epochs, batch_size=r("batch_size"), learning_rate=r("learning_rate"),
-            optimizer=r("optimizer"), betas=betas, eps=r("eps"),
-            weight_decay=r("weight_decay"), lr_scheduler=r("lr_scheduler"),
-            lr_decay_factor=r("lr_decay_factor"), loss_function=r("loss_function"),
-            loss_weighting=r("loss_weighting"), mixed_precision=r("mixed_precision"),
-            use_torch_compile=self.use_torch_compile,
-            torch_compile_mode=self.torch_compile_mode, seed=r("seed"),
-            loader_workers=self.n_threads)
 
 
 class TrainingTask(TrainingDependency):
@@ -117,7 +65,8 @@ class TrainingTask(TrainingDependency):
     Outputs in ``TrainingTask/<config>[/debug]/<dataset_version>/<training_version>/
     <model_name>/epochs_<N>/``: ``model_<epoch>.pt`` (0-based), ``best_model.pt``,
     ``training_metrics.npz``, ``validation_metrics.npz``, ``loss``/``accuracy`` plots,
-    ``parameters.json``. An interrupted training resumes from its last checkpoint.
+    ``parameters.json``. An interrupted training resumes from its last checkpoint; a
+    version is locked to its parameters once it holds a checkpoint.
     """
 
     resume_training = luigi.BoolParameter(
@@ -146,7 +95,12 @@ class TrainingTask(TrainingDependency):
 
     @property
     def total_epochs(self) -> int:
-        return self.epochs + self.extend_training
+        return self.settings.epochs + self.extend_training
+
+    def holds_result(self) -> bool:
+        from utils.torch.checkpoint import completed_epochs
+
+        return bool(completed_epochs(self.local_path()))
 
     def output(self) -> dict[str, Any]:
         outputs: dict[str, Any] = {
@@ -164,23 +118,56 @@ class TrainingTask(TrainingDependency):
                 [self.local_target(p.name) for p in checkpoints])
         return outputs
 
-    def run(self) -> None:
-        from utils.torch.ddp import launch, training_spec
-        from utils.torch.run import run_training
+    def validate_parameters(self) -> None:
+        from utils.settings import SettingsError
 
+        if self.extend_training < 0:
+            raise SettingsError(f"--extend-training must be >= 0; got {self.extend_training}")
+        if self.ddp < 1:
+            raise SettingsError(f"--ddp must be >= 1; got {self.ddp}")
+        if self.resume_epoch is not None and self.resume_epoch < 0:
+            raise SettingsError(f"--resume-epoch must be >= 0; got {self.resume_epoch}")
+
+    def run(self) -> None:
+        from utils.errors import InterruptedRun
+        from utils.io import remove_stale
+        from utils.progress import console
+        from utils.torch.optim import check_settings
+        from utils.torch.run import interrupted_message
+
+        check_settings(self.settings)  # optimiser, loss: before anything is written
         out_dir = self.local_path()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.write_parameters(out_dir)
+        remove_stale(out_dir)  # temporaries of killed runs
         dataset_dir = Path(self.input()["processed_files"].path).parent
+
+        def start() -> None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.write_parameters(out_dir)
+
         arguments = dict(
             model_name=self.model_name, dataset_dir=dataset_dir, out_dir=out_dir,
-            train_val_split=self.resolved("train_val_split"),
-            n_train_files=self.resolved("n_train_files"),
-            precision=self.resolved("training_precision"), total_epochs=self.total_epochs,
-            resume_epoch=self.resume_epoch, require_resume=self.resume_training,
-            terminal_plot=self.terminal_plot)
-        arguments["parameters"] = self.parameters_record()["parameters"]
-        if self.ddp > 1:
-            launch(training_spec(self.config, self.settings(), **arguments), self.ddp, out_dir)
-        else:
-            run_training(config=self.load_config(), settings=self.settings(), **arguments)
+            total_epochs=self.total_epochs, resume_epoch=self.resume_epoch,
+            require_resume=self.resume_training, terminal_plot=self.terminal_plot,
+            parameters=self.parameters_record()["parameters"], verbose=self.verbose)
+        try:
+            if self.ddp > 1:
+                from utils.torch.ddp import launch, training_spec
+                from utils.torch.run import interruptible
+
+                start()
+                with interruptible(out_dir):
+                    launch(training_spec(self.config, self.settings, **arguments), self.ddp,
+                           out_dir)
+            else:
+                from utils.torch.run import run_training
+
+                run_training(config=self.load_config(), settings=self.settings,
+                             on_start=start, **arguments)
+        except (InterruptedRun, KeyboardInterrupt) as exc:
+            # one line, no traceback, and no luigi summary: the user asked to stop
+            message = str(exc) if isinstance(exc, InterruptedRun) and str(exc) else \
+                interrupted_message(out_dir)
+            console.print(f"[bold yellow]{message}[/]")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)

@@ -112,11 +112,16 @@ def test_workflows_run_locally_by_default():
     assert task.effective_workflow == "local"
 
 
-def test_sample_version_only_recorded_for_generated_inputs():
+def test_sample_version_only_recorded_for_generated_inputs(synthetic_files):
     from tasks.dataset import DatasetConstructorTask
 
-    listed = DatasetConstructorTask(config="demo", filelist="files.txt", sample_version="test")
-    assert "sample_version" not in listed.parameters_record()["parameters"]
+    files, filelist = synthetic_files
+    listed = DatasetConstructorTask(config="demo", filelist=str(filelist), sample_version="test")
+    record = listed.parameters_record()
+    assert "sample_version" not in record["parameters"]
+    # the inputs of a --filelist are recorded with their sizes and modification times
+    assert list(record["inputs"]) == sorted(map(str, files), key=lambda f: "QCD" in f)
+    assert record["inputs"][str(files[0])]["size"] == files[0].stat().st_size
     generated = DatasetConstructorTask(config="demo", sample_version="test")
     assert generated.parameters_record()["parameters"]["sample_version"] == "test"
     offline = DatasetConstructorTask(config="offline_run3", sample_version="test")

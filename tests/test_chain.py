@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from utils.config import load_config
 from utils.dataset.chunk_format import read_chunk
-from utils.dataset.export import read_processed_files
+from utils.dataset.directory import DatasetDirectory
 
 pytestmark = pytest.mark.slow
 
@@ -70,9 +70,9 @@ def test_demo_run_outputs_and_summary(chain):
 def test_inference_covers_every_test_jet_once(chain):
     inference = _dir(chain, "InferenceTask")
     test_dir = chain.data / "DatasetConstructorTask" / "demo" / "test_small"
-    rows = np.concatenate([read_chunk(p)[0] for p in read_processed_files(test_dir)])
+    rows = np.concatenate([read_chunk(p)[0] for p in DatasetDirectory(test_dir).files()])
     config = load_config("demo")
-    layout = read_chunk(read_processed_files(test_dir)[0])[1]
+    layout = read_chunk(DatasetDirectory(test_dir).files()[0])[1]
     kinematics = np.load(inference / "kinematics.npy")
     np.testing.assert_array_equal(kinematics[:, 0], rows[:, layout.column(config.pt_key)])
     np.testing.assert_array_equal(kinematics[:, 1], rows[:, layout.column(config.eta_key)])

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from utils.config import ConfigError, available_configs, load_config
+from utils.config import ConfigError, available_configs, label_to_class, load_config
 
 OFFLINE_GLOBAL = [
     "jet_pt", "jet_eta", "n_Cpfcand", "n_Npfcand", "nsv", "npv",
@@ -127,10 +127,17 @@ def test_fingerprint_tracks_exported_content(offline_config):
     assert other.fingerprint() != offline_config.fingerprint()
 
 
-def test_class_of_label(offline_config):
-    mapping = offline_config.class_of_label()
+def test_label_to_class_and_fingerprint_cover_the_class_grouping(offline_config):
+    mapping = label_to_class(offline_config.classes)
     assert mapping["isB"] == 0 and mapping["isGBB"] == 1 and mapping["isG"] == 5
     assert len(mapping) == 11
+    # swapping the labels of two classes (same class names) is a different config
+    classes = dict(offline_config.classes)
+    classes["uds"], classes["g"] = classes["g"], classes["uds"]
+    swapped = offline_config.replace(classes=classes)
+    assert list(swapped.classes) == list(offline_config.classes)
+    assert swapped.fingerprint() != offline_config.fingerprint()
+    assert label_to_class(swapped.classes)["isG"] == 4
 
 
 def test_fingerprint_sees_function_constants_and_reference(offline_config):

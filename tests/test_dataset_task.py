@@ -46,7 +46,7 @@ def test_export_status_and_rerun(run_law, synthetic_files):
     clash = run_law("DatasetConstructorTask", "--config", "offline_run3", "--dataset-version",
                     "v1", "--chunk-size", 500, check=False)
     assert clash.returncode != 0
-    assert "chunk_size: '1000' -> '500'" in clash.stdout + clash.stderr
+    assert "--chunk-size: '1000' -> '500'" in clash.stdout + clash.stderr
     removed = run_law("DatasetConstructorTask", "--config", "offline_run3",
                       "--dataset-version", "v1", "--remove-output", "0,a")
     assert removed.returncode == 0

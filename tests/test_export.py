@@ -11,7 +11,8 @@ import uproot
 
 from utils.config import Derived, FeatureGroup
 from utils.dataset.chunk_format import read_chunk
-from utils.dataset.export import ExportError, export_dataset, read_processed_files
+from utils.dataset.directory import DatasetDirectory
+from utils.dataset.export import ExportError, export_dataset
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.reweighting import weight_tables
 from utils.synthetic import synthetic_arrays, write_ntuple, write_synthetic_ntuple
@@ -64,7 +65,7 @@ def run_export(config, files, tmp_path, **kwargs):
 
 
 def load_all(work):
-    chunks = [read_chunk(work / p.name)[0] for p in read_processed_files(work)]
+    chunks = [read_chunk(work / p.name)[0] for p in DatasetDirectory(work).files()]
     return chunks
 
 

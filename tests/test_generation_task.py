@@ -52,7 +52,7 @@ def test_generate_workflow_reproducible(run_law, tmp_path):
     clash = run_law("GenerateSamplesTask", "--process", "TT", "--n-files", 2,
                     "--events-per-file", 80, check=False)
     assert clash.returncode != 0
-    assert "events_per_file: '60' -> '80'" in clash.stdout + clash.stderr
+    assert "--events-per-file: '60' -> '80'" in clash.stdout + clash.stderr
 
 
 def test_demo_dataset_from_generated_samples(run_law):

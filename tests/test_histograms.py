@@ -141,7 +141,8 @@ def test_save_load_round_trip(constructed, tmp_path):
 def exported(tmp_path_factory):
     """A small synthetic offline_run3 export split into several chunk files."""
     from utils.config import load_config
-    from utils.dataset.export import export_dataset, read_processed_files
+    from utils.dataset.directory import DatasetDirectory
+    from utils.dataset.export import export_dataset
     from utils.synthetic import write_synthetic_ntuple
 
     config = load_config("offline_run3")
@@ -152,7 +153,7 @@ def exported(tmp_path_factory):
     out.mkdir()
     export_dataset(config, [str(f) for f in inputs], out, out, chunk_size=300,
                    executor="iterative")
-    return config, read_processed_files(out)
+    return config, DatasetDirectory(out).files()
 
 
 def test_exported_dataset_totals_and_classes(exported, tmp_path):

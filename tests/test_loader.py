@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from utils.dataset.chunk_format import read_chunk
-from utils.dataset.export import read_processed_files
 from utils.torch.data import (
     TEST,
     TRAIN,
@@ -29,7 +28,7 @@ GROUPS = ("global", "cpf", "npf", "vtx")
 @pytest.fixture(scope="module")
 def shards(demo_dataset):
     _, directory = demo_dataset
-    return dataset_shards(directory, read_processed_files(directory))
+    return dataset_shards(directory)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from sklearn.metrics import roc_auc_score
 from tests.conftest import CMS_DATA
 from utils.config import load_config
 from utils.dataset.chunk_format import read_chunk
-from utils.dataset.export import export_dataset, read_processed_files
+from utils.dataset.directory import DatasetDirectory
+from utils.dataset.export import export_dataset
 from utils.processors.nanoaod import NanoAODProcessor
 
 pytestmark = pytest.mark.skipif(not CMS_DATA.is_dir(),
@@ -63,8 +64,8 @@ def test_export_matches_independent_selection(tmp_path):
                                                        (flat["Jet_partonFlavour"] == 21)))
     selected = ((flat["Jet_pt"] >= 20) & (flat["Jet_pt"] < 3000) & (flat["Jet_eta"] >= -2.5)
                 & (flat["Jet_eta"] < 2.5) & ((flat["Jet_jetId"] & 2) > 0) & labelled)
-    rows = np.concatenate([read_chunk(p)[0] for p in read_processed_files(out)])
-    layout = read_chunk(read_processed_files(out)[0])[1]
+    rows = np.concatenate([read_chunk(p)[0] for p in DatasetDirectory(out).files()])
+    layout = read_chunk(DatasetDirectory(out).files()[0])[1]
     assert len(rows) == summary.counts["selected"] == int(selected.sum())
     np.testing.assert_array_equal(np.sort(rows[:, layout.column("Jet_pt")]),
                                   np.sort(flat["Jet_pt"][selected]))
@@ -131,7 +132,7 @@ def test_pfnano_export_sorted_and_padded(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     export_dataset(config, [str(PFNANO)], out, out, chunk_size=1000, executor="iterative")
-    rows, layout = read_chunk(read_processed_files(out)[0])
+    rows, layout = read_chunk(DatasetDirectory(out).files()[0])
     cpf = rows[:, layout.slice("cpf")].reshape(len(rows), 25, -1)
     sip = cpf[:, :, layout.block("cpf").features.index("Cpfcan_btagSip3dSig")]
     real = np.abs(cpf).sum(axis=2) > 0

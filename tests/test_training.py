@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from utils.dataset.export import read_processed_files
+from utils.config import label_to_class
 from utils.evaluation.discriminants import by_name, evaluate, softmax
 from utils.evaluation.roc import auc, roc_curve
 from utils.models import available_models
+from utils.settings import TrainSettings
+from utils.torch.checkpoint import load_checkpoint
 from utils.torch.data import TEST, TRAIN, ChunkDataset, dataset_shards, make_loader
 from utils.torch.optim import (
     OptimConfigError,
@@ -26,12 +28,11 @@ from utils.torch.optim import (
     make_scheduler,
     schedule_factor,
 )
-from utils.torch.run import build_model, label_to_class, run_training
-from utils.torch.training import TrainSettings, load_checkpoint
+from utils.torch.run import build_model, run_training
 
 
 def real_batch(config, directory, model, classes, size=96):
-    shards = dataset_shards(directory, read_processed_files(directory))
+    shards = dataset_shards(directory)
     data = ChunkDataset(shards, model.input_groups, label_to_class(classes), size, TEST)
     return next(iter(make_loader(data, 0)))
 
@@ -109,7 +110,7 @@ def test_weighted_loss_is_weighted_mean(demo_dataset):
 def test_deepjet_learns_b_vs_light(demo_dataset, tmp_path):
     config, directory = demo_dataset
     settings = TrainSettings(epochs=4, batch_size=128, learning_rate=3e-3, seed=5,
-                             lr_scheduler="none", loader_workers=1)
+                             lr_scheduler="none", n_threads=1)
     trainer = run_training(config, "DeepJet", directory, tmp_path, settings)
     val_loss = trainer.history.validation["loss"]
     assert len(val_loss) == 4 and val_loss[-1] < val_loss[0]
@@ -135,7 +136,7 @@ def test_same_seed_same_validation_loss(demo_dataset, tmp_path):
     config, directory = demo_dataset
     losses = []
     for name in ("a", "b"):
-        settings = TrainSettings(epochs=1, batch_size=128, seed=9, loader_workers=1)
+        settings = TrainSettings(epochs=1, batch_size=128, seed=9, n_threads=1)
         trainer = run_training(config, "DeepJet", directory, tmp_path / name, settings)
         losses.append(trainer.history.validation["loss"][0])
     assert losses[0] == losses[1]
@@ -144,7 +145,7 @@ def test_same_seed_same_validation_loss(demo_dataset, tmp_path):
 def test_loss_weighting_trains_on_all_jets(demo_dataset, tmp_path):
     config, directory = demo_dataset
     settings = TrainSettings(epochs=1, batch_size=64, seed=3, loss_weighting=True,
-                             loader_workers=0)
+                             n_threads=0)
     trainer = run_training(config, "MLP", directory, tmp_path, settings)
     rows = sum(s.rows for s in trainer.train_data.shards)
     assert not trainer.train_data.sampling
@@ -153,7 +154,7 @@ def test_loss_weighting_trains_on_all_jets(demo_dataset, tmp_path):
 
 def test_checkpoints_of_other_settings_are_not_resumed(demo_dataset, tmp_path):
     config, directory = demo_dataset
-    settings = TrainSettings(epochs=2, batch_size=64, seed=3, loader_workers=0)
+    settings = TrainSettings(epochs=2, batch_size=64, seed=3, n_threads=0)
     run_training(config, "MLP", directory, tmp_path, dataclasses.replace(settings, epochs=1),
                  parameters={"learning_rate": "0.001"})
     with pytest.raises(ValueError, match="learning_rate: '0.001' -> '0.01'"):
@@ -163,7 +164,7 @@ def test_checkpoints_of_other_settings_are_not_resumed(demo_dataset, tmp_path):
 
 def test_sampled_epoch_size_matches_weights(demo_dataset):
     config, directory = demo_dataset
-    shards = dataset_shards(directory, read_processed_files(directory))
+    shards = dataset_shards(directory)
     model, classes = build_model(config, "MLP")
     data = ChunkDataset(shards, model.input_groups, label_to_class(classes), 32, TRAIN)
     sizes = []
@@ -206,7 +207,7 @@ def test_resume_after_kill_and_parameter_errors(run_law, law_env):
     # a different hyper-parameter into the same training version is an error
     clash = run_law(*train, "--learning-rate", 0.01, check=False)
     assert clash.returncode != 0
-    assert "learning_rate: '0.001' -> '0.01'" in clash.stdout + clash.stderr
+    assert "--learning-rate: '0.001' -> '0.01'" in clash.stdout + clash.stderr
     # unspecified hyper-parameters take the stored values: complete, nothing runs
     again = run_law("TrainingTask", *DEMO, "--training-version", "t1", "--model-name",
                     "DeepJet", "--epochs", 3)
@@ -247,7 +248,7 @@ def test_distributed_training_matches_single_process(demo_dataset, tmp_path):
                             str(exported.parent / "QCD_0.root")], directory, directory,
                    chunk_size=250, seed=3, executor="iterative")
     settings = TrainSettings(epochs=3, batch_size=128, learning_rate=1e-3, seed=4,
-                             lr_scheduler="epoch_lin_decay", loader_workers=1)
+                             lr_scheduler="epoch_lin_decay", n_threads=1)
     launch(training_spec("demo_part", settings, model_name="DeepJet", dataset_dir=directory,
                          out_dir=tmp_path / "ddp"), 2, tmp_path / "ddp")
     single = run_training(config, "DeepJet", directory, tmp_path / "single", settings)

@@ -7,7 +7,6 @@ pT/eta window, jets without a truth label and optional NaNs, so the export can b
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import uproot
 
 from utils.config import Config
+from utils.io import atomic_path
 
 
 def synthetic_arrays(config: Config, n_jets: int, seed: int = 0, nan_fraction: float = 0.0,
@@ -68,8 +68,7 @@ def write_ntuple(path: str | Path, tree_name: str,
     branches: dict[str, object] = dict(flat)
     for i, members in enumerate(groups.values()):
         branches[f"group{i}"] = ak.zip(members)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with uproot.recreate(tmp, compression=uproot.LZ4(1)) as f:
+    with atomic_path(path) as tmp, uproot.recreate(tmp, compression=uproot.LZ4(1)) as f:
         tree = f.mktree(
             tree_name,
             {k: (v.type if isinstance(v, ak.Array) else v.dtype) for k, v in branches.items()},
@@ -77,7 +76,6 @@ def write_ntuple(path: str | Path, tree_name: str,
             field_name=lambda outer, inner: inner,
         )
         tree.extend(branches)
-    os.replace(tmp, path)
     return path
 
 

@@ -14,9 +14,10 @@ from typing import Any
 import law
 import luigi
 
-from tasks.base import BaseTask
+from tasks.base import BaseTask, setting
 from tasks.evaluation import ROCCurveTask, WorkingPointTask
 from tasks.inference import InferenceTask
+from utils.settings import TrainSettings
 
 
 class PresetRun(law.WrapperTask):
@@ -84,8 +85,7 @@ class DemoRun(BaseTask):
     config = luigi.Parameter(default="demo", description="config (demo or demo_part)")
     model_name = luigi.Parameter(default="DeepJet", description="model; default: DeepJet")
     epochs = luigi.IntParameter(default=15, description="training epochs; default: 15")
-    batch_size = luigi.IntParameter(default=1024, description="training batch size; "
-                                    "default: 1024")
+    batch_size = setting(TrainSettings, "batch_size")
 
     def store_parts(self) -> tuple[str, ...]:
         return super().store_parts() + (self.version, self.config, self.model_name,
@@ -98,7 +98,7 @@ class DemoRun(BaseTask):
 
     def requires(self) -> dict[str, law.Task]:
         kwargs = self.chain_kwargs()
-        return {"roc": ROCCurveTask(**kwargs), "wp": WorkingPointTask(**kwargs)}
+        return {"roc": ROCCurveTask(**kwargs, quiet=True), "wp": WorkingPointTask(**kwargs)}
 
     def output(self) -> dict[str, law.LocalFileTarget]:
         return {"summary": self.local_target("summary.txt"),
@@ -110,7 +110,7 @@ class DemoRun(BaseTask):
         from rich.text import Text
 
         from utils.evaluation.report import Predictions, headline
-        from utils.io import publishing
+        from utils.io import publishing, write_json, write_text
         from utils.plotting.demo import demo_summary
         from utils.progress import console
 
@@ -120,9 +120,9 @@ class DemoRun(BaseTask):
         pred = Predictions.load(InferenceTask(**self.chain_kwargs()).local_path())
         text, terminal = demo_summary(summary, pred, roc_dir, wp_dir, self.model_name)
         with publishing(self.local_path()) as work:
-            (work / "summary.txt").write_text(text)
-            (work / "summary.json").write_text(json.dumps(
-                {"BvsL": headline(summary, "BvsL"), "BvsAll": headline(summary, "BvsAll"),
-                 "roc_dir": str(roc_dir), "wp_dir": str(wp_dir)}, indent=2) + "\n")
+            write_text(work / "summary.txt", text)
+            write_json(work / "summary.json", {
+                "BvsL": headline(summary, "BvsL"), "BvsAll": headline(summary, "BvsAll"),
+                "roc_dir": str(roc_dir), "wp_dir": str(wp_dir)})
         console.print(Text.from_ansi(terminal))
         console.print(text)

@@ -19,12 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from utils.errors import BHiveError
+
 STORAGE_DTYPES = ("float32", "float16")
 # settings a config may give per process for built-in (Pythia8) samples
 GENERATOR_SETTINGS = ("n_files", "events_per_file", "pthat_min")
 
 
-class ConfigError(ValueError):
+class ConfigError(BHiveError, ValueError):
     """A configuration value is missing, unknown or invalid."""
 
 
@@ -219,6 +221,7 @@ class Config:
     storage_dtype: str = "float32"
     generated_samples: Mapping[str, Mapping[str, float]] | None = None
     processor_options: Mapping[str, Any] | None = None
+    figure_label: str = ""
     name: str = ""
     description: str = ""
 
@@ -234,35 +237,52 @@ class Config:
             object.__setattr__(self, f.name, values.get(f.name, f.default))
         self._normalise_and_validate()
 
-    # -- validation -----------------------------------------------------------------------
+    # -- validation: one method per key, in dependency order ------------------------------
     def _normalise_and_validate(self) -> None:
-        set_ = object.__setattr__
+        for key in ("tree_name", "pt_bins", "eta_bins", "processes", "groups", "truths",
+                    "classes", "reference_flavour", "pt_key", "eta_key", "selection",
+                    "observers", "reference_taggers", "storage_dtype", "processor",
+                    "generated_samples", "figure_label"):
+            getattr(self, f"_check_{key}")()
+
+    def _set(self, key: str, value: Any) -> None:
+        object.__setattr__(self, key, value)
+
+    def _check_tree_name(self) -> None:
         if not isinstance(self.tree_name, str) or not self.tree_name:
             _fail("tree_name", "must be the non-empty path of the TTree, e.g. 'deepntuplizer/tree'")
-        set_(self, "pt_bins", _check_edges("pt_bins", self.pt_bins))
-        set_(self, "eta_bins", _check_edges("eta_bins", self.eta_bins))
 
+    def _check_pt_bins(self) -> None:
+        self._set("pt_bins", _check_edges("pt_bins", self.pt_bins))
+
+    def _check_eta_bins(self) -> None:
+        self._set("eta_bins", _check_edges("eta_bins", self.eta_bins))
+
+    def _check_processes(self) -> None:
         processes = tuple(self.processes) if isinstance(self.processes, Sequence) else ()
         if not processes or not all(isinstance(p, Process) for p in processes):
             _fail("processes", "must be a non-empty list of Process(name, pattern, ...)")
         _check_unique("processes", [p.name for p in processes])
-        set_(self, "processes", processes)
+        self._set("processes", processes)
 
+    def _check_groups(self) -> None:
         groups = tuple(self.groups) if isinstance(self.groups, Sequence) else ()
         if not groups or not all(isinstance(g, FeatureGroup) for g in groups):
             _fail("groups", "must be a non-empty list of FeatureGroup(...)")
         _check_unique("groups", [g.name for g in groups])
         _check_unique("groups (feature names across groups)",
                       [f for g in groups for f in g.features])
-        set_(self, "groups", groups)
+        self._set("groups", groups)
 
+    def _check_truths(self) -> None:
         truths = tuple(self.truths) if isinstance(self.truths, Sequence) else ()
         if not truths or not all(isinstance(t, str | Derived) for t in truths):
             _fail("truths", "must be a non-empty list of flag branch names or Derived conditions")
-        set_(self, "truths", truths)
-        labels = self.truth_labels
-        _check_unique("truths", list(labels))
+        self._set("truths", truths)
+        _check_unique("truths", list(self.truth_labels))
 
+    def _check_classes(self) -> None:
+        labels = self.truth_labels
         if not isinstance(self.classes, Mapping) or not self.classes:
             _fail("classes", "must map class names to lists of truth labels")
         classes: dict[str, tuple[str, ...]] = {}
@@ -283,60 +303,89 @@ class Config:
         missing = [label for label in labels if label not in seen]
         if missing:
             _fail("classes", f"truth labels {missing} belong to no class")
-        set_(self, "classes", classes)
+        self._set("classes", classes)
 
-        if self.reference_flavour not in labels:
-            _fail("reference_flavour",
-                  f"{self.reference_flavour!r} is not one of the truth labels {list(labels)}")
+    def _check_reference_flavour(self) -> None:
+        if self.reference_flavour not in self.truth_labels:
+            _fail("reference_flavour", f"{self.reference_flavour!r} is not one of the truth "
+                  f"labels {list(self.truth_labels)}")
 
-        scalars = [f for g in groups if not g.is_candidates for f in g.features]
-        for key in ("pt_key", "eta_key"):
-            if getattr(self, key) not in scalars:
-                _fail(key, f"{getattr(self, key)!r} must be a per-jet feature of a group "
-                      f"without length; per-jet features are {scalars}")
+    def _scalar_features(self) -> list[str]:
+        return [f for g in self.groups if not g.is_candidates for f in g.features]
+
+    def _check_pt_key(self) -> None:
+        self._check_scalar_key("pt_key")
+
+    def _check_eta_key(self) -> None:
+        self._check_scalar_key("eta_key")
+
+    def _check_scalar_key(self, key: str) -> None:
+        scalars = self._scalar_features()
+        if getattr(self, key) not in scalars:
+            _fail(key, f"{getattr(self, key)!r} must be a per-jet feature of a group "
+                  f"without length; per-jet features are {scalars}")
+
+    def _check_selection(self) -> None:
         if self.selection is not None and not isinstance(self.selection, Derived):
             _fail("selection", "must be a Derived condition or None")
+
+    def _check_observers(self) -> None:
         observers = tuple(self.observers)
         if not all((isinstance(o, str) and o) or isinstance(o, Derived) for o in observers):
             _fail("observers", "must be a list of branch names or Derived per-jet values")
-        set_(self, "observers", observers)
+        self._set("observers", observers)
         names = list(self.observer_names)
         _check_unique("observers", names)
-        clash = sorted(set(names) & set(f for g in groups for f in g.features))
+        clash = sorted(set(names) & set(f for g in self.groups for f in g.features))
         if clash:
             _fail("observers", f"{clash} are already input features")
-        if self.reference_taggers is not None:
-            if not isinstance(self.reference_taggers, Mapping):
-                _fail("reference_taggers", "must map discriminant names to {label: observer}")
-            from utils.evaluation.discriminants import DISCRIMINANTS
 
-            known = [d.name for d in DISCRIMINANTS]
-            for disc, taggers in self.reference_taggers.items():
-                if disc not in known:
-                    _fail("reference_taggers", f"unknown discriminant {disc!r}; known: {known}")
-                for label, observer in dict(taggers).items():
-                    if observer not in names:
-                        _fail(f"reference_taggers.{disc}.{label}",
-                              f"{observer!r} is not an observer; add it to 'observers'")
+    def _check_reference_taggers(self) -> None:
+        if self.reference_taggers is None:
+            return
+        if not isinstance(self.reference_taggers, Mapping):
+            _fail("reference_taggers", "must map discriminant names to {label: observer}")
+        from utils.evaluation.discriminants import DISCRIMINANTS
+
+        known = [d.name for d in DISCRIMINANTS]
+        for disc, taggers in self.reference_taggers.items():
+            if disc not in known:
+                _fail("reference_taggers", f"unknown discriminant {disc!r}; known: {known}")
+            for label, observer in dict(taggers).items():
+                if observer not in self.observer_names:
+                    _fail(f"reference_taggers.{disc}.{label}",
+                          f"{observer!r} is not an observer; add it to 'observers'")
+
+    def _check_storage_dtype(self) -> None:
         if self.storage_dtype not in STORAGE_DTYPES:
             _fail("storage_dtype", f"must be one of {STORAGE_DTYPES}, got {self.storage_dtype!r}")
+
+    def _check_processor(self) -> None:
         if not isinstance(self.processor, str) or not self.processor:
             _fail("processor", "must be the name of a registered processor")
-        if self.generated_samples is not None:
-            if not isinstance(self.generated_samples, Mapping) or not self.generated_samples:
-                _fail("generated_samples", "must map process names to generator settings")
-            for process, settings in self.generated_samples.items():
-                if process not in self.process_names:
-                    _fail("generated_samples", f"{process!r} is not one of the processes "
-                          f"{list(self.process_names)}")
-                unknown = set(settings) - set(GENERATOR_SETTINGS)
-                if unknown:
-                    _fail(f"generated_samples.{process}", f"unknown settings {sorted(unknown)}; "
-                          f"valid are {list(GENERATOR_SETTINGS)}")
-                for key, value in settings.items():
-                    if not _is_number(value) or value <= 0:
-                        _fail(f"generated_samples.{process}.{key}",
-                              f"must be a positive number, got {value!r}")
+
+    def _check_figure_label(self) -> None:
+        if not isinstance(self.figure_label, str):
+            _fail("figure_label", "must be a string such as 'CMS Simulation Private Work' "
+                  "(empty: chosen from the inputs)")
+
+    def _check_generated_samples(self) -> None:
+        if self.generated_samples is None:
+            return
+        if not isinstance(self.generated_samples, Mapping) or not self.generated_samples:
+            _fail("generated_samples", "must map process names to generator settings")
+        for process, settings in self.generated_samples.items():
+            if process not in self.process_names:
+                _fail("generated_samples", f"{process!r} is not one of the processes "
+                      f"{list(self.process_names)}")
+            unknown = set(settings) - set(GENERATOR_SETTINGS)
+            if unknown:
+                _fail(f"generated_samples.{process}", f"unknown settings {sorted(unknown)}; "
+                      f"valid are {list(GENERATOR_SETTINGS)}")
+            for key, value in settings.items():
+                if not _is_number(value) or value <= 0:
+                    _fail(f"generated_samples.{process}.{key}",
+                          f"must be a positive number, got {value!r}")
 
     # -- convenience ------------------------------------------------------------------------
     def replace(self, **changes: Any) -> Config:
@@ -370,6 +419,16 @@ class Config:
                           f"{[g.name for g in self.groups]}")
 
     @property
+    def figure_text(self) -> str:
+        """The experiment label of figures: ``figure_label``, else "Private work (Pythia8
+        sample)" for configs with built-in samples and "CMS Simulation Private Work"
+        otherwise."""
+        if self.figure_label:
+            return self.figure_label
+        return "Private work (Pythia8 sample)" if self.generated_samples else \
+            "CMS Simulation Private Work"
+
+    @property
     def truth_labels(self) -> tuple[str, ...]:
         return tuple(t if isinstance(t, str) else t.name for t in self.truths)
 
@@ -384,10 +443,6 @@ class Config:
     @property
     def process_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.processes)
-
-    def class_of_label(self) -> dict[str, int]:
-        """Map each truth label to the index of its class."""
-        return {label: i for i, members in enumerate(self.classes.values()) for label in members}
 
     @property
     def branches(self) -> tuple[str, ...]:
@@ -408,7 +463,8 @@ class Config:
         return tuple(n for n in dict.fromkeys(names) if n not in computed)
 
     def fingerprint(self) -> str:
-        """Hash of everything that determines the exported data (for version checks)."""
+        """Hash of everything that determines the exported data and its training classes
+        (the label -> class mapping included), for version checks."""
         def describe(obj: Any) -> Any:
             if isinstance(obj, Derived):
                 return {"derived": obj.name, "uses": obj.uses,
@@ -429,9 +485,22 @@ class Config:
             "processor": self.processor,
             "storage_dtype": self.storage_dtype,
             "reference_flavour": self.reference_flavour,
+            "classes": {name: list(labels) for name, labels in self.classes.items()},
         }
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def mapping_text(classes: Mapping[str, Sequence[str]]) -> str:
+    """A label -> class mapping as text, e.g. ``{b: isB, c: isC+isCC, ...}``."""
+    return "{" + ", ".join(f"{name}: {'+'.join(labels)}" for name, labels in
+                           classes.items()) + "}"
+
+
+def label_to_class(classes: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """The one place the label -> class map is built: truth label -> index of its class
+    (classes in their given order)."""
+    return {label: i for i, labels in enumerate(classes.values()) for label in labels}
 
 
 def _function_fingerprint(function: Any, depth: int = 0) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -26,13 +25,15 @@ import lz4.frame
 import numpy as np
 
 from utils.dataset.layout import ColumnLayout
+from utils.errors import BHiveError
+from utils.io import atomic_path
 
 MAGIC = b"BHIVELZ4"
 FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sII")
 
 
-class ChunkFormatError(OSError):
+class ChunkFormatError(BHiveError, OSError):
     """A chunk file is corrupt, truncated or not a b-hive chunk."""
 
 
@@ -52,17 +53,11 @@ def write_chunk(path: str | Path, array: np.ndarray, layout: ColumnLayout,
     }).encode()
     body = lz4.frame.compress(array, compression_level=compression_level,
                               content_checksum=True, store_size=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_PREAMBLE.pack(MAGIC, len(header), zlib.crc32(header)))
-            f.write(header)
-            f.write(body)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path.stat().st_size
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(_PREAMBLE.pack(MAGIC, len(header), zlib.crc32(header)))
+        f.write(header)
+        f.write(body)
+    return _PREAMBLE.size + len(header) + len(body)
 
 
 def _read_header(path: Path, f: BinaryIO) -> dict:

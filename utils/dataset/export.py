@@ -1,4 +1,10 @@
-"""Export ROOT jet ntuples to shuffled, reweighted LZ4 chunks (law-free core of the task)."""
+"""Export ROOT jet ntuples to shuffled, reweighted LZ4 chunks (law-free core of the task).
+
+Stages: a pre-flight check of every input (:func:`check_inputs`), the coffea processor
+over all files (:func:`run_processor`, rows staged in ``/dev/shm`` or the work directory),
+the shuffle-merge into chunk files and the bookkeeping (:func:`finish_export`). The
+dataset directory's names and formats belong to :mod:`utils.dataset.directory`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,8 @@ import functools
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,25 +23,27 @@ from typing import Any
 import numpy as np
 
 from utils.config import Config
-from utils.dataset.inputs import assign_processes, inspect_files
+from utils.dataset.directory import Chunk, write_bookkeeping
+from utils.dataset.inputs import assign_processes, inspect_files, is_remote
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.merge import merge_staged
 from utils.dataset.reweighting import weight_tables
-from utils.io import write_json
+from utils.errors import BHiveError
+from utils.io import disk_full, owned_directory, remove_stale
 from utils.progress import console, progress_bar
+from utils.settings import EXECUTORS
 
-EXECUTORS = ("iterative", "futures", "dask")
 DEBUG_MAX_CHUNKS = 3
 DEBUG_CHUNK_ROWS = 5_000
 TARGET_CHUNK_BYTES = 64 * 1024**2
+STAGING_PREFIX = "bhive-staging-"
+ABORT = "ABORT"  # marker in the staging directory: a chunk failed, the others stop early
+REMOTE_RETRIES = 2  # coffea retries of a chunk that reads root:// files (network hiccups)
+COUNTS = ("entries", "selected", "out_of_window", "no_label", "rejected", "non_finite",
+          "multi_label")
 
-PROCESSED_FILES = "processed_files.txt"
-HISTOGRAM = "histogram.npy"
-WEIGHTS = "weights.json"
-INFO = "dataset_info.json"
 
-
-class ExportError(RuntimeError):
+class ExportError(BHiveError, RuntimeError):
     """The export cannot produce a dataset (e.g. no jet passes the selection)."""
 
 
@@ -50,6 +56,14 @@ class ExportSummary:
     counts: dict[str, int]
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
+    non_finite_branches: dict[str, int] = field(default_factory=dict)
+    labels_per_process: dict[str, dict[str, int]] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def empty_files(self) -> list[str]:
+        """Input files that contributed no jet."""
+        return [f for f, entry in self.inputs.items() if entry["selected"] == 0]
 
 
 def default_coffea_chunk_size(layout: ColumnLayout) -> int:
@@ -59,7 +73,7 @@ def default_coffea_chunk_size(layout: ColumnLayout) -> int:
 
 @contextlib.contextmanager
 def _runner(executor: str, workers: int, chunk_size: int, max_chunks: int | None,
-            scheduler_address: str | None = None) -> Iterator[Any]:
+            retries: int, scheduler_address: str | None = None) -> Iterator[Any]:
     """A coffea Runner for ``executor``; for dask, a client of ``scheduler_address`` or of a
     local cluster of ``workers`` processes, closed afterwards."""
     from coffea import processor
@@ -67,12 +81,13 @@ def _runner(executor: str, workers: int, chunk_size: int, max_chunks: int | None
 
     with contextlib.ExitStack() as stack:
         if executor == "iterative":
-            engine = processor.IterativeExecutor(status=True)
+            engine = processor.IterativeExecutor(status=True, retries=retries)
         elif executor == "futures":
             # fork: workers inherit the imported modules instead of re-importing coffea
             pool = functools.partial(concurrent.futures.ProcessPoolExecutor,
                                      mp_context=multiprocessing.get_context("fork"))
-            engine = processor.FuturesExecutor(workers=workers, status=True, pool=pool)
+            engine = processor.FuturesExecutor(workers=workers, status=True, pool=pool,
+                                               retries=retries)
         elif executor == "dask":
             try:
                 from distributed import Client, LocalCluster
@@ -86,9 +101,10 @@ def _runner(executor: str, workers: int, chunk_size: int, max_chunks: int | None
                     n_workers=workers, threads_per_worker=1, processes=True,
                     dashboard_address=None))
                 client = stack.enter_context(Client(cluster))
-            engine = processor.DaskExecutor(client=client, status=True, retries=0)
+            engine = processor.DaskExecutor(client=client, status=True, retries=retries)
         else:
-            raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
+            raise ExportError(f"--executor must be one of {', '.join(EXECUTORS)}, got "
+                              f"{executor!r}")
         yield processor.Runner(executor=engine, schema=BaseSchema, chunksize=chunk_size,
                                maxchunks=max_chunks)
 
@@ -104,13 +120,40 @@ def plan_inputs(config: Config, files: Sequence[str], debug: bool = False
 
 
 def check_inputs(config: Config, files: Sequence[str], workers: int = 4) -> dict[str, int]:
-    """Pre-flight check of every input file (tree, branches, entries); entries per file."""
+    """Pre-flight check of every input file (tree, branches, truncation, entries); entries
+    per file."""
     from utils.processors import get_processor
 
     processor_cls = get_processor(config.processor)
     return inspect_files(files, config.tree_name,
-                         lambda available: processor_cls.missing_branches(config, available),
+                         lambda available: processor_cls.source_branches(config, available),
                          workers=max(4, workers))
+
+
+class _Guarded:
+    """Wraps a processor: an expected error (:class:`BHiveError`: bad branch structure,
+    full disk, ...) in a chunk is returned as a result instead of raised, so coffea neither
+    retries it nor prints a traceback, and the remaining chunks stop early (a marker file in
+    the staging directory)."""
+
+    def __init__(self, processor: Any, staging: Path) -> None:
+        self.processor = processor
+        self.abort = Path(staging) / ABORT
+
+    def __call__(self, events: Any) -> dict[str, Any]:
+        if self.abort.exists():
+            return {}
+        try:
+            return self.processor.process(events)
+        except BHiveError as exc:
+            error = exc
+        except OSError as exc:
+            full = disk_full(exc, exc.filename or self.abort.parent)
+            if full is None:
+                raise
+            error = full
+        self.abort.touch()
+        return {"errors": {events.metadata["filename"]: str(error)}}
 
 
 def run_processor(config: Config, by_process: dict[str, list[str]],
@@ -121,14 +164,13 @@ def run_processor(config: Config, by_process: dict[str, list[str]],
     """Run the config's coffea processor over the files; staged rows go to ``staging``.
 
     Returns the accumulated result: ``staged`` [(path, rows)], ``histogram``, ``counts``,
-    ``rows_per_file``.
+    ``rows_per_file``, ``non_finite_branches``, ``labels_per_process``. An input problem
+    found in a chunk raises :class:`ExportError` naming the file.
     """
     from utils.processors import get_processor
 
-    if executor not in EXECUTORS:
-        raise ValueError(f"--executor must be one of {EXECUTORS}, got {executor!r}")
     if workers < 1:
-        raise ValueError(f"--coffea-worker must be >= 1, got {workers}")
+        raise ExportError(f"--coffea-worker must be >= 1, got {workers}")
     processor_cls = get_processor(config.processor)
     layout = ColumnLayout.from_config(config)
     proc = processor_cls(config, staging, file_index, seed=seed)
@@ -139,23 +181,36 @@ def run_processor(config: Config, by_process: dict[str, list[str]],
     fileset = {name: {"files": {f: config.tree_name for f in fs},
                       **({"preload": preload} if preload else {})}
                for name, fs in by_process.items() if fs}
+    remote = any(is_remote(f) for fs in by_process.values() for f in fs)
     with _runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None,
-                 scheduler_address) as runner:
-        return dict(runner(fileset, proc, treename=config.tree_name))
+                 REMOTE_RETRIES if remote else 0, scheduler_address) as runner:
+        result = dict(runner(fileset, _Guarded(proc, staging), treename=config.tree_name))
+    errors = result.get("errors") or {}
+    if errors:
+        raise ExportError(f"{len(errors)} input file(s) could not be exported:\n  " +
+                          "\n  ".join(f"{message}" if path in message else f"{path}: {message}"
+                                      for path, message in sorted(errors.items())))
+    return result
 
 
-def combine_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def combine_results(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Sum the results of several processor runs (e.g. one per batch job)."""
     combined: dict[str, Any] = {"staged": [], "histogram": None, "counts": {},
-                                "rows_per_file": {}}
+                                "rows_per_file": {}, "non_finite_branches": {},
+                                "labels_per_process": {}}
     for result in results:
-        combined["staged"] += [tuple(entry) for entry in result["staged"]]
-        histogram = np.asarray(result["histogram"], dtype=np.float64)
-        combined["histogram"] = histogram if combined["histogram"] is None else \
-            combined["histogram"] + histogram
-        for key in ("counts", "rows_per_file"):
-            for name, value in result[key].items():
+        combined["staged"] += [tuple(entry) for entry in result.get("staged", [])]
+        if result.get("histogram") is not None:
+            histogram = np.asarray(result["histogram"], dtype=np.float64)
+            combined["histogram"] = histogram if combined["histogram"] is None else \
+                combined["histogram"] + histogram
+        for key in ("counts", "rows_per_file", "non_finite_branches"):
+            for name, value in result.get(key, {}).items():
                 combined[key][name] = combined[key].get(name, 0) + int(value)
+        for process, labels in result.get("labels_per_process", {}).items():
+            target = combined["labels_per_process"].setdefault(process, {})
+            for label, value in labels.items():
+                target[label] = target.get(label, 0) + int(value)
     return combined
 
 
@@ -172,9 +227,14 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
     machines: the staging files then go to ``work_dir`` (a shared file system) unless
     ``$BHIVE_STAGING_DIR`` names another shared place.
     """
+    from utils.processors import get_processor
+
     start = time.perf_counter()
     if chunk_size < 1:
-        raise ValueError(f"--chunk-size must be >= 1, got {chunk_size}")
+        raise ExportError(f"--chunk-size must be >= 1, got {chunk_size}")
+    if executor not in EXECUTORS:
+        raise ExportError(f"--executor must be one of {', '.join(EXECUTORS)}, got "
+                          f"{executor!r}")
     by_process = plan_inputs(config, files, debug)
     used = [f for fs in by_process.values() for f in fs]
     entries = check_inputs(config, used, workers)
@@ -185,45 +245,56 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
                   f"executor {executor} x {workers}")
     for name, fs in by_process.items():
         console.print(f"  {name}: {len(fs)} file(s), {sum(entries[f] for f in fs):,} entries")
-    from utils.processors import get_processor
-
+    checked = time.perf_counter()
     rows = sum(entries.values()) * get_processor(config.processor).rows_per_entry
     staging = staging_dir(work_dir, rows * 4 * layout.n_columns, shared=bool(scheduler_address))
     try:
         result = run_processor(config, by_process, {f: i for i, f in enumerate(used)},
                                staging, seed, executor, workers, debug, coffea_chunk_size,
                                scheduler_address)
+        timing = {"pre-flight check": checked - start,
+                  "processing": time.perf_counter() - checked}
         return finish_export(config, [result], by_process, entries, out_dir, work_dir,
-                             chunk_size, seed, workers, debug, start)
+                             chunk_size, seed, workers, debug, start, timing)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def finish_export(config: Config, results: Sequence[dict[str, Any]],
+def no_jets_message(config: Config, counts: Mapping[str, int], n_files: int,
+                    non_finite_branches: Mapping[str, int]) -> str:
+    """Why no jet was selected: the selection and what each cut dropped."""
+    nan = ""
+    if non_finite_branches:
+        nan = " (in " + ", ".join(f"{k}: {v:,}" for k, v in
+                                  sorted(non_finite_branches.items())) + ")"
+    return (f"no jet passed the selection in {n_files} file(s) "
+            f"({counts.get('entries', 0):,} entries): "
+            f"{counts.get('out_of_window', 0):,} outside {config.pt_key} "
+            f"[{config.pt_bins[0]:g}, {config.pt_bins[-1]:g}) / {config.eta_key} "
+            f"[{config.eta_bins[0]:g}, {config.eta_bins[-1]:g}) (the config's outer pt_bins / "
+            f"eta_bins edges), {counts.get('no_label', 0):,} without any of the truth labels "
+            f"{list(config.truth_labels)}, {counts.get('rejected', 0):,} rejected by the "
+            f"config selection, {counts.get('non_finite', 0):,} with NaN/inf{nan}")
+
+
+def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
                   by_process: dict[str, list[str]], entries: dict[str, int], out_dir: Path,
                   work_dir: Path, chunk_size: int, seed: int, workers: int, debug: bool,
-                  start: float) -> ExportSummary:
+                  start: float, timing: dict[str, float] | None = None) -> ExportSummary:
     """Merge the staged rows of the processor ``results`` and write all dataset files."""
+    timing = dict(timing or {})
     layout = ColumnLayout.from_config(config)
     result = combine_results(results)
-    counts = {k: int(v) for k, v in result["counts"].items()}
-    histogram = np.asarray(result["histogram"], dtype=np.float64)
-    if counts.get("non_finite"):
-        console.print(f"[yellow]Dropped {counts['non_finite']:,} jet(s) with NaN/inf "
-                      "features[/]")
+    counts = {k: int(result["counts"].get(k, 0)) for k in COUNTS}
+    non_finite = dict(sorted(result["non_finite_branches"].items()))
     if not result["staged"]:
-        raise ExportError(
-            f"no jet passed the selection in {len(entries)} file(s) "
-            f"({counts.get('entries', 0):,} entries: {counts.get('out_of_window', 0):,} "
-            f"outside pT {config.pt_bins[0]}-{config.pt_bins[-1]} / eta "
-            f"{config.eta_bins[0]}-{config.eta_bins[-1]}, {counts.get('no_label', 0):,} "
-            f"without truth label, {counts.get('non_finite', 0):,} with NaN/inf)")
+        raise ExportError(no_jets_message(config, counts, len(entries), non_finite))
+    histogram = np.asarray(result["histogram"], dtype=np.float64)
     reference = config.truth_labels.index(config.reference_flavour)
     if histogram[reference].sum() == 0:
-        warnings.warn(f"reference flavour {config.reference_flavour!r} has no jets in this "
-                      "dataset: weights are all 1 (no pT-eta reweighting)", stacklevel=2)
         console.print(f"[yellow]Reference flavour {config.reference_flavour} has no jets: "
-                      "all weights set to 1[/]")
+                      "all weights set to 1 (no pT-eta reweighting)[/]")
+    merge_start = time.perf_counter()
     with progress_bar("Merging", total=counts["selected"], unit="jets") as bar:
         merged = merge_staged(result["staged"], layout, out_dir=work_dir,
                               chunk_size=chunk_size, seed=seed,
@@ -231,43 +302,75 @@ def finish_export(config: Config, results: Sequence[dict[str, Any]],
                               pt_key=config.pt_key, eta_key=config.eta_key,
                               pt_bins=config.pt_bins, eta_bins=config.eta_bins,
                               workers=workers, advance=bar.advance)
-    final_files = [out_dir / p.name for p in merged.files]
-
-    np.save(work_dir / HISTOGRAM, histogram)
-    write_json(work_dir / WEIGHTS, {
-        "files": [p.name for p in final_files],
-        "rows": merged.rows,
-        "sum_weight": merged.sum_weight,
-        "total_rows": int(sum(merged.rows)),
-        "total_weight": float(sum(merged.sum_weight)),
-        "chunk_size": chunk_size,
-    })
+    timing["merge"] = time.perf_counter() - merge_start
+    chunks = [Chunk(out_dir / p.name, rows, weight, size) for p, rows, weight, size in zip(
+        merged.files, merged.rows, merged.sum_weight, merged.sizes, strict=True)]
     inputs = {f: {"process": name, "entries": entries[f],
                   "selected": int(result["rows_per_file"].get(f, 0))}
               for name, fs in by_process.items() for f in fs}
     seconds = time.perf_counter() - start
-    write_json(work_dir / INFO, {
+    timing["total"] = seconds
+    write_bookkeeping(work_dir, out_dir, chunks, histogram, {
         "config": config.name,
         "config_fingerprint": config.fingerprint(),
         "seed": seed,
         "chunk_size": chunk_size,
         "debug": debug,
         "counts": counts,
+        "non_finite_branches": non_finite,
         "jets_per_label": dict(zip(config.truth_labels,
                                    histogram.sum(axis=(1, 2)).astype(int).tolist(), strict=True)),
+        "jets_per_process_label": result["labels_per_process"],
         "inputs": inputs,
         "layout": layout.to_dict(),
         "seconds": round(seconds, 3),
-    })
-    (work_dir / PROCESSED_FILES).write_text("".join(f"{p}\n" for p in final_files))
-    return ExportSummary(final_files, merged.rows, merged.sum_weight, histogram, counts,
-                         inputs, seconds)
+        "timing": {k: round(v, 3) for k, v in timing.items()},
+    }, chunk_size)
+    return ExportSummary([c.path for c in chunks], merged.rows, merged.sum_weight, histogram,
+                         counts, inputs, seconds, non_finite, result["labels_per_process"],
+                         timing)
+
+
+def report(summary: ExportSummary, config: Config, directory: Path,
+           verbose: bool = False) -> None:
+    """Print the export summary (with ``verbose``: NaN/inf per branch, jets per process and
+    class, time per stage)."""
+    c = summary.counts
+    console.print(
+        f"[bold green]Exported {sum(summary.rows):,} jets[/] of {c['entries']:,} entries "
+        f"into {len(summary.files)} file(s) in {summary.seconds:.1f} s "
+        f"({c['entries'] / max(summary.seconds, 1e-9):,.0f} entries/s): "
+        f"{c['out_of_window']:,} outside pT/eta bins, {c['no_label']:,} without label, "
+        f"{c['rejected']:,} rejected by the selection, {c['non_finite']:,} with NaN/inf "
+        f"dropped, {c['multi_label']:,} with several labels (first one kept)")
+    empty = summary.empty_files
+    if empty:
+        shown = ", ".join(empty[:5]) + (f", ... ({len(empty) - 5} more)" if len(empty) > 5
+                                        else "")
+        console.print(f"[yellow]{len(empty)} input file(s) contributed no jets: {shown}[/]")
+    if verbose:
+        if summary.non_finite_branches:
+            console.print("  NaN/inf per branch (jets): " + ", ".join(
+                f"{k} {v:,}" for k, v in summary.non_finite_branches.items()))
+        else:
+            console.print("  NaN/inf per branch: none")
+        class_of = {label: cls for cls, labels in config.classes.items() for label in labels}
+        for process, labels in summary.labels_per_process.items():
+            per_class = {cls: 0 for cls in config.classes}
+            for label, n in labels.items():
+                per_class[class_of[label]] += n
+            console.print(f"  {process}: " + ", ".join(f"{cls} {n:,}"
+                                                        for cls, n in per_class.items()))
+        console.print("  time per stage: " + ", ".join(f"{k} {v:.1f} s"
+                                                       for k, v in summary.timing.items()))
+    console.print(f"  {directory}")
 
 
 def staging_dir(work_dir: Path, estimated_bytes: int, shared: bool = False) -> Path:
     """Where the processor stages its rows: ``$BHIVE_STAGING_DIR`` if set, else (unless the
     workers run elsewhere, ``shared``) ``/dev/shm`` (memory, much faster than most disks)
-    when it and the free memory comfortably hold the estimate, else the work directory."""
+    when it and the free memory comfortably hold the estimate, else the work directory.
+    Staging directories of dead exports (``kill -9``) found there are removed first."""
     scratch = os.environ.get("BHIVE_STAGING_DIR")
     if not scratch and not shared and os.path.isdir("/dev/shm"):
         free = shutil.disk_usage("/dev/shm").free
@@ -275,28 +378,9 @@ def staging_dir(work_dir: Path, estimated_bytes: int, shared: bool = False) -> P
         if free > 2 * estimated_bytes and available > 4 * estimated_bytes:
             scratch = "/dev/shm"
     if scratch:
-        return Path(tempfile.mkdtemp(prefix="bhive-staging-", dir=scratch))
+        Path(scratch).mkdir(parents=True, exist_ok=True)
+        remove_stale(scratch, prefix=STAGING_PREFIX)
+        return owned_directory(scratch, STAGING_PREFIX)
     staging = work_dir / "staged"
     staging.mkdir()
     return staging
-
-
-def read_processed_files(dataset_dir: str | Path) -> list[Path]:
-    """Chunk files of an exported dataset (paths in ``processed_files.txt``).
-
-    A listed absolute path that no longer exists is looked up by name in ``dataset_dir``
-    (datasets can be moved together with their directory).
-    """
-    dataset_dir = Path(dataset_dir)
-    listing = dataset_dir / PROCESSED_FILES
-    if not listing.is_file():
-        raise FileNotFoundError(f"{listing} does not exist; run DatasetConstructorTask first")
-    files = []
-    for line in listing.read_text().splitlines():
-        if not line.strip():
-            continue
-        path = Path(line.strip())
-        if not path.exists() and (dataset_dir / path.name).exists():
-            path = dataset_dir / path.name
-        files.append(path)
-    return files

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 
 from utils.dataset.chunk_format import read_chunk
 from utils.dataset.layout import ColumnLayout
+from utils.io import save_npz
 
 N_BINS = 50
 QUANTILES = (0.005, 0.995)
@@ -108,12 +108,8 @@ class FeatureHistograms:
                            for h in self.histograms.values()],
         }
         arrays = {f"counts__{h.name}": h.counts for h in self.histograms.values()}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, metadata=np.array(json.dumps(metadata)),
-                                n_jets=self.n_jets, **arrays)
-        os.replace(tmp, path)
-        return path
+        return save_npz(path, compressed=True, metadata=np.array(json.dumps(metadata)),
+                        n_jets=self.n_jets, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureHistograms:

@@ -7,14 +7,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import uproot
 
 from utils.config import Process
+from utils.errors import BHiveError
 
 MAX_LISTED = 20
 
 
-class InputError(ValueError):
+class InputError(BHiveError, ValueError):
     """An input file list or input file is unusable."""
 
 
@@ -110,17 +112,20 @@ def assign_processes(files: Sequence[str], processes: Sequence[Process]) -> dict
 
 
 def inspect_files(files: Sequence[str], tree_name: str,
-                  branches: Sequence[str] | Callable[[set[str]], list[str]],
+                  branches: Sequence[str] | Callable[[set[str]], tuple[list[str], list[str]]],
                   workers: int = 4) -> dict[str, int]:
     """Open every file before any work starts; return entries per file.
 
-    ``branches`` lists the required branches, or is a function returning the missing ones
-    given the branches a file has. Raises :class:`InputError` listing every unreadable
-    file, missing tree, missing branch and empty tree.
+    ``branches`` lists the required branches, or is a function returning ``(needed,
+    missing)`` given the branches a file has. Every needed branch is checked for truncation
+    (each basket must lie inside the file) and its last entry is read (decompressing its
+    last basket). Raises :class:`InputError` listing every unreadable or truncated file,
+    missing tree, missing branch and empty tree.
     """
     if not callable(branches):
         required = list(branches)
-        branches = lambda available: [b for b in required if b not in available]  # noqa: E731
+        branches = lambda available: ([b for b in required if b in available],  # noqa: E731
+                                      [b for b in required if b not in available])
     check_remote_support(files)
 
     def check(path: str) -> tuple[str, int | None, str | None]:
@@ -134,16 +139,19 @@ def inspect_files(files: Sequence[str], tree_name: str,
                     return path, None, f"{path}: '{tree_name}' is a {type(tree).__name__}, " \
                                        "not a TTree"
                 available = set(tree.keys(recursive=True, full_paths=False)) | set(tree.keys())
-                missing = branches(available)
+                needed, missing = branches(available)
                 if missing:
                     return path, None, f"{path}: missing branch(es) {missing} in tree " \
                                        f"'{tree_name}'"
                 if tree.num_entries == 0:
                     return path, None, f"{path}: tree '{tree_name}' has no entries"
+                problem = _truncation(f, tree, needed)
+                if problem:
+                    return path, None, f"{path}: {problem}"
                 return path, int(tree.num_entries), None
         except Exception as exc:  # any reading problem is reported with its file
             return path, None, f"{path}: cannot be read as a ROOT file ({type(exc).__name__}: " \
-                               f"{exc})"
+                               f"{' '.join(str(exc).split())})"
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(check, files))
@@ -154,6 +162,29 @@ def inspect_files(files: Sequence[str], tree_name: str,
                          (f"\n  ... and {len(problems) - MAX_LISTED} more"
                           if len(problems) > MAX_LISTED else ""))
     return {path: n for path, n, _ in results}
+
+
+def _truncation(file: object, tree: uproot.TTree, branches: Sequence[str]) -> str | None:
+    """Why the needed ``branches`` cannot be read completely (None if they can): baskets
+    beyond the end of the file, or a last basket that does not decompress."""
+    size = getattr(file.file.source, "num_bytes", None)
+    for name in branches:
+        branch = tree[name]
+        n = branch.num_baskets
+        if not n or size is None:
+            continue
+        seek = np.asarray(branch.member("fBasketSeek"))[:n].astype(np.int64)
+        length = np.asarray(branch.member("fBasketBytes"))[:n].astype(np.int64)
+        end = int((seek + length).max())
+        if end > size:
+            return (f"truncated file: branch '{name}' has data up to byte {end:,} but the file "
+                    f"has {size:,} bytes (an interrupted copy or write?)")
+    try:
+        tree.arrays(list(branches), entry_start=tree.num_entries - 1, library="np")
+    except Exception as exc:
+        return f"corrupt file: the last entry of its branches cannot be read " \
+               f"({type(exc).__name__}: {' '.join(str(exc).split())})"
+    return None
 
 
 def _listing(items: Sequence[str]) -> str:

@@ -39,6 +39,7 @@ class MergeResult:
     files: list[Path]
     rows: list[int]
     sum_weight: list[float]
+    sizes: list[int]
 
 
 def chunk_sizes(n_rows: int, chunk_size: int) -> list[int]:
@@ -89,7 +90,7 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
     bucket_rows = np.diff(bounds, axis=1).sum(axis=0)
     bucket = np.empty((int(bucket_rows.max()), n_cols), dtype=np.float32)
 
-    def finalise(k: int, buffer: np.ndarray) -> tuple[Path, int, float]:
+    def finalise(k: int, buffer: np.ndarray) -> tuple[Path, int, float, int]:
         rows = buffer[:sizes[k]]
         try:
             labels = np.argmax(rows[:, truth], axis=1)
@@ -101,13 +102,13 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
                         part = rows[:, layout.slice(block.name)]
                         np.clip(part, -FLOAT16_MAX, FLOAT16_MAX, out=part)
             path = out_dir / f"file_{k}.lz4"
-            write_chunk(path, rows, layout)
+            size = write_chunk(path, rows, layout)
             sum_weight = float(rows[:, w_col].sum(dtype=np.float64))
         finally:
             free.put(buffer)
         if advance:
             advance(len(rows))
-        return path, len(rows), sum_weight
+        return path, len(rows), sum_weight, size
 
     futures: list[Future] = []
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
@@ -145,4 +146,4 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
     if k != len(sizes):
         raise RuntimeError(f"merge wrote {k} of {len(sizes)} files; staged bounds inconsistent")
     return MergeResult([r[0] for r in results], [r[1] for r in results],
-                       [r[2] for r in results])
+                       [r[2] for r in results], [r[3] for r in results])

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from utils.errors import BHiveError
 
-class ReweightingError(ValueError):
+
+class ReweightingError(BHiveError, ValueError):
     """The histograms cannot define weights."""
 
 

@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from utils.config import label_to_class
 from utils.evaluation.binned import binned_rates
 from utils.evaluation.discriminants import Discriminant, available, by_name, softmax
 from utils.evaluation.discriminants import score as discriminant_score
 from utils.evaluation.roc import EvaluationError, roc_curve
 from utils.evaluation.summary import Roc, discriminant_roc, window_mask
 from utils.evaluation.working_points import jet_flavours, working_points, write_working_points
-from utils.io import write_json
+from utils.io import save_npz, write_json
 from utils.progress import console
 
 WP_DISCRIMINANTS = ("BvsAll", "BvsL")
@@ -75,8 +76,7 @@ class Predictions:
         observers) without model scores."""
         from utils.dataset.chunk_format import read_chunk
 
-        mapping = {label: i for i, labels in enumerate(config.classes.values())
-                   for label in labels}
+        mapping = label_to_class(config.classes)
         parts: dict[str, list[np.ndarray]] = {}
         observers: dict[str, list[np.ndarray]] = {}
         for path in files:  # only the few columns needed, chunk by chunk
@@ -140,7 +140,9 @@ def roc_report(config: Any, preds: Sequence[Predictions], out_dir: Path,
     (``{process: {discriminant: {label: {auc, eff_at_10pc, eff_at_1pc, eff_at_0p1pc, ...}}}}``,
     labels being the models and the reference taggers); returns the summary."""
     from utils.plotting.roc import plot_binned, plot_roc, window_label
+    from utils.plotting.style import set_figure_label
 
+    set_figure_label(config.figure_text)
     summary: dict[str, Any] = {}
     windows = [process_windows(config, p) for p in preds]
     for process in config.processes:
@@ -164,7 +166,7 @@ def roc_report(config: Any, preds: Sequence[Predictions], out_dir: Path,
                 entry[pred.label] = roc.summary()
                 curves.append((pred.label, roc.fpr, roc.tpr, roc.auc))
                 if pred is preds[0]:
-                    np.savez(out_dir / f"roc_{process.name}_{disc.name}.npz", fpr=roc.fpr,
+                    save_npz(out_dir / f"roc_{process.name}_{disc.name}.npz", fpr=roc.fpr,
                              tpr=roc.tpr, thresholds=roc.thresholds, auc=roc.auc)
             if curves or preds[0].probs is None:
                 try:
@@ -179,7 +181,7 @@ def roc_report(config: Any, preds: Sequence[Predictions], out_dir: Path,
                 for label, roc in refs.items():
                     entry[label] = roc.summary()
                     curves.append((label, roc.fpr, roc.tpr, roc.auc))
-                    np.savez(out_dir / f"roc_{process.name}_{disc.name}__{file_tag(label)}.npz",
+                    save_npz(out_dir / f"roc_{process.name}_{disc.name}__{file_tag(label)}.npz",
                              fpr=roc.fpr, tpr=roc.tpr, thresholds=roc.thresholds, auc=roc.auc)
                 if curves:
                     plot_roc(curves, out_dir / f"roc_{process.name}_{disc.name}", title,
@@ -222,8 +224,10 @@ def working_point_report(config: Any, pred: Predictions, out_dir: Path,
     ``wp_<process>_<disc>[__<tagger>].csv/.json``, a mis-id vs threshold figure of the model,
     and the report ``{process: {discriminant: {label: [working points]}}}``."""
     from utils.plotting.roc import window_label
+    from utils.plotting.style import set_figure_label
     from utils.plotting.working_points import plot_working_points
 
+    set_figure_label(config.figure_text)
     report: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
     for name, window in process_windows(config, pred).items():
         process = next(p for p in config.processes if p.name == name)

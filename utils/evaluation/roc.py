@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from utils.errors import BHiveError
 
-class EvaluationError(ValueError):
+
+class EvaluationError(BHiveError, ValueError):
     """A curve cannot be computed (e.g. no signal or no background jets)."""
 
 

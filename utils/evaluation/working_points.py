@@ -22,7 +22,7 @@ import numpy as np
 
 from utils.evaluation.discriminants import FLAVOUR_LABELS, flavour_classes
 from utils.evaluation.roc import EvaluationError
-from utils.io import write_json
+from utils.io import atomic_path, write_json
 
 MISTAG_TARGETS: dict[str, float] = {"L": 0.1, "M": 0.01, "T": 0.001, "XT": 0.0005,
                                     "XXT": 0.0001}
@@ -130,7 +130,7 @@ def write_working_points(wps: Sequence[WorkingPoint], path_without_suffix: str |
     base.parent.mkdir(parents=True, exist_ok=True)
     rows = [wp.to_dict() for wp in wps]
     csv_path, json_path = base.with_name(base.name + ".csv"), base.with_name(base.name + ".json")
-    with open(csv_path, "w", newline="") as f:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,8 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 import uproot
+
+from utils.io import atomic_path
 
 from . import detector
 from .clustering import JET_ABS_ETA_MAX, cluster
@@ -262,8 +263,7 @@ def generate_file(path: str | os.PathLike, process: str = "TT", n_events: int = 
     rng = np.random.default_rng(int(seed))
     labels = dict.fromkeys(LABELS, 0)
     n_jets = 0
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         with uproot.recreate(temporary, compression=uproot.LZ4(4)) as output:
             tree = output.mktree(TREE_NAME, tree_types(), counter_name=counter_name)
             pending: list[JetTable] = []
@@ -281,9 +281,5 @@ def generate_file(path: str | os.PathLike, process: str = "TT", n_events: int = 
                     progress(size)
             if pending:
                 tree.extend(JetTable.concatenate(pending).to_branches())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
     return {"n_events": n_events, "n_jets": n_jets, "labels": labels,
             "seconds": time.perf_counter() - start}

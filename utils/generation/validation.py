@@ -18,6 +18,8 @@ import numpy as np
 import uproot
 from matplotlib.figure import Figure
 
+from utils.plotting.style import experiment_label, save, set_figure_label
+
 from .schema import TREE_NAME
 from .truth import B_LABELS, C_LABELS, LIGHT_LABELS
 
@@ -68,6 +70,7 @@ def plot_validation(files: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     masks = {name: np.sum([ak.to_numpy(jets[label]) for label in labels], axis=0) > 0
              for name, labels in FLAVOURS.items()}
     written: list[Path] = []
+    set_figure_label("Private work (Pythia8 sample)")
     with matplotlib.style.context(mplhep.style.CMS):
         for observable in OBSERVABLES:
             leading = ak.to_numpy(ak.fill_none(ak.firsts(jets[observable.branch]), np.nan))
@@ -95,11 +98,8 @@ def plot_validation(files: Sequence[str | os.PathLike], out_dir: str | os.PathLi
             else:
                 ax.set_ylim(0, max(peak, 1e-3) * 1.5)
             ax.legend(title="Pythia8 + toy detector", loc="upper right")
-            mplhep.cms.label(data=False, rlabel="(13.6 TeV)", ax=ax)
-            for suffix in ("png", "pdf"):
-                path = out / f"validation_{observable.name}.{suffix}"
-                fig.savefig(path, dpi=120 if suffix == "png" else None)
-                written.append(path)
+            experiment_label(ax)
+            written += save(fig, out / f"validation_{observable.name}")
     return written
 
 

@@ -4,7 +4,7 @@ A subclass sets ``name`` (the ``--model-name`` value, registered automatically),
 groups it consumes, optionally its own class grouping of truth labels, and implements
 ``forward(inputs) -> logits`` with all sizes taken from the :class:`InputSpec` built from
 the configuration. The training loop lives in ``utils/torch``; models only provide hooks
-with sensible defaults (loss, prediction).
+with sensible defaults (the loss).
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from utils.errors import BHiveError
+
 _REGISTRY: dict[str, type[BaseModel]] = {}
 
 
-class ModelInputError(ValueError):
+class ModelInputError(BHiveError, ValueError):
     """The configuration does not provide what a model needs."""
 
 
@@ -134,10 +136,6 @@ class BaseModel(nn.Module):
         if weight is None:
             return per_jet.mean()
         return (per_jet * weight).sum() / weight.sum().clamp_min(1e-12)
-
-    def predict(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities from logits."""
-        return torch.softmax(logits.float(), dim=-1)
 
     @staticmethod
     def padding_mask(candidates: torch.Tensor) -> torch.Tensor:

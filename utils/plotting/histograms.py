@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from utils.dataset.histograms import FeatureHistograms
-from utils.plotting.style import cms_label, new_figure, save
+from utils.plotting.style import experiment_label, new_figure, save
 
 SPIKE_RATIO = 20.0
 AXIS_LABELS = {"jet_pt": r"Jet $p_{\mathrm{T}}$ [GeV]", "jet_eta": r"Jet $\eta$"}
@@ -75,7 +75,7 @@ def plot_feature(hists: FeatureHistograms, name: str, process: str, path: str | 
     ax.text(0.03, 0.96, f"{process}: {what}", transform=ax.transAxes, va="top", ha="left",
             fontsize=16)
     ax.legend(loc="upper right", bbox_to_anchor=(1.0, 0.9), fontsize=13)
-    cms_label(ax)
+    experiment_label(ax)
     return save(fig, path)
 
 

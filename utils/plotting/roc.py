@@ -11,7 +11,7 @@ import numpy as np
 
 from utils.evaluation.binned import VARIABLE_LABELS, BinnedRate
 from utils.evaluation.discriminants import FLAVOUR_LABELS
-from utils.plotting.style import cms_label, new_figure, save
+from utils.plotting.style import experiment_label, new_figure, save
 
 MISTAG_FLOOR = 1e-4  # lowest mis-id rate drawn on ROC figures
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
@@ -90,7 +90,7 @@ def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
     ax.grid(which="minor", axis="y", alpha=0.15)
     ax.text(0.04, 0.95, title, transform=ax.transAxes, va="top", ha="left", fontsize=18)
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, 0.9), fontsize=18)
-    cms_label(ax)
+    experiment_label(ax)
     return save(fig, path)
 
 
@@ -142,5 +142,5 @@ def plot_binned(rates: Sequence[BinnedRate], path: str | Path, title: str, ylabe
     ax.grid(alpha=0.3)
     ax.text(0.04, 0.95, title, transform=ax.transAxes, va="top", ha="left", fontsize=18)
     ax.legend(loc="upper right", ncols=2 if len(rates) > 4 else 1, fontsize=15)
-    cms_label(ax)
+    experiment_label(ax)
     return save(fig, path)

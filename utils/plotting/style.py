@@ -1,8 +1,13 @@
-"""Shared figure style: CMS Simulation label via mplhep, PDF + PNG output."""
+"""Shared figure style: the experiment label via mplhep, PDF + PNG output.
+
+The label says what the figure shows: "CMS Simulation Private Work" for CMS inputs, "Private
+work (Pythia8 sample)" for the built-in samples (which are not CMS simulation); a config may
+set its own (``Config.figure_label``). The steps set it with :func:`set_figure_label` before
+they draw.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mplhep as hep  # noqa: E402
 
+from utils.io import atomic_path  # noqa: E402
+
 plt.style.use(hep.style.CMS)
 
 
@@ -20,8 +27,20 @@ def new_figure(figsize: tuple[float, float] = (10, 8)) -> tuple[plt.Figure, plt.
     return fig, ax
 
 
-def cms_label(ax: plt.Axes, right: str = "(13.6 TeV)") -> None:
-    hep.cms.label(data=False, rlabel=right, ax=ax, loc=0)  # data=False adds "Simulation"
+DEFAULT_LABEL = "Private work"
+_label = [DEFAULT_LABEL]
+
+
+def set_figure_label(text: str) -> None:
+    """The label of the figures drawn from now on in this process."""
+    _label[0] = text or DEFAULT_LABEL
+
+
+def experiment_label(ax: plt.Axes, right: str = "(13.6 TeV)") -> None:
+    """Draw the current label (a leading "CMS" in bold, as mplhep does) and ``right``."""
+    text = _label[0]
+    exp, rest = ("CMS", text[4:]) if text.startswith("CMS ") else ("", text)
+    hep.label.exp_label(exp=exp, text=rest, data=True, rlabel=right, ax=ax, loc=0)
 
 
 def save(fig: plt.Figure, path_without_suffix: str | Path) -> list[Path]:
@@ -31,9 +50,8 @@ def save(fig: plt.Figure, path_without_suffix: str | Path) -> list[Path]:
     paths = [base.with_suffix(".pdf"), base.with_suffix(".png")]
     try:
         for path in paths:
-            tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-            fig.savefig(tmp, bbox_inches="tight", dpi=120 if path.suffix == ".png" else None)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, bbox_inches="tight", dpi=120 if path.suffix == ".png" else None)
     finally:
         plt.close(fig)
     return paths

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.plotting.style import cms_label, new_figure, save
+from utils.plotting.style import experiment_label, new_figure, save
 
 
 def plot_history(history: Any, out_dir: str | Path) -> list[Path]:
@@ -23,6 +23,6 @@ def plot_history(history: Any, out_dir: str | Path) -> list[Path]:
         ax.set_ylabel(ylabel)
         ax.legend()
         ax.grid(alpha=0.3)
-        cms_label(ax)
+        experiment_label(ax)
         paths += save(fig, Path(out_dir) / key)
     return paths

@@ -11,7 +11,7 @@ import numpy as np
 from utils.evaluation.discriminants import FLAVOUR_LABELS
 from utils.evaluation.working_points import WorkingPoint
 from utils.plotting.roc import thin_curve
-from utils.plotting.style import cms_label, new_figure, save
+from utils.plotting.style import experiment_label, new_figure, save
 
 
 def rate_vs_threshold(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,5 +76,5 @@ def plot_working_points(score: np.ndarray, flavour: np.ndarray, wps: Sequence[Wo
         ax.text(0.04, 0.04, title, transform=ax.transAxes, va="bottom", ha="left", fontsize=16)
     ax.legend(loc="lower left", bbox_to_anchor=(0.0, 0.08), fontsize=16, frameon=True,
               facecolor="white", edgecolor="none", framealpha=0.9)
-    cms_label(ax)
+    experiment_label(ax)
     return save(fig, path)

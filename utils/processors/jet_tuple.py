@@ -1,15 +1,20 @@
 """Coffea processor for flat jet tuples (one tree entry per jet, jagged candidate branches).
 
-``process`` is a pure function of one chunk: it selects jets, pads/clips the candidate
-groups, computes derived features and truth labels, and writes the selected rows of the
-chunk to one raw float32 staging file, grouped by shuffle bucket. It returns only small
-mergeable accumulators (staged file names and row counts, per-label pT-eta histograms,
-counters), never the arrays themselves.
+``process`` is a pure function of one chunk, in the steps of README "What the export does":
+:meth:`~JetTupleProcessor.label` (first true truth flag), :meth:`~JetTupleProcessor.select`
+(finite pT/eta inside the bins, a label, the config selection),
+:meth:`~JetTupleProcessor.gather` (per-jet values and candidate groups padded/clipped,
+derived features included), :meth:`~JetTupleProcessor.drop_non_finite`,
+:meth:`~JetTupleProcessor.fill_rows`, :meth:`~JetTupleProcessor.histogram` and
+:meth:`~JetTupleProcessor.stage` (the chunk's rows to one raw float32 staging file, sorted
+by shuffle key). It returns only small mergeable accumulators (staged file names and row
+counts, per-label pT-eta histograms, counters), never the arrays themselves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +25,11 @@ from coffea import processor
 from utils.config import Config, Derived
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.reweighting import bin_index
+from utils.errors import BHiveError
+from utils.io import write_raw
 
 
-class ColumnError(ValueError):
+class ColumnError(BHiveError, ValueError):
     """A branch has an unexpected structure (e.g. jagged where a scalar is expected)."""
 
 
@@ -89,6 +96,47 @@ def scalar_values(values: Any) -> np.ndarray:
     return np.asarray(array)
 
 
+@dataclass
+class Chunk:
+    """One coffea chunk seen as jets: their number, a cached column reader (derived
+    features, truth conditions and observers computed on demand) and the jets' ids."""
+
+    filename: str
+    process: str
+    entry_start: int
+    n: int
+    jet_id: np.ndarray
+    read: Callable[[str], Any]
+    derived: dict[str, Derived]
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def column(self, name: str) -> Any:
+        if name not in self.cache:
+            if name in self.derived:
+                function = self.derived[name]
+                self.cache[name] = function({u: self.column(u) for u in function.uses})
+            else:
+                self.cache[name] = self.read(name)
+        return self.cache[name]
+
+    def scalar(self, name: str) -> np.ndarray:
+        try:
+            return scalar_values(self.column(name))
+        except ColumnError as exc:
+            raise ColumnError(f"{self.filename}: branch '{name}': {exc}") from exc
+
+
+@dataclass
+class Gathered:
+    """The stored values of a chunk's jets: per-jet features (float32), observers
+    (float64) and, per candidate group, ``(jet of each candidate, its place in the jet,
+    one content array per feature)``."""
+
+    scalars: dict[str, np.ndarray]
+    observers: np.ndarray
+    candidates: dict[str, tuple[np.ndarray, np.ndarray, list[np.ndarray]]]
+
+
 class JetTupleProcessor(processor.ProcessorABC):
     """Turn chunks of a flat jet tuple into staged row matrices (see :class:`ColumnLayout`).
 
@@ -105,14 +153,21 @@ class JetTupleProcessor(processor.ProcessorABC):
         self.file_index = dict(file_index)
         self.process_index = {name: i for i, name in enumerate(config.process_names)}
         self.seed = seed
+        derived = {d.name: d for g in config.groups for d in g.derived}
+        derived.update({t.name: t for t in config.truths if isinstance(t, Derived)})
+        derived.update({o.name: o for o in config.observers if isinstance(o, Derived)})
+        self.derived = derived
 
     # -- where the per-jet columns come from (overridden for event-level formats) ----------
     rows_per_entry = 1  # jets per tree entry, to estimate the staging size
 
     @classmethod
-    def missing_branches(cls, config: Config, available: set[str]) -> list[str]:
-        """Branches the config needs that a file lacks (checked before any work starts)."""
-        return [b for b in config.branches if b not in available]
+    def source_branches(cls, config: Config, available: set[str]
+                        ) -> tuple[list[str], list[str]]:
+        """``(needed, missing)``: the file's branches the config reads, and descriptions of
+        what the config needs but the file lacks (checked before any work starts)."""
+        needed = [b for b in config.branches if b in available]
+        return needed, [b for b in config.branches if b not in available]
 
     @classmethod
     def preload_branches(cls, config: Config) -> list[str] | None:
@@ -126,105 +181,126 @@ class JetTupleProcessor(processor.ProcessorABC):
             np.arange(len(events), dtype=np.int64)
         return len(events), lambda name: events[name], entry
 
-    # -- rows -------------------------------------------------------------------------------
-    def process(self, events: Any) -> dict[str, Any]:
-        meta = events.metadata
-        filename = meta["filename"]
-        config, layout = self.config, self.layout
-        n, source, jet_id = self.jet_source(events)
-        cache: dict[str, Any] = {}
-        derived = {d.name: d for g in config.groups for d in g.derived}
-        derived.update({t.name: t for t in config.truths if isinstance(t, Derived)})
-        derived.update({o.name: o for o in config.observers if isinstance(o, Derived)})
+    # -- the steps --------------------------------------------------------------------------
+    def label(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+        """``(label, n_true)``: the first true truth flag (config order) of every jet and
+        the number of true flags."""
+        flags = np.stack([chunk.scalar(name).astype(bool) for name in self.config.truth_labels],
+                         axis=1)
+        return np.argmax(flags, axis=1), flags.sum(axis=1)
 
-        def column(name: str) -> Any:
-            if name not in cache:
-                if name in derived:
-                    cache[name] = derived[name]({u: column(u) for u in derived[name].uses})
-                else:
-                    cache[name] = source(name)
-            return cache[name]
-
-        def scalar(name: str) -> np.ndarray:
-            try:
-                return scalar_values(column(name))
-            except ColumnError as exc:
-                raise ColumnError(f"{filename}: branch '{name}': {exc}") from exc
-
-        # truth labels: the first true flag (config order) is the jet's label
-        flags = np.stack([scalar(label).astype(bool) for label in config.truth_labels], axis=1)
-        n_true = flags.sum(axis=1)
-        label = np.argmax(flags, axis=1)
-        pt = scalar(config.pt_key).astype(np.float64)
-        eta = scalar(config.eta_key).astype(np.float64)
-        in_window = ((pt >= config.pt_bins[0]) & (pt < config.pt_bins[-1]) &
-                     (eta >= config.eta_bins[0]) & (eta < config.eta_bins[-1]))
-        mask = in_window & (n_true > 0)
+    def select(self, chunk: Chunk, n_true: np.ndarray
+               ) -> tuple[np.ndarray, dict[str, int], dict[str, int]]:
+        """``(keep, counts, non_finite_by_branch)``: jets with finite pT and eta inside the
+        outer bin edges, at least one true flag and passing the config selection. Every
+        dropped jet is counted under one reason."""
+        config = self.config
+        pt = chunk.scalar(config.pt_key).astype(np.float64)
+        eta = chunk.scalar(config.eta_key).astype(np.float64)
+        finite = np.isfinite(pt) & np.isfinite(eta)
+        in_window = finite & (pt >= config.pt_bins[0]) & (pt < config.pt_bins[-1]) & \
+            (eta >= config.eta_bins[0]) & (eta < config.eta_bins[-1])
+        keep = in_window & (n_true > 0)
         rejected = 0
         if config.selection is not None:
-            passed = scalar_values(config.selection(
-                {u: column(u) for u in config.selection.uses})).astype(bool)
-            rejected = int((mask & ~passed).sum())
-            mask &= passed
+            uses = config.selection.uses
+            passed = scalar_values(config.selection({u: chunk.column(u) for u in uses}))
+            passed = passed.astype(bool)
+            rejected = int((keep & ~passed).sum())
+            keep &= passed
+        counts = {"entries": chunk.n, "non_finite": int((~finite).sum()),
+                  "out_of_window": int((finite & ~in_window).sum()),
+                  "no_label": int((in_window & (n_true == 0)).sum()), "rejected": rejected}
+        by_branch = {name: int((~np.isfinite(values)).sum())
+                     for name, values in ((config.pt_key, pt), (config.eta_key, eta))}
+        return keep, counts, {k: v for k, v in by_branch.items() if v}
 
-        # gather every stored value once (as float32) and find jets with NaN/inf
-        bad = np.zeros(n, dtype=bool)
-        scalars: dict[str, np.ndarray] = {}
-        for name in [f for g in config.groups if not g.is_candidates for f in g.features]:
-            scalars[name] = scalar(name).astype(np.float32, copy=False)
-            bad |= ~np.isfinite(scalars[name])
-        observers = np.empty((n, len(config.observers)), dtype=np.float64)
+    def gather(self, chunk: Chunk) -> Gathered:
+        """Every stored value: per-jet features as float32, observers as float64, and the
+        candidate groups (sorted by ``sort_by`` if set) as flat contents with each
+        candidate's jet and place, ready to be padded/clipped into the rows."""
+        config = self.config
+        scalars = {name: chunk.scalar(name).astype(np.float32, copy=False)
+                   for g in config.groups if not g.is_candidates for name in g.features}
+        observers = np.empty((chunk.n, len(config.observers)), dtype=np.float64)
         for i, name in enumerate(config.observer_names):
-            observers[:, i] = scalar(name)
-        bad |= ~np.isfinite(observers).all(axis=1)
-        candidates: dict[str, tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = {}
+            observers[:, i] = chunk.scalar(name)
+        candidates = {}
         for group in (g for g in config.groups if g.is_candidates):
-            counts_ref, contents = None, []
             order = None
             if group.sort_by is not None:
-                order = ak.argsort(column(group.sort_by), axis=1, ascending=False, stable=True)
+                order = ak.argsort(chunk.column(group.sort_by), axis=1, ascending=False,
+                                   stable=True)
+            counts_ref, contents, rows, local = None, [], None, None
             for feature in group.features:
                 try:
-                    values = column(feature)
+                    values = chunk.column(feature)
                     counts, content = jagged_parts(values if order is None else
                                                    ak.materialize(values)[order])
                 except ColumnError as exc:
-                    raise ColumnError(f"{filename}: branch '{feature}': {exc}") from exc
+                    raise ColumnError(f"{chunk.filename}: branch '{feature}': {exc}") from exc
                 if counts_ref is None:
                     counts_ref = counts
-                    rows = np.repeat(np.arange(n), counts)
+                    rows = np.repeat(np.arange(chunk.n), counts)
                     local = np.arange(len(content)) - np.repeat(np.cumsum(counts) - counts,
                                                                 counts)
                 elif not np.array_equal(counts, counts_ref):
                     raise ColumnError(
-                        f"{filename}: branch '{feature}' of group '{group.name}' has other "
-                        f"candidate counts than '{group.features[0]}'; all features of a "
-                        "candidate group must share one counter")
-                if not np.isfinite(content).all():  # rare: find the jets (stored part only)
-                    stored = local < group.length
-                    bad[rows[stored & ~np.isfinite(content)]] = True
+                        f"{chunk.filename}: branch '{feature}' of group '{group.name}' has "
+                        f"other candidate counts than '{group.features[0]}'; all features of "
+                        "a candidate group must share one counter")
                 contents.append(content)
             candidates[group.name] = (rows, local, contents)
-        n_bad = int((mask & bad).sum())
-        mask &= ~bad
+        return Gathered(scalars, observers, candidates)
 
-        # order the selected jets by shuffle bucket, then fill the rows in that order
-        selected = np.flatnonzero(mask)
-        key = shuffle_key(self.seed, self.file_index[filename], jet_id[selected])
-        order = np.argsort(key, kind="stable")
-        selected, key = selected[order], key[order]
+    def drop_non_finite(self, values: Gathered, keep: np.ndarray
+                        ) -> tuple[np.ndarray, int, dict[str, int]]:
+        """``(keep, dropped, by_branch)``: kept jets without NaN/inf in any stored value
+        (candidates beyond a group's length are clipped, so they do not count); the number
+        dropped and, per branch, how many kept jets held NaN/inf in it."""
+        bad = np.zeros(len(keep), dtype=bool)
+        by_branch: dict[str, int] = {}
+
+        def mark(name: str, jets: np.ndarray) -> None:
+            n = int(keep[jets].sum()) if jets.dtype == bool else \
+                int(keep[np.unique(jets)].sum())
+            if n:
+                by_branch[name] = by_branch.get(name, 0) + n
+            bad[jets] = True
+
+        for name, column in values.scalars.items():
+            finite = np.isfinite(column)
+            if not finite.all():
+                mark(name, ~finite)
+        if values.observers.size:
+            for i, name in enumerate(self.config.observer_names):
+                finite = np.isfinite(values.observers[:, i])
+                if not finite.all():
+                    mark(name, ~finite)
+        for group in (g for g in self.config.groups if g.is_candidates):
+            rows, local, contents = values.candidates[group.name]
+            for name, content in zip(group.features, contents, strict=True):
+                if not np.isfinite(content).all():  # rare: find the jets (stored part only)
+                    mark(name, rows[(local < group.length) & ~np.isfinite(content)])
+        dropped = int((keep & bad).sum())
+        return keep & ~bad, dropped, by_branch
+
+    def fill_rows(self, values: Gathered, selected: np.ndarray, label: np.ndarray,
+                  process: str) -> np.ndarray:
+        """The (selected jets, columns) float32 matrix: features (candidates padded with
+        zeros and clipped to the group length), observers, process, truth one-hot."""
+        config, layout = self.config, self.layout
         m = len(selected)
-        position = np.full(n, -1, dtype=np.int64)
+        position = np.full(len(label), -1, dtype=np.int64)
         position[selected] = np.arange(m)
-
         matrix = _zeroed_buffer("rows", m, layout.n_columns)
         for group in config.groups:
             block = matrix[:, layout.slice(group.name)]
             if not group.is_candidates:
                 for j, feature in enumerate(group.features):
-                    block[:, j] = scalars[feature][selected]
+                    block[:, j] = values.scalars[feature][selected]
                 continue
-            rows, local, contents = candidates[group.name]
+            rows, local, contents = values.candidates[group.name]
             target = position[rows]
             take = np.flatnonzero((target >= 0) & (local < group.length))
             # fill feature-major (sequential writes), then transpose into the row block
@@ -235,35 +311,64 @@ class JetTupleProcessor(processor.ProcessorABC):
             block.reshape(m, group.length, len(contents))[...] = \
                 dense.reshape(len(contents), m, group.length).transpose(1, 2, 0)
         if config.observers:
-            matrix[:, layout.slice("observers")] = layout.encode_observers(observers[selected])
-        matrix[:, layout.process_column] = self.process_index[meta["dataset"]]
+            matrix[:, layout.slice("observers")] = layout.encode_observers(
+                values.observers[selected])
+        matrix[:, layout.process_column] = self.process_index[process]
         matrix[np.arange(m), layout.slice("truth").start + label[selected]] = 1.0
+        return matrix
 
-        pt_bin = bin_index(pt[selected], config.pt_bins)
-        eta_bin = bin_index(eta[selected], config.eta_bins)
+    def histogram(self, chunk: Chunk, selected: np.ndarray, label: np.ndarray) -> np.ndarray:
+        """Selected jets per truth label in the (pT, eta) bins."""
+        config = self.config
+        pt_bin = bin_index(chunk.scalar(config.pt_key)[selected], config.pt_bins)
+        eta_bin = bin_index(chunk.scalar(config.eta_key)[selected], config.eta_bins)
         n_pt, n_eta = len(config.pt_bins) - 1, len(config.eta_bins) - 1
         flat_bin = (label[selected] * n_pt + pt_bin) * n_eta + eta_bin
         histogram = np.bincount(flat_bin, minlength=len(config.truths) * n_pt * n_eta)
-        histogram = histogram.reshape(len(config.truths), n_pt, n_eta).astype(np.float64)
+        return histogram.reshape(len(config.truths), n_pt, n_eta).astype(np.float64)
 
-        staged = []
-        if m:
-            path = Path(self.staging_dir) / staged_name(self.file_index[filename],
-                                                        meta["entrystart"])
-            matrix.tofile(path)
-            key.tofile(f"{path}.keys")
-            staged.append((str(path), m))
-        counts = {
-            "entries": n,
-            "selected": m,
-            "out_of_window": int((~in_window).sum()),
-            "no_label": int((in_window & (n_true == 0)).sum()),
-            "multi_label": int((mask & (n_true > 1)).sum()),
-            "rejected": rejected,
-            "non_finite": n_bad,
+    def stage(self, chunk: Chunk, matrix: np.ndarray, key: np.ndarray) -> list[tuple[str, int]]:
+        """Write the rows and their shuffle keys to the staging directory (nothing for a
+        chunk without selected jets)."""
+        if not len(matrix):
+            return []
+        path = Path(self.staging_dir) / staged_name(self.file_index[chunk.filename],
+                                                    chunk.entry_start)
+        write_raw(path, matrix)
+        write_raw(f"{path}.keys", key)
+        return [(str(path), len(matrix))]
+
+    def process(self, events: Any) -> dict[str, Any]:
+        meta = events.metadata
+        n, read, jet_id = self.jet_source(events)
+        chunk = Chunk(meta["filename"], meta["dataset"], int(meta["entrystart"]), n, jet_id,
+                      read, self.derived)
+        label, n_true = self.label(chunk)
+        keep, counts, non_finite = self.select(chunk, n_true)
+        values = self.gather(chunk)
+        keep, dropped, by_branch = self.drop_non_finite(values, keep)
+        counts["non_finite"] += dropped
+        for name, count in by_branch.items():
+            non_finite[name] = non_finite.get(name, 0) + count
+        # order the selected jets by shuffle key, then fill the rows in that order
+        selected = np.flatnonzero(keep)
+        key = shuffle_key(self.seed, self.file_index[chunk.filename], jet_id[selected])
+        order = np.argsort(key, kind="stable")
+        selected, key = selected[order], key[order]
+        matrix = self.fill_rows(values, selected, label, chunk.process)
+        counts["selected"] = len(selected)
+        counts["multi_label"] = int((n_true[selected] > 1).sum())
+        labels = np.bincount(label[selected], minlength=len(self.config.truths))
+        return {
+            "staged": self.stage(chunk, matrix, key),
+            "histogram": self.histogram(chunk, selected, label),
+            "counts": counts,
+            "rows_per_file": {chunk.filename: len(selected)},
+            "non_finite_branches": non_finite,
+            "labels_per_process": {chunk.process: {
+                name: int(k) for name, k in zip(self.config.truth_labels, labels, strict=True)
+                if k}},
         }
-        return {"staged": staged, "histogram": histogram, "counts": counts,
-                "rows_per_file": {filename: m}}
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
         return accumulator

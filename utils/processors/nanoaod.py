@@ -71,20 +71,23 @@ class NanoAODProcessor(JetTupleProcessor):
     rows_per_entry = 10  # a generous number of jets per event, to size the staging
 
     @classmethod
-    def missing_branches(cls, config: Config, available: set[str]) -> list[str]:
-        missing = []
+    def source_branches(cls, config: Config, available: set[str]
+                        ) -> tuple[list[str], list[str]]:
+        needed, missing = [], []
         for name in config.branches:
-            if _source_branches(config, name, available) is None:
-                if name.startswith(tuple(CANDIDATE_PREFIXES)):
-                    field = name.split("_", 1)[1]
-                    missing.append(f"{name} (from PFCands_{field} or JetPFCands_{field}, "
-                                   "with JetPFCands_jetIdx/pFCandsIdx and PFCands_charge)")
-                elif name.startswith(SV_PREFIX):
-                    missing.append(f"{name} (from SV_{name[len(SV_PREFIX):]}, SV_eta, SV_phi, "
-                                   "SV_dlenSig)")
-                else:
-                    missing.append(name)
-        return missing
+            sources = _source_branches(config, name, available)
+            if sources is not None:
+                needed += sources
+            elif name.startswith(tuple(CANDIDATE_PREFIXES)):
+                field = name.split("_", 1)[1]
+                missing.append(f"{name} (from PFCands_{field} or JetPFCands_{field}, "
+                               "with JetPFCands_jetIdx/pFCandsIdx and PFCands_charge)")
+            elif name.startswith(SV_PREFIX):
+                missing.append(f"{name} (from SV_{name[len(SV_PREFIX):]}, SV_eta, SV_phi, "
+                               "SV_dlenSig)")
+            else:
+                missing.append(name)
+        return list(dict.fromkeys(needed)), missing
 
     @classmethod
     def preload_branches(cls, config: Config) -> list[str] | None:

@@ -10,7 +10,6 @@ carried across chunks so training batches are full.
 
 from __future__ import annotations
 
-import json
 import math
 import queue
 import threading
@@ -20,16 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from utils.dataset.chunk_format import read_chunk, read_header
+from utils.dataset.directory import DatasetDirectory
 from utils.dataset.layout import ColumnLayout
+from utils.errors import BHiveError
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class DataError(ValueError):
+class DataError(BHiveError, ValueError):
     """The dataset cannot provide what was asked (no files, no jets of a class, ...)."""
 
 
@@ -51,20 +52,12 @@ class Split:
     warning: str = ""
 
 
-def dataset_shards(dataset_dir: str | Path, files: Sequence[Path]) -> list[Shard]:
-    """One shard per chunk file with its rows and weight sum from ``weights.json``."""
-    meta_path = Path(dataset_dir) / "weights.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    by_name = {name: (rows, w) for name, rows, w in zip(
-        meta.get("files", []), meta.get("rows", []), meta.get("sum_weight", []), strict=True)}
-    shards = []
-    for path in files:
-        rows, weight = by_name.get(Path(path).name, (None, None))
-        if rows is None:
-            rows = read_header(path)[0][0]
-            weight = float(rows)
-        shards.append(Shard(Path(path), 0, None, int(rows), float(weight)))
-    return shards
+def dataset_shards(dataset_dir: str | Path) -> list[Shard]:
+    """One shard per chunk file of an exported dataset (rows and weight sum from its
+    bookkeeping); the dataset must be complete."""
+    directory = DatasetDirectory(dataset_dir)
+    directory.check()
+    return [Shard(c.path, 0, None, c.rows, c.sum_weight) for c in directory.chunks()]
 
 
 def split_shards(shards: Sequence[Shard], fraction: float = 0.85,
@@ -341,10 +334,3 @@ def make_loader(dataset: ChunkDataset, workers: int = 0) -> Iterable[dict[str, t
     if workers <= 0:
         return dataset.iterate()
     return ThreadLoader(dataset, workers)
-
-
-def make_dataloader(dataset: ChunkDataset, workers: int) -> DataLoader:
-    """A torch DataLoader with ``workers`` processes reading disjoint shards (alternative to
-    :class:`ThreadLoader`, e.g. for Python-heavy custom datasets)."""
-    return DataLoader(dataset, batch_size=None, num_workers=workers,
-                      pin_memory=torch.cuda.is_available())

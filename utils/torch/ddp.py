@@ -16,12 +16,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from utils.errors import InterruptedRun
+from utils.io import write_json
+
+SHUTDOWN_SECONDS = 60
 
 
 def launch(spec: dict[str, Any], nproc: int, out_dir: Path) -> None:
@@ -30,19 +36,27 @@ def launch(spec: dict[str, Any], nproc: int, out_dir: Path) -> None:
     if nproc < 2:
         raise ValueError(f"--ddp needs at least 2 processes, got {nproc}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / ".ddp_spec.json"
-    path.write_text(json.dumps(spec, indent=2, default=str))
+    path = write_json(out_dir / ".ddp_spec.json", spec)
     env = dict(os.environ)
     if not torch.cuda.is_available():  # share the CPU cores between the processes
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", "-m", "utils.torch.ddp", str(path)]
+    process = subprocess.Popen(command, env=env)
     try:
-        result = subprocess.run(command, env=env)
+        returncode = process.wait()
+    except KeyboardInterrupt:  # stop the ranks through torchrun, which forwards the signal
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(SHUTDOWN_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise
     finally:
         path.unlink(missing_ok=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"distributed training failed (exit code {result.returncode}); "
+    if returncode != 0:
+        raise RuntimeError(f"distributed training failed (exit code {returncode}); "
                            f"command: {' '.join(command)}")
 
 
@@ -50,8 +64,9 @@ def main(spec_path: str) -> None:
     import torch.distributed as dist
 
     from utils.config import load_config
+    from utils.settings import TrainSettings
     from utils.torch.run import run_training
-    from utils.torch.training import DistContext, TrainSettings
+    from utils.torch.training import DistContext
 
     spec = json.loads(Path(spec_path).read_text())
     cuda = torch.cuda.is_available()
@@ -62,15 +77,19 @@ def main(spec_path: str) -> None:
     if cuda:
         torch.cuda.set_device(device)
     settings = spec.pop("settings")
-    settings["betas"] = tuple(settings["betas"])
     try:
         run_training(config=load_config(spec.pop("config")),
                      settings=TrainSettings(**settings),
                      dataset_dir=Path(spec.pop("dataset_dir")),
                      out_dir=Path(spec.pop("out_dir")), device=device,
                      dist=DistContext(rank, world), **spec)
+    except InterruptedRun as exc:
+        if rank == 0:
+            print(exc, flush=True)
+        sys.exit(130)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def training_spec(config: str, settings: Any, **kwargs: Any) -> dict[str, Any]:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from utils.dataset.export import read_processed_files
+from utils.config import label_to_class
+from utils.io import atomic_path, save_npy, write_json
 from utils.models import BaseModel
 from utils.progress import console, progress_bar
+from utils.torch.checkpoint import check_classes, load_checkpoint, pick_device
 from utils.torch.data import TEST, ChunkDataset, dataset_shards, make_loader
-from utils.torch.training import load_checkpoint, pick_device
 
 PREDICTION_FILES = ("prediction.npy", "truth.npy", "kinematics.npy", "process.npy",
                     "output.root", "classes.json", "inference_time.json")
@@ -48,14 +47,12 @@ def predict(model: BaseModel, data: ChunkDataset, device: torch.device, workers:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def load_trained_model(model: BaseModel, checkpoint: str | Path,
-                       device: torch.device) -> dict[str, Any]:
-    """Load weights into ``model`` (weights_only); check the checkpoint's class list."""
+def load_trained_model(model: BaseModel, checkpoint: str | Path, device: torch.device,
+                       classes: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """Load weights into ``model`` (weights_only), refusing a checkpoint trained with
+    another label -> class mapping than ``classes``."""
     state = load_checkpoint(checkpoint, device)
-    classes = state.get("class_names")
-    if classes is not None and list(classes) != list(model.spec.class_names):
-        raise ValueError(f"{checkpoint} was trained for classes {classes}, the model is built "
-                         f"for {list(model.spec.class_names)}")
+    check_classes(state, classes, checkpoint)
     model.load_state_dict(state["model_state_dict"])
     return state
 
@@ -63,16 +60,16 @@ def load_trained_model(model: BaseModel, checkpoint: str | Path,
 def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, ...]],
                   checkpoint: Path, test_dir: Path, out_dir: Path, batch_size: int = 1024,
                   workers: int = 1, precision: str = "float32",
-                  device: torch.device | None = None) -> dict[str, np.ndarray]:
+                  device: torch.device | None = None, verbose: bool = False
+                  ) -> dict[str, np.ndarray]:
     """Predict every jet of the test dataset and write the inference outputs to ``out_dir``:
     prediction.npy (logits), truth.npy (class index), kinematics.npy (pt, eta), process.npy,
     output.root, classes.json (class names and their truth labels) and inference_time.json."""
     device = device or pick_device()
     model.to(device)
-    load_trained_model(model, checkpoint, device)
-    shards = dataset_shards(test_dir, read_processed_files(test_dir))
-    mapping = {label: i for i, labels in enumerate(classes.values()) for label in labels}
-    data = ChunkDataset(shards, model.input_groups, mapping, batch_size, TEST,
+    load_trained_model(model, checkpoint, device, classes)
+    shards = dataset_shards(test_dir)
+    data = ChunkDataset(shards, model.input_groups, label_to_class(classes), batch_size, TEST,
                         precision=precision, columns=(config.pt_key, config.eta_key),
                         observers=True)
     console.print(f"[bold]Inference[/] of {model.name} on {len(shards)} file(s) "
@@ -87,18 +84,23 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
         "kinematics.npy": pred["columns"][:, :2].astype(np.float32),
         "process.npy": pred["process"].astype(np.int64),
     }
+    writing = time.perf_counter()
     for name, array in save.items():
-        tmp = out_dir / f".{name}.tmp-{os.getpid()}.npy"
-        np.save(tmp, array)
-        os.replace(tmp, out_dir / name)
+        save_npy(out_dir / name, array)
     write_output_root(out_dir / "output.root", config, list(classes), pred)
-    (out_dir / "classes.json").write_text(json.dumps({
+    write_json(out_dir / "classes.json", {
         "model_name": model.name, "config": config.name, "class_names": list(classes),
-        "classes": {k: list(v) for k, v in classes.items()}}, indent=2) + "\n")
+        "classes": {k: list(v) for k, v in classes.items()}})
     timing = {"seconds": seconds, "jets": n, "jets_per_second": n / max(seconds, 1e-9),
               "device": str(device), "batch_size": batch_size}
-    (out_dir / "inference_time.json").write_text(json.dumps(timing, indent=2) + "\n")
+    write_json(out_dir / "inference_time.json", timing)
     console.print(f"  {n:,} jets in {seconds:.1f} s ({timing['jets_per_second']:,.0f} jets/s)")
+    if verbose:
+        per_class = np.bincount(pred["target"], minlength=len(classes))
+        console.print("  test jets per class: " + ", ".join(
+            f"{name} {k:,}" for name, k in zip(classes, per_class, strict=True)))
+        console.print(f"  time: prediction {seconds:.1f} s, writing the outputs "
+                      f"{time.perf_counter() - writing:.1f} s")
     return pred
 
 
@@ -126,8 +128,6 @@ def write_output_root(path: Path, config: Any, class_names: Sequence[str],
         values = pred["observers"][:, j]
         integral = np.all(values == np.round(values)) and np.abs(values).max(initial=0) < 2**62
         branches[name] = values.astype(np.int64) if integral else values
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with uproot.recreate(tmp) as f:
+    with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
         f.mktree("tree", {k: v.dtype for k, v in branches.items()})
         f["tree"].extend(branches)
-    os.replace(tmp, path)

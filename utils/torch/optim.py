@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-SCHEDULERS = ("none", "epoch_lin_decay", "batch_lin_decay", "batch_cosine_warmup")
+from utils.errors import BHiveError
+from utils.settings import SCHEDULERS, TrainSettings
+
 DECAY_FRACTION = 0.3  # the decay schedules act on the last 30 % of the steps
 
 
-class OptimConfigError(ValueError):
+class OptimConfigError(BHiveError, ValueError):
     """An optimiser, scheduler or loss name or value is invalid."""
 
 
@@ -83,6 +85,17 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int,
     factor: Callable[[int], float] = lambda step: schedule_factor(  # noqa: E731
         name, step, total, decay_factor, warmup)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), per_batch
+
+
+def check_settings(settings: TrainSettings) -> None:
+    """Build the optimiser, schedule and loss of ``settings`` on a dummy parameter, so that
+    a bad name fails before anything is written."""
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = make_optimizer(settings.optimizer, params, settings.learning_rate,
+                               settings.beta_pair, settings.eps, settings.weight_decay)
+    make_scheduler(settings.lr_scheduler, optimizer, settings.epochs, 1,
+                   settings.lr_decay_factor)
+    make_loss(settings.loss_function)
 
 
 def make_loss(name: str) -> nn.Module:

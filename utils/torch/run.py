@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from utils.dataset.export import read_processed_files
+from utils.config import label_to_class
+from utils.errors import InterruptedRun
 from utils.models import BaseModel, InputSpec, get_model
 from utils.progress import console
+from utils.settings import TrainSettings
+from utils.torch.checkpoint import completed_epochs, pick_device
 from utils.torch.data import (
     TRAIN,
     VALIDATION,
@@ -20,7 +26,7 @@ from utils.torch.data import (
     split_rows,
     split_shards,
 )
-from utils.torch.training import DistContext, Trainer, TrainSettings, pick_device
+from utils.torch.training import DistContext, Trainer
 
 
 def model_classes(model_cls: type[BaseModel], config: Any) -> dict[str, tuple[str, ...]]:
@@ -34,10 +40,6 @@ def model_classes(model_cls: type[BaseModel], config: Any) -> dict[str, tuple[st
     return classes
 
 
-def label_to_class(classes: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
-    return {label: i for i, labels in enumerate(classes.values()) for label in labels}
-
-
 def build_model(config: Any, model_name: str) -> tuple[BaseModel, dict[str, tuple[str, ...]]]:
     """Instantiate ``model_name`` with input sizes from ``config``; return it and its classes."""
     model_cls = get_model(model_name)
@@ -45,28 +47,73 @@ def build_model(config: Any, model_name: str) -> tuple[BaseModel, dict[str, tupl
     return model_cls(InputSpec.from_config(config, tuple(classes))), classes
 
 
+def interrupted_message(out_dir: Path) -> str:
+    """What to tell a user whose training was stopped."""
+    done = completed_epochs(out_dir)
+    return (f"interrupted after epoch {done[-1] if done else 0}; run the same command again "
+            "to resume")
+
+
+@contextlib.contextmanager
+def interruptible(out_dir: Path) -> Iterator[None]:
+    """SIGTERM (batch systems, ``kill``) is treated like Ctrl-C; either ends the block with
+    :class:`InterruptedRun` saying after which epoch it stopped. Completed epochs are kept
+    (checkpoints are atomic), so running the same command again resumes."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = None
+    if main:
+        def stop(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise InterruptedRun(interrupted_message(out_dir)) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def run_training(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
-                 settings: TrainSettings, train_val_split: float = 0.85,
-                 n_train_files: int = -1, precision: str = "float32",
-                 total_epochs: int | None = None, resume_epoch: int | None = None,
-                 require_resume: bool = False, terminal_plot: bool = False,
-                 device: torch.device | None = None, dist: DistContext | None = None,
-                 parameters: dict[str, Any] | None = None) -> Trainer:
+                 settings: TrainSettings, total_epochs: int | None = None,
+                 resume_epoch: int | None = None, require_resume: bool = False,
+                 terminal_plot: bool = False, device: torch.device | None = None,
+                 dist: DistContext | None = None, parameters: dict[str, Any] | None = None,
+                 on_start: Callable[[], None] | None = None, verbose: bool = False) -> Trainer:
     """Train and write checkpoints, metrics and plots into ``out_dir``.
 
     With ``dist`` (torch.distributed initialised, see utils/torch/ddp.py) every rank trains on
     a disjoint share of the files with ``batch_size / world`` jets per step (the same global
     batch size); rank 0 prints and writes. ``parameters`` (the task's significant values) are
-    stored in every checkpoint; a checkpoint made with other values is never resumed.
+    stored in every checkpoint; a checkpoint made with other values or another label ->
+    class mapping is never resumed. ``on_start`` is called (on rank 0) once the model, the
+    data and the checkpoint to resume from are found valid, right before training starts.
+    SIGINT/SIGTERM end the training with :class:`InterruptedRun`.
     """
+    with interruptible(out_dir):
+        return _run(config, model_name, dataset_dir, out_dir, settings, total_epochs,
+                    resume_epoch, require_resume, terminal_plot, device, dist, parameters,
+                    on_start, verbose)
+
+
+def _run(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
+         settings: TrainSettings, total_epochs: int | None, resume_epoch: int | None,
+         require_resume: bool, terminal_plot: bool, device: torch.device | None,
+         dist: DistContext | None, parameters: dict[str, Any] | None,
+         on_start: Callable[[], None] | None, verbose: bool) -> Trainer:
+    from utils.plotting.style import set_figure_label
+
+    set_figure_label(config.figure_text)
     torch.manual_seed(settings.seed)
     dist = dist or DistContext()
     if settings.batch_size % dist.world:
         raise ValueError(f"--batch-size {settings.batch_size} must be divisible by the "
                          f"{dist.world} distributed processes")
     model, classes = build_model(config, model_name)
-    shards = dataset_shards(dataset_dir, read_processed_files(dataset_dir))
-    split = split_shards(shards, train_val_split, n_train_files if n_train_files > 0 else None)
+    shards = dataset_shards(dataset_dir)
+    n_train = settings.n_train_files if settings.n_train_files > 0 else None
+    split = split_shards(shards, settings.train_val_split, n_train)
     if split.warning and dist.main:
         console.print(f"[yellow]Warning: {split.warning}[/]")
     if dist.world > 1 and len(split.train) < 4 * dist.world:
@@ -75,6 +122,7 @@ def run_training(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
     mapping = label_to_class(classes)
     groups = model.input_groups
     per_rank = settings.batch_size // dist.world
+    precision = settings.training_precision
     train = ChunkDataset(split.train, groups, mapping, per_rank, TRAIN,
                          sampling=not settings.loss_weighting, seed=settings.seed,
                          precision=precision)
@@ -83,19 +131,21 @@ def run_training(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
     train.set_rank(dist.rank, dist.world)
     val.set_rank(dist.rank, dist.world)
     device = device or pick_device()
-    metadata = {"config_name": config.name, "model_name": model_name,
-                "class_names": list(classes), "classes": {k: list(v) for k, v in
-                                                          classes.items()},
+    metadata = {"config_name": config.name, "config_fingerprint": config.fingerprint(),
+                "model_name": model_name, "class_names": list(classes),
+                "classes": {k: list(v) for k, v in classes.items()},
                 "parameters": dict(parameters or {})}
     trainer = Trainer(model, train, val, out_dir, settings, device, metadata=metadata,
                       epoch_callback=_terminal_roc(list(classes)) if terminal_plot else None,
-                      dist=dist)
+                      dist=dist, verbose=verbose)
     resumed = trainer.resume(resume_epoch)
     if require_resume and not resumed:
         raise FileNotFoundError(f"--resume-training: no checkpoint in {out_dir}")
     if dist.main:
-        _print_setup(split, settings, train, val, model_name, classes, model, precision, device,
-                     dist)
+        if on_start is not None:
+            on_start()
+        _print_setup(split, settings, train, val, model_name, classes, model, device, dist,
+                     verbose)
         if resumed:
             console.print(f"  Resuming after epoch {trainer.epoch} from "
                           f"{trainer.checkpoint_path(trainer.epoch).name}")
@@ -110,13 +160,33 @@ def run_training(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
     return trainer
 
 
+def _class_counts(shards: Any, class_names: list[str], mapping: Mapping[str, int]) -> str:
+    """Jets per class in the chunk files of ``shards`` (read from the chunks' truth
+    columns, so it is exact for any split)."""
+    from utils.dataset.chunk_format import read_chunk
+
+    counts = np.zeros(len(class_names), dtype=np.int64)
+    for shard in shards:
+        rows, layout = read_chunk(shard.path)
+        lookup = np.array([mapping.get(label, -1) for label in layout.truth_labels])
+        classes = lookup[np.argmax(rows[shard.start:shard.stop, layout.slice("truth")], axis=1)]
+        counts += np.bincount(classes[classes >= 0], minlength=len(class_names))
+    return ", ".join(f"{name} {n:,}" for name, n in zip(class_names, counts, strict=True))
+
+
 def _print_setup(split: Any, settings: TrainSettings, train: ChunkDataset, val: ChunkDataset,
                  model_name: str, classes: dict[str, tuple[str, ...]], model: BaseModel,
-                 precision: str, device: torch.device, dist: DistContext) -> None:
+                 device: torch.device, dist: DistContext, verbose: bool) -> None:
     console.print("[bold]Training[/]")
     console.print(f"  #Train files: {len(split.train)} ({sum(s.rows for s in split.train):,} "
                   f"jets)   #Val files: {len(split.validation)} "
                   f"({sum(s.rows for s in split.validation):,} jets)")
+    if verbose:
+        mapping = label_to_class(classes)
+        console.print(f"  training jets per class: "
+                      f"{_class_counts(split.train, list(classes), mapping)}")
+        console.print(f"  validation jets per class: "
+                      f"{_class_counts(split.validation, list(classes), mapping)}")
     if settings.loss_weighting:
         console.print("  Using loss weighting (per-jet pT-eta weights in the loss, no sampling)")
     else:
@@ -129,7 +199,7 @@ def _print_setup(split: Any, settings: TrainSettings, train: ChunkDataset, val: 
                   f"Optimizer: {settings.optimizer}   Scheduler: {settings.lr_scheduler}")
     console.print(f"  Total number of parameters: {model.n_parameters():,}")
     console.print(f"  Batch size {settings.batch_size}, learning rate "
-                  f"{settings.learning_rate:g}, batches of {precision}"
+                  f"{settings.learning_rate:g}, batches of {settings.training_precision}"
                   f"{', mixed precision' if settings.mixed_precision else ''}")
     where = f"{dist.world} processes (DistributedDataParallel) on {device.type}" \
         if dist.world > 1 else str(device)
@@ -146,9 +216,9 @@ def _terminal_roc(class_names: list[str]) -> Any:
     def callback(epoch: int, pred: dict[str, np.ndarray]) -> None:
         disc = by_name("BvsL")
         try:
-            _, score, signal = evaluate(disc, softmax(pred["logits"]), pred["target"],
-                                        class_names)
-            fpr, tpr, _ = roc_curve(score, signal)
+            _, score, signal_ = evaluate(disc, softmax(pred["logits"]), pred["target"],
+                                         class_names)
+            fpr, tpr, _ = roc_curve(score, signal_)
         except (EvaluationError, KeyError):
             return
         console.print(Text.from_ansi(terminal_roc({f"BvsL AUC {auc(fpr, tpr):.3f}": (tpr, fpr)},

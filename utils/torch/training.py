@@ -8,9 +8,7 @@ One place, :meth:`Trainer.training_step`, turns a batch into a loss; its first a
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import shutil
+import io
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,42 +19,30 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.io import save_npz, write_bytes
 from utils.progress import console, progress_bar
+from utils.settings import TrainSettings
+from utils.torch.checkpoint import (
+    BEST,
+    check_classes,
+    checkpoint_path,
+    completed_epochs,
+    load_checkpoint,
+    pick_device,
+)
 from utils.torch.data import ChunkDataset, make_loader
+from utils.torch.inference import predict
 from utils.torch.optim import make_loss, make_optimizer, make_scheduler
 
 Perturbation = Callable[[nn.Module, dict[str, torch.Tensor], torch.Tensor, Callable], dict]
-CHECKPOINT = re.compile(r"model_(\d+)\.pt$")
-METRICS = ("loss", "accuracy", "jets", "seconds", "jets_per_second", "learning_rate")
+METRICS = ("loss", "accuracy", "jets", "seconds", "jets_per_second", "learning_rate",
+           "load_seconds")
 
 
 def nominal(model: nn.Module, inputs: dict[str, torch.Tensor], target: torch.Tensor,
             loss: Callable) -> dict[str, torch.Tensor]:
     """No perturbation (nominal training)."""
     return inputs
-
-
-@dataclass
-class TrainSettings:
-    """Hyper-parameters of one training (the TrainingTask parameters)."""
-
-    epochs: int = 1
-    batch_size: int = 1024
-    learning_rate: float = 1e-3
-    optimizer: str = "AdamW"
-    betas: tuple[float, float] = (0.95, 0.999)
-    eps: float = 1e-6
-    weight_decay: float | None = None
-    lr_scheduler: str = "epoch_lin_decay"
-    lr_decay_factor: float = 1e-2
-    loss_function: str = "CrossEntropyLoss"
-    loss_weighting: bool = False
-    mixed_precision: bool = False
-    use_torch_compile: bool = False
-    torch_compile_mode: str = "default"
-    seed: int = 123456
-    loader_workers: int = 1
-    terminal_plot: bool = False
 
 
 @dataclass
@@ -121,11 +107,6 @@ class DistContext:
             dist.barrier()
 
 
-def pick_device() -> torch.device:
-    """CUDA if available at run time, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
@@ -137,7 +118,7 @@ class Trainer:
                  out_dir: Path, settings: TrainSettings, device: torch.device | None = None,
                  perturb: Perturbation = nominal, metadata: Mapping[str, Any] | None = None,
                  epoch_callback: Callable[[int, dict[str, np.ndarray]], None] | None = None,
-                 dist: DistContext | None = None) -> None:
+                 dist: DistContext | None = None, verbose: bool = False) -> None:
         dist = dist or DistContext()
         self.model = model
         self.train_data, self.val_data = train_data, val_data
@@ -148,10 +129,11 @@ class Trainer:
         self.metadata = dict(metadata or {})
         self.epoch_callback = epoch_callback
         self.dist = dist
+        self.verbose = verbose
         torch.manual_seed(settings.seed)
         self.model.to(self.device)
         self.optimizer = make_optimizer(settings.optimizer, model.parameters(),
-                                        settings.learning_rate, settings.betas, settings.eps,
+                                        settings.learning_rate, settings.beta_pair, settings.eps,
                                         settings.weight_decay)
         self.batches_per_epoch = max(1, train_data.expected_batches())
         self.scheduler, self.per_batch = make_scheduler(
@@ -219,8 +201,9 @@ class Trainer:
         self.model.train()
         self.train_data.set_epoch(self.epoch)
         torch.manual_seed(epoch_seed(self.settings.seed, self.epoch))
-        loader = iter(make_loader(self.train_data, self.settings.loader_workers))
+        loader = iter(make_loader(self.train_data, self.settings.n_threads))
         total_loss = correct = jets = 0.0
+        waiting = 0.0
         lr_start = self.lr
         start = time.perf_counter()
         description = f"Epoch {self.epoch + 1}/{self.settings.epochs} training"
@@ -230,7 +213,9 @@ class Trainer:
                           loss=float("nan"), lr=self.lr, rate=0.0,
                           disable=not self.dist.main) as bar:
             while True:
+                tick = time.perf_counter()
                 batch = next(loader, None)
+                waiting += time.perf_counter() - tick
                 # all ranks take the same number of steps: stop when any runs out of data
                 if not self.dist.everyone(batch is not None):
                     break
@@ -254,15 +239,13 @@ class Trainer:
                                             self.train_data.batch_size))
         return {"loss": total_loss / jets, "accuracy": correct / jets, "jets": jets,
                 "seconds": seconds, "jets_per_second": jets / seconds,
-                "learning_rate": lr_start}
+                "learning_rate": lr_start, "load_seconds": waiting}
 
     def predict(self, data: ChunkDataset, description: str = "Predicting"
                 ) -> dict[str, np.ndarray]:
         """Logits and batch fields for every jet of ``data`` (no sampling, file order)."""
-        from utils.torch.inference import predict
-
         dtype = self.amp_dtype if self.settings.mixed_precision else None
-        return predict(self.model, data, self.device, self.settings.loader_workers,
+        return predict(self.model, data, self.device, self.settings.n_threads,
                        description, dtype, quiet=not self.dist.main)
 
     def validate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -282,7 +265,8 @@ class Trainer:
         seconds = time.perf_counter() - start
         metrics = {"loss": loss_sum / max(total, 1e-12), "accuracy": correct_sum /
                    max(total, 1e-12), "jets": n, "seconds": seconds,
-                   "jets_per_second": n / seconds, "learning_rate": self.lr}
+                   "jets_per_second": n / seconds, "learning_rate": self.lr,
+                   "load_seconds": 0.0}
         return metrics, pred
 
     @property
@@ -301,8 +285,10 @@ class Trainer:
             self.epoch += 1
             improved = val["loss"] < self.best_loss
             self.best_loss = min(self.best_loss, val["loss"])
+            tick = time.perf_counter()
             if self.dist.main:
                 self.save_checkpoint(improved)
+            saving = time.perf_counter() - tick
             self.dist.barrier()
             if not self.dist.main:
                 continue
@@ -312,6 +298,10 @@ class Trainer:
                 f"{100 * val['accuracy']:.1f}%{' (best)' if improved else ''} | lr "
                 f"{train['learning_rate']:.2e} | {train['jets_per_second']:,.0f} jets/s | "
                 f"{train['seconds'] + val['seconds']:.1f} s")
+            if self.verbose:
+                console.print(f"  time: training {train['seconds']:.1f} s (waiting for data "
+                              f"{train['load_seconds']:.1f} s), validation {val['seconds']:.1f} "
+                              f"s, checkpoint and plots {saving:.1f} s")
             if self.epoch_callback:
                 self.epoch_callback(self.epoch, pred)
         return self.history
@@ -319,7 +309,7 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint_path(self, epoch: int) -> Path:
         """File of the state after ``epoch`` completed epochs (``model_<epoch-1>.pt``)."""
-        return self.out_dir / f"model_{epoch - 1}.pt"
+        return checkpoint_path(self.out_dir, epoch)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -336,34 +326,38 @@ class Trainer:
         }
 
     def save_checkpoint(self, best: bool) -> None:
-        """Write ``model_<epoch-1>.pt`` (and ``best_model.pt``), metrics and plots atomically."""
+        """Write the metrics, the plots, ``best_model.pt`` (if ``best``) and, last, the
+        checkpoint ``model_<epoch-1>.pt``, each atomically: an epoch counts as done only
+        when its checkpoint exists, and everything before it is rewritten if it is redone."""
+        from utils.plotting.training import plot_history
+
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.checkpoint_path(self.epoch)
-        _atomic_save(self.state(), path)
-        if best:
-            tmp = self.out_dir / f".best_model.pt.tmp-{os.getpid()}"
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, self.out_dir / "best_model.pt")
         for part in ("train", "validation"):
             values = getattr(self.history, part)
             name = "training_metrics.npz" if part == "train" else "validation_metrics.npz"
-            _atomic_npz(self.out_dir / name, {k: np.asarray(v) for k, v in values.items()})
-        from utils.plotting.training import plot_history
-
+            save_npz(self.out_dir / name, **{k: np.asarray(v) for k, v in values.items()})
         plot_history(self.history, self.out_dir)
+        buffer = io.BytesIO()
+        torch.save(self.state(), buffer)
+        if best:
+            write_bytes(self.out_dir / BEST, buffer.getbuffer())
+        write_bytes(self.checkpoint_path(self.epoch), buffer.getbuffer())
 
-    def resume(self, completed_epochs: int | None = None) -> bool:
-        """Load the latest checkpoint (or the one after ``completed_epochs``); False if none."""
-        available = sorted(int(m.group(1)) + 1 for p in self.out_dir.glob("model_*.pt")
-                           if (m := CHECKPOINT.search(p.name)))
-        if completed_epochs is not None:
-            if completed_epochs == 0:
+    def resume(self, completed: int | None = None) -> bool:
+        """Load the latest checkpoint (or the one after ``completed`` epochs); False if none.
+
+        A checkpoint made with other significant parameters or another label -> class
+        mapping is refused (the error names both).
+        """
+        available = completed_epochs(self.out_dir)
+        if completed is not None:
+            if completed == 0:
                 return False
-            if completed_epochs not in available:
-                raise FileNotFoundError(f"no checkpoint after epoch {completed_epochs} "
-                                        f"({self.checkpoint_path(completed_epochs)}); "
+            if completed not in available:
+                raise FileNotFoundError(f"no checkpoint after epoch {completed} "
+                                        f"({self.checkpoint_path(completed)}); "
                                         f"available: {available}")
-            epoch = completed_epochs
+            epoch = completed
         elif available:
             epoch = available[-1]
         else:
@@ -377,6 +371,8 @@ class Trainer:
             raise ValueError(f"{path} was written with other settings ({'; '.join(diffs)}); "
                              "remove the old checkpoints (--remove-output) or choose a new "
                              "--training-version")
+        if "classes" in self.metadata:
+            check_classes(state, self.metadata["classes"], path)
         self.model.load_state_dict(state["model_state_dict"])
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
@@ -387,27 +383,9 @@ class Trainer:
         self.epoch = epoch
         losses = self.history.validation["loss"]
         self.best_loss = min(losses) if losses else float("inf")
-        best = self.out_dir / "best_model.pt"
+        best = self.out_dir / BEST
         if self.dist.main and losses and (not best.exists() or
                                           load_checkpoint(best)["epoch"] > epoch):
-            tmp = best.with_name(f".{best.name}.tmp-{os.getpid()}")
-            shutil.copyfile(self.checkpoint_path(int(np.argmin(losses)) + 1), tmp)
-            os.replace(tmp, best)
+            best_epoch = int(np.argmin(losses)) + 1
+            write_bytes(best, self.checkpoint_path(best_epoch).read_bytes())
         return True
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``: tensors and plain data only)."""
-    return torch.load(path, map_location=device, weights_only=True)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)

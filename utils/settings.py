@@ -1,0 +1,209 @@
+"""The one home of every step's parameters: defaults, help texts and validity (torch-free).
+
+Each step has a frozen dataclass whose fields are its parameters (:class:`ExportSettings`,
+:class:`GenerationSettings`, :class:`TrainSettings`). A field made with :func:`option`
+carries its help text, its validity check and whether it is *stored*: a stored parameter
+left out on the command line takes the value recorded for the version (``parameters.json``),
+else the default written here. The law tasks build their parameters, ``--help`` texts
+("default: ...") and ``stored_defaults`` from these fields (tasks/base.py), and the library
+code receives the validated objects. Building an object validates every value and raises
+:class:`SettingsError` naming the command-line option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from utils.errors import BHiveError
+
+DEFAULT_SEED = 123456
+SCHEDULERS = ("none", "epoch_lin_decay", "batch_lin_decay", "batch_cosine_warmup")
+PRECISIONS = ("float32", "float16", "bfloat16")
+EXECUTORS = ("iterative", "futures", "dask")
+# built-in samples: events per file by process (about 6,500 jets per file each)
+DEFAULT_EVENTS = {"TT": 1200, "QCD": 4000}
+
+
+class SettingsError(BHiveError, ValueError):
+    """A parameter value is invalid (the message names the command-line option)."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """What a parameter is: help text, validity check (``check(value)`` true if valid, with
+    ``requirement`` describing it), choices, and whether it is stored per version."""
+
+    help: str
+    check: Callable[[Any], bool] | None = None
+    requirement: str = ""
+    choices: tuple[str, ...] | None = None
+    stored: bool = True
+
+
+def option(default: Any, help: str, check: Callable[[Any], bool] | None = None,
+           requirement: str = "", choices: tuple[str, ...] | None = None,
+           stored: bool = True) -> Any:
+    """A dataclass field that is a step parameter (see :class:`Option`)."""
+    return field(default=default, metadata={"option": Option(help, check, requirement,
+                                                             choices, stored)})
+
+
+def at_least(low: float) -> Callable[[Any], bool]:
+    return lambda value: value >= low
+
+
+def positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _betas(value: str) -> bool:
+    try:
+        pair = [float(b) for b in str(value).split(",")]
+    except ValueError:
+        return False
+    return len(pair) == 2 and all(0 <= b < 1 for b in pair)
+
+
+def cli_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def options(cls: type) -> dict[str, tuple[Option, Any, str]]:
+    """``{name: (option, default, type name)}`` of a settings dataclass."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if "option" in f.metadata:
+            kind = hints[f.name]
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            out[f.name] = (f.metadata["option"], f.default, (args[0] if args else kind).__name__)
+    return out
+
+
+def stored_defaults(cls: type) -> dict[str, Any]:
+    """Defaults of the stored parameters of ``cls``."""
+    return {name: default for name, (opt, default, _) in options(cls).items() if opt.stored}
+
+
+def validate(settings: Any) -> None:
+    """Raise :class:`SettingsError` for the first invalid value of a settings object."""
+    for name, (opt, _, kind) in options(type(settings)).items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        valid = True
+        if kind in ("int", "float") and (isinstance(value, bool) or
+                                         not isinstance(value, int | float)):
+            valid = False
+        elif kind == "int" and not float(value).is_integer():
+            valid = False
+        elif opt.choices is not None and value not in opt.choices:
+            raise SettingsError(f"{cli_name(name)} must be one of {', '.join(opt.choices)}; "
+                                f"got {value!r}")
+        elif opt.check is not None:
+            try:
+                valid = bool(opt.check(value))
+            except (TypeError, ValueError):
+                valid = False
+        if not valid:
+            raise SettingsError(f"{cli_name(name)} must be {opt.requirement or kind}; got "
+                                f"{value!r}")
+
+
+class _Validated:
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class StepSettings(_Validated):
+    """A step whose only setting is its seed."""
+
+    seed: int = option(DEFAULT_SEED, "random seed of this step (shuffling, sampling, "
+                       "initialisation)", at_least(0), ">= 0")
+
+
+@dataclass(frozen=True)
+class ExportSettings(_Validated):
+    """DatasetConstructorTask: how the exported dataset is cut and shuffled."""
+
+    chunk_size: int = option(100_000, "jets per output file (the last file holds the "
+                             "remainder)", at_least(1), ">= 1")
+    seed: int = option(DEFAULT_SEED, "shuffling seed of the dataset", at_least(0), ">= 0")
+    coffea_worker: int = option(1, "parallel worker processes for the coffea processor and "
+                                "the merge", at_least(1), ">= 1", stored=False)
+    executor: str = option("futures", "coffea executor: 'iterative' (in process), "
+                           "'futures' (process pool of --coffea-worker workers) or 'dask' "
+                           "(dask.distributed: --scheduler-address, or a local cluster of "
+                           "--coffea-worker processes)", choices=EXECUTORS, stored=False)
+
+
+@dataclass(frozen=True)
+class GenerationSettings(_Validated):
+    """GenerateSamplesTask: the built-in Pythia8 samples."""
+
+    n_files: int = option(4, "number of files (workflow branches)", at_least(1), ">= 1",
+                          stored=False)
+    events_per_file: int | None = option(
+        None, "events per file; default: "
+        + ", ".join(f"{n} for {p}" for p, n in DEFAULT_EVENTS.items())
+        + " (about 6,500 jets per file)", at_least(1), ">= 1")
+    pthat_min: float = option(30.0, "QCD only: minimum pT-hat of the hard scattering in "
+                              "GeV", positive, "> 0", stored=False)
+    seed: int = option(DEFAULT_SEED, "base seed of the sample (each file gets its own)",
+                       at_least(0), ">= 0")
+
+    def events(self, process: str) -> int:
+        return self.events_per_file or DEFAULT_EVENTS[process]
+
+
+@dataclass(frozen=True)
+class TrainSettings(_Validated):
+    """Hyper-parameters of one training (the TrainingTask parameters)."""
+
+    epochs: int = option(1, "number of epochs", at_least(1), ">= 1", stored=False)
+    batch_size: int = option(1024, "jets per batch", at_least(1), ">= 1")
+    learning_rate: float = option(1e-3, "initial learning rate", positive, "> 0")
+    optimizer: str = option("AdamW", "any torch.optim optimiser name (AdamW, Adam, RAdam, "
+                            "SGD, ...)")
+    betas: str = option("0.95,0.999", "Adam-type betas as 'b1,b2'", _betas,
+                        "two comma-separated numbers in [0, 1)")
+    eps: float = option(1e-6, "optimiser epsilon", positive, "> 0")
+    weight_decay: float = option(0.01, "weight decay (where the optimiser takes it)",
+                                 at_least(0), ">= 0")
+    lr_scheduler: str = option(
+        "epoch_lin_decay", "learning-rate schedule: none; epoch_lin_decay / batch_lin_decay "
+        "(constant, then a decay over the last 30 per cent of the epochs / batches to "
+        "lr * lr_decay_factor); batch_cosine_warmup (one-epoch warm-up, cosine decay)",
+        choices=SCHEDULERS)
+    lr_decay_factor: float = option(0.01, "final learning rate / initial",
+                                    lambda v: 0 < v <= 1, "in (0, 1]")
+    loss_function: str = option("CrossEntropyLoss", "torch.nn loss on (logits, class)")
+    loss_weighting: bool = option(False, "use the per-jet pT-eta weights in the loss instead "
+                                  "of rejection sampling")
+    mixed_precision: bool = option(False, "automatic mixed precision (float16 on GPU, "
+                                   "bfloat16 on CPU)")
+    training_precision: str = option("float32", "dtype of the batches handed to the device",
+                                     choices=PRECISIONS)
+    train_val_split: float = option(0.85, "fraction of the jets (by chunk file) used for "
+                                    "training, the rest validates (one file: split by rows)",
+                                    lambda v: 0 < v < 1, "in (0, 1)")
+    n_train_files: int = option(-1, "use at most this many training files (-1 or 0: all)",
+                                at_least(-1), ">= -1")
+    seed: int = option(DEFAULT_SEED, "seed of the initialisation, sampling and shuffling",
+                       at_least(0), ">= 0")
+    n_threads: int = option(1, "loader threads, each reading its own files (0: load in the "
+                            "training thread)", at_least(0), ">= 0", stored=False)
+    use_torch_compile: bool = option(False, "compile the model with torch.compile",
+                                     stored=False)
+    torch_compile_mode: str = option("default", "torch.compile mode", stored=False)
+
+    @property
+    def beta_pair(self) -> tuple[float, float]:
+        first, second = (float(b) for b in self.betas.split(","))
+        return first, second

@@ -62,7 +62,7 @@ def setting(settings_class: type, name: str, significant: bool = True,
     if "default:" not in text:
         shown = default if not isinstance(default, bool) else str(default).lower()
         text += f"; default: {shown}" + (" for a new version, else the stored value"
-                                         if opt.stored else "")
+                                         if opt.stored else "") + "."
     kwargs: dict[str, Any] = {"description": help_text(text), "significant": significant}
     if opt.stored:
         if opt.choices is not None:

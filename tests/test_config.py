@@ -158,3 +158,12 @@ def test_derived_may_use_derived(offline_config):
         "global", derived=(Derived("abs_eta", ("jet_eta",), abs),)).replace(
         selection=Derived("central", ("abs_eta",), lambda abs_eta: abs_eta < 1.5))
     assert "abs_eta" not in config.branches and "jet_eta" in config.branches
+
+
+def test_figure_labels_say_what_the_sample_is():
+    assert load_config("demo").figure_text == "Private work (Pythia8 sample)"
+    assert load_config("nanoaod_run3").figure_text == "CMS Simulation Private Work"
+    custom = load_config("offline_run3").replace(figure_label="CMS Phase-2 Simulation")
+    assert custom.figure_text == "CMS Phase-2 Simulation"
+    with pytest.raises(ConfigError, match="key 'figure_label': must be a string"):
+        load_config("offline_run3").replace(figure_label=3)

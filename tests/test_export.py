@@ -194,10 +194,47 @@ def test_debug_mode_limits_input(tmp_path, offline_config, synthetic_files):
 
 def test_nothing_selected_is_an_error(tmp_path, offline_config):
     config = offline_config.replace(pt_bins=(5000, 6000))
-    path = write_synthetic_ntuple(tmp_path / "TT_high.root", config.replace(
-        pt_bins=offline_config.pt_bins), 100)
-    with pytest.raises(ExportError, match="no jet passed the selection in 1 file"):
+    arrays = synthetic_arrays(offline_config, 100, seed=4)
+    arrays["jet_eta"][:7] = np.nan
+    path = write_ntuple(tmp_path / "TT_high.root", config.tree_name, arrays)
+    with pytest.raises(ExportError) as info:
         run_export(config, [path], tmp_path, chunk_size=10)
+    message = str(info.value)
+    assert message.startswith("no jet passed the selection in 1 file(s) (100 entries): 93 "
+                              "outside jet_pt [5000, 6000) / jet_eta [-2.5, 2.5)")
+    assert "without any of the truth labels ['isB', 'isBB'" in message
+    assert message.endswith("7 with NaN/inf (in jet_eta: 7)")
+    assert not list((tmp_path / "dataset" / "work").iterdir())
+
+
+def test_empty_chunks_and_files_and_nan_kinematics(tmp_path, offline_config):
+    """A coffea chunk or a whole file without selected jets is fine (with observers, whose
+    encoding once failed on zero rows); NaN/inf pT or eta counts as NaN/inf, per branch."""
+    config = offline_config.replace(observers=("event",))
+    empty = synthetic_arrays(config, 300, seed=5)
+    empty["jet_pt"] = np.full(300, 5000.0, dtype=np.float32)  # beyond the last pT edge
+    empty_file = write_ntuple(tmp_path / "QCD_empty.root", config.tree_name, empty)
+    arrays = synthetic_arrays(config, 900, seed=6)
+    arrays["jet_pt"][:200] = 5000.0  # the first coffea chunk (200 entries) keeps no jet
+    arrays["jet_pt"][300:305] = np.nan
+    arrays["jet_eta"][305:308] = -np.inf
+    good = write_ntuple(tmp_path / "TT_mixed.root", config.tree_name, arrays)
+    summary, work = run_export(config, [good, empty_file], tmp_path, chunk_size=100,
+                               coffea_chunk_size=200)
+    c = summary.counts
+    assert summary.empty_files == [str(empty_file)]
+    assert summary.inputs[str(empty_file)] == {"process": "QCD", "entries": 300, "selected": 0}
+    assert c["entries"] == 1200 == c["selected"] + c["out_of_window"] + c["no_label"] + \
+        c["rejected"] + c["non_finite"]
+    assert summary.non_finite_branches == {"jet_eta": 3, "jet_pt": 5}
+    assert c["non_finite"] == 8
+    rows = np.concatenate(load_all(work))
+    assert len(rows) == c["selected"] > 0 and np.isfinite(rows).all()
+    info = json.loads((work / "dataset_info.json").read_text())
+    assert info["non_finite_branches"] == {"jet_eta": 3, "jet_pt": 5}
+    assert sum(info["jets_per_process_label"]["TT"].values()) == c["selected"]
+    assert "QCD" not in info["jets_per_process_label"] or \
+        not sum(info["jets_per_process_label"]["QCD"].values())
 
 
 def test_dask_local_cluster_identical_to_futures(tmp_path, offline_config, synthetic_files):

@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import signal
 import subprocess
-import time
+import sys
 
 import numpy as np
 import pytest
@@ -162,6 +160,29 @@ def test_checkpoints_of_other_settings_are_not_resumed(demo_dataset, tmp_path):
                      parameters={"learning_rate": "0.01"})
 
 
+def test_checkpoints_of_another_class_mapping_are_refused(demo_dataset, tmp_path):
+    from utils.torch.checkpoint import CheckpointError
+    from utils.torch.inference import run_inference
+
+    config, directory = demo_dataset
+    settings = TrainSettings(epochs=1, batch_size=64, seed=3, n_threads=0)
+    run_training(config, "MLP", directory, tmp_path / "train", settings)
+    classes = dict(config.classes)
+    classes["uds"], classes["g"] = classes["g"], classes["uds"]  # same names, other labels
+    swapped = config.replace(classes=classes)
+    expected = ("uds: isUD+isS, g: isG}, but the config now maps {b: isB, bb: isBB+isGBB, "
+                "lepb: isLeptonicB+isLeptonicB_C, c: isC+isCC+isGCC, uds: isG, g: isUD+isS}")
+    with pytest.raises(CheckpointError, match="trained with the label -> class mapping") as info:
+        run_training(swapped, "MLP", directory, tmp_path / "train",
+                     dataclasses.replace(settings, epochs=2))
+    assert expected in str(info.value)
+    model, model_classes = build_model(swapped, "MLP")
+    with pytest.raises(CheckpointError) as info:
+        run_inference(swapped, model, model_classes, tmp_path / "train" / "best_model.pt",
+                      directory, tmp_path)
+    assert expected in str(info.value) and "best_model.pt" in str(info.value)
+
+
 def test_sampled_epoch_size_matches_weights(demo_dataset):
     config, directory = demo_dataset
     shards = dataset_shards(directory)
@@ -186,17 +207,13 @@ def test_resume_after_kill_and_parameter_errors(run_law, law_env):
     train = ("TrainingTask", *DEMO, "--training-version", "t1", "--model-name", "DeepJet",
              "--epochs", 3, "--batch-size", 32, "--n-threads", 1)
     out = (run_law.data_path / "TrainingTask" / "demo" / "d1" / "t1" / "DeepJet" / "epochs_3")
+    # SIGKILL when epoch 2 starts (deterministic: tests/faults.py)
     env = dict(law_env, DATA_PATH=str(run_law.data_path))
-    proc = subprocess.Popen(["law", "run", *map(str, train)], env=env, cwd=law_env["B_HIVE_DIR"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while not (out / "model_0.pt").exists():
-        assert proc.poll() is None and time.time() < deadline, "training ended too early"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # mid-epoch 2
-    proc.wait()
-    assert not (out / "model_2.pt").exists()
+    killed = subprocess.run([sys.executable, "-m", "tests.faults", "signal-at-epoch:KILL:1",
+                             "run", *map(str, train)], env=env, cwd=law_env["B_HIVE_DIR"],
+                            capture_output=True, text=True, timeout=900)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (out / "model_0.pt").exists() and not (out / "model_1.pt").exists()
     resumed = run_law(*train)
     assert "Resuming after epoch" in resumed.stdout
     metrics = np.load(out / "training_metrics.npz")
@@ -208,6 +225,7 @@ def test_resume_after_kill_and_parameter_errors(run_law, law_env):
     clash = run_law(*train, "--learning-rate", 0.01, check=False)
     assert clash.returncode != 0
     assert "--learning-rate: '0.001' -> '0.01'" in clash.stdout + clash.stderr
+    assert "Traceback" not in clash.stdout + clash.stderr
     # unspecified hyper-parameters take the stored values: complete, nothing runs
     again = run_law("TrainingTask", *DEMO, "--training-version", "t1", "--model-name",
                     "DeepJet", "--epochs", 3)

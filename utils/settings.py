@@ -178,7 +178,7 @@ class TrainSettings(_Validated):
                                  at_least(0), ">= 0")
     lr_scheduler: str = option(
         "epoch_lin_decay", "learning-rate schedule: none; epoch_lin_decay / batch_lin_decay "
-        "(constant, then a decay over the last 30 per cent of the epochs / batches to "
+        "(constant, then a decay over the last 30% of the epochs / batches to "
         "lr * lr_decay_factor); batch_cosine_warmup (one-epoch warm-up, cosine decay)",
         choices=SCHEDULERS)
     lr_decay_factor: float = option(0.01, "final learning rate / initial",

@@ -29,6 +29,7 @@ class PresetRun(law.WrapperTask):
                                description="file list of the training ROOT files")
     test_filelist = luigi.Parameter(default="", significant=False,
                                     description="file list of the test ROOT files")
+    verbose = BaseTask.verbose
 
     preset: dict[str, Any] = {}
     working_points = True
@@ -37,7 +38,8 @@ class PresetRun(law.WrapperTask):
     def chain_kwargs(self) -> dict[str, Any]:
         return {"dataset_version": self.version, "training_version": self.version,
                 "test_dataset_version": f"testfiles_{self.version}",
-                "filelist": self.filelist, "test_filelist": self.test_filelist, **self.preset}
+                "filelist": self.filelist, "test_filelist": self.test_filelist,
+                "verbose": self.verbose, **self.preset}
 
     def requires(self) -> list[law.Task]:
         kwargs = self.chain_kwargs()
@@ -94,7 +96,8 @@ class DemoRun(BaseTask):
     def chain_kwargs(self) -> dict[str, Any]:
         return {"config": self.config, "model_name": self.model_name, "epochs": self.epochs,
                 "batch_size": self.batch_size, "dataset_version": self.version,
-                "training_version": self.version, "test_dataset_version": f"test_{self.version}"}
+                "training_version": self.version, "test_dataset_version": f"test_{self.version}",
+                "verbose": self.verbose}
 
     def requires(self) -> dict[str, law.Task]:
         kwargs = self.chain_kwargs()

@@ -102,9 +102,9 @@ class ColumnLayout:
 
     def encode_observers(self, values: np.ndarray) -> np.ndarray:
         """(rows, observers) float64 -> the (rows, columns) block in the row dtype (bits)."""
-        values = np.ascontiguousarray(values, dtype=np.float64).reshape(len(values), -1)
-        per_value = 8 // np.dtype(self.dtype).itemsize
-        return values.view(self.dtype).reshape(len(values), values.shape[1] * per_value)
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        per_value = 8 // np.dtype(self.dtype).itemsize  # explicit shape: rows may be 0
+        return values.view(self.dtype).reshape(values.shape[0], values.shape[1] * per_value)
 
     def decode_observers(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Exact float64 observer values from rows (or from their observers block)."""

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from utils.dataset.histograms import FeatureHistograms
-from utils.plotting.style import experiment_label, new_figure, save
+from utils.plotting.style import experiment_label, legend_beside, new_figure, save
 
 SPIKE_RATIO = 20.0
 AXIS_LABELS = {"jet_pt": r"Jet $p_{\mathrm{T}}$ [GeV]", "jet_eta": r"Jet $\eta$"}
@@ -72,9 +72,7 @@ def plot_feature(hists: FeatureHistograms, name: str, process: str, path: str | 
     ax.set_ylabel("Normalised to unit area")
     what = f"{hist.group} candidates (real ones only)" if hist.per_candidate else \
         f"{hist.group}, per jet"
-    ax.text(0.03, 0.96, f"{process}: {what}", transform=ax.transAxes, va="top", ha="left",
-            fontsize=16)
-    ax.legend(loc="upper right", bbox_to_anchor=(1.0, 0.9), fontsize=13)
+    legend_beside(ax, f"{process}: {what}")
     experiment_label(ax)
     return save(fig, path)
 

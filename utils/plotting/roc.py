@@ -11,7 +11,7 @@ import numpy as np
 
 from utils.evaluation.binned import VARIABLE_LABELS, BinnedRate
 from utils.evaluation.discriminants import FLAVOUR_LABELS
-from utils.plotting.style import experiment_label, new_figure, save
+from utils.plotting.style import experiment_label, legend_beside, new_figure, save
 
 MISTAG_FLOOR = 1e-4  # lowest mis-id rate drawn on ROC figures
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
@@ -65,7 +65,7 @@ def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
              path: str | Path, title: str, xlabel: str, ylabel: str) -> list[Path]:
     """ROC figure of ``(label, fpr, tpr, auc)`` curves: efficiency on x, log mis-id on y.
 
-    ``title`` (e.g. :func:`window_label`) is written inside the axes. The y axis starts at
+    ``title`` (e.g. :func:`window_label`) heads the legend beside the axes. The y axis starts at
     the decade of the smallest measured mis-id rate (1 / N_background), at least 1e-4.
     Writes ``path`` .pdf and .png and returns both paths.
     """
@@ -88,8 +88,7 @@ def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
     ax.set_ylabel(ylabel)
     ax.grid(which="major", alpha=0.4)
     ax.grid(which="minor", axis="y", alpha=0.15)
-    ax.text(0.04, 0.95, title, transform=ax.transAxes, va="top", ha="left", fontsize=18)
-    ax.legend(loc="upper left", bbox_to_anchor=(0.0, 0.9), fontsize=18)
+    legend_beside(ax, title, fontsize=16)
     experiment_label(ax)
     return save(fig, path)
 
@@ -99,7 +98,9 @@ def plot_binned(rates: Sequence[BinnedRate], path: str | Path, title: str, ylabe
     """Efficiency or mis-id rate vs jet pT or eta with Wilson error bars, one series per
     :class:`BinnedRate` (several flavours / working points in one figure).
 
-    Empty bins (NaN) are left out. Writes ``path`` .pdf and .png and returns both paths.
+    Empty bins (NaN) are left out; the x axis spans the bins with data. The legend, headed
+    by ``title``, sits beside the axes, so it never hides a point. Writes ``path`` .pdf and
+    .png and returns both paths.
     """
     if not rates:
         raise ValueError("plot_binned needs at least one series")
@@ -111,6 +112,8 @@ def plot_binned(rates: Sequence[BinnedRate], path: str | Path, title: str, ylabe
     flavours = list(dict.fromkeys(r.flavour for r in rates))
     labels = list(dict.fromkeys(r.label for r in rates))
     colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    filled = np.zeros(len(rates[0].edges) - 1, dtype=bool)
+    shown = []
     for r in rates:
         centres = 0.5 * (r.edges[1:] + r.edges[:-1])
         half = 0.5 * np.diff(r.edges)
@@ -119,6 +122,8 @@ def plot_binned(rates: Sequence[BinnedRate], path: str | Path, title: str, ylabe
             ok &= r.rate > 0
         if not ok.any():
             continue
+        filled |= ok
+        shown.append(r.rate[ok])
         flavour = FLAVOUR_LABELS.get(r.flavour, r.flavour)
         name = f"{flavour} jets" + (f", {r.label}" if r.label else "")
         # colour by flavour (by working point if there is one flavour), marker by WP
@@ -129,18 +134,24 @@ def plot_binned(rates: Sequence[BinnedRate], path: str | Path, title: str, ylabe
                     marker=MARKERS[labels.index(r.label) % len(MARKERS)], ls="none", ms=7,
                     capsize=0, label=name)
     edges = rates[0].edges
-    if variable == "pt" and edges[0] > 0 and edges[-1] / edges[0] > 20:
+    if filled.any():
+        used = np.flatnonzero(filled)
+        low, high = edges[used[0]], edges[used[-1] + 1]
+    else:
+        low, high = edges[0], edges[-1]
+    if variable == "pt" and low > 0 and high / low > 8:
         ax.set_xscale("log")
-    ax.set_xlim(edges[0], edges[-1])
+    ax.set_xlim(low, high)
     if log_y:
         ax.set_yscale("log")
-        ax.set_ylim(top=2.0)
+        values = np.concatenate(shown) if shown else np.array([1e-3, 1.0])
+        ax.set_ylim(10 ** math.floor(math.log10(values.min()) - 0.3),
+                    10 ** (math.log10(max(values.max(), 1e-6)) + 0.3))
     else:
-        ax.set_ylim(0, 1.35)
+        ax.set_ylim(0, 1.05)
     ax.set_xlabel(VARIABLE_LABELS.get(variable, variable))
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.text(0.04, 0.95, title, transform=ax.transAxes, va="top", ha="left", fontsize=18)
-    ax.legend(loc="upper right", ncols=2 if len(rates) > 4 else 1, fontsize=15)
+    legend_beside(ax, title)
     experiment_label(ax)
     return save(fig, path)

@@ -43,6 +43,12 @@ def experiment_label(ax: plt.Axes, right: str = "(13.6 TeV)") -> None:
     hep.label.exp_label(exp=exp, text=rest, data=True, rlabel=right, ax=ax, loc=0)
 
 
+def legend_beside(ax: plt.Axes, title: str = "", fontsize: float = 15) -> None:
+    """The legend to the right of the axes (headed by ``title``): it never hides data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=fontsize, frameon=False,
+              title=title or None, title_fontsize=fontsize, alignment="left")
+
+
 def save(fig: plt.Figure, path_without_suffix: str | Path) -> list[Path]:
     """Save as PDF and PNG (each written to a temporary name, then renamed); return both."""
     base = Path(path_without_suffix)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.plotting.style import experiment_label, new_figure, save
+from utils.plotting.style import experiment_label, legend_beside, new_figure, save
 
 
 def plot_history(history: Any, out_dir: str | Path) -> list[Path]:
@@ -21,7 +21,7 @@ def plot_history(history: Any, out_dir: str | Path) -> list[Path]:
             ax.plot(np.arange(1, len(values) + 1), values, style, label=label)
         ax.set_xlabel("Epoch")
         ax.set_ylabel(ylabel)
-        ax.legend()
+        legend_beside(ax)
         ax.grid(alpha=0.3)
         experiment_label(ax)
         paths += save(fig, Path(out_dir) / key)

@@ -11,7 +11,7 @@ import numpy as np
 from utils.evaluation.discriminants import FLAVOUR_LABELS
 from utils.evaluation.working_points import WorkingPoint
 from utils.plotting.roc import thin_curve
-from utils.plotting.style import experiment_label, new_figure, save
+from utils.plotting.style import experiment_label, legend_beside, new_figure, save
 
 
 def rate_vs_threshold(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,9 +60,11 @@ def plot_working_points(score: np.ndarray, flavour: np.ndarray, wps: Sequence[Wo
         ax.plot(wp.threshold, max(achieved, smallest), marker="o", ms=9, color="black",
                 ls="none", label="Working points" if k == 0 else None)
         signal = FLAVOUR_LABELS.get(wp.signal, wp.signal)
+        left = wp.threshold > 0.5  # the text goes where it cannot cross the axis
         ax.annotate(rf"{wp.name}: $t$ = {wp.threshold:.4f}, $\varepsilon_{{{signal}}}$ = "
                     f"{100 * wp.efficiency:.1f}%", (wp.threshold, max(achieved, smallest)),
-                    xytext=(-12, 0), textcoords="offset points", ha="right", va="center",
+                    xytext=(-12 if left else 12, 0), textcoords="offset points",
+                    ha="right" if left else "left", va="center",
                     fontsize=14, zorder=5,
                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
                           "alpha": 0.85})
@@ -72,9 +74,6 @@ def plot_working_points(score: np.ndarray, flavour: np.ndarray, wps: Sequence[Wo
     ax.set_xlabel(f"Threshold on {discriminant}")
     ax.set_ylabel("Mis-identification rate")
     ax.grid(which="major", alpha=0.3)
-    if title:
-        ax.text(0.04, 0.04, title, transform=ax.transAxes, va="bottom", ha="left", fontsize=16)
-    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 0.08), fontsize=16, frameon=True,
-              facecolor="white", edgecolor="none", framealpha=0.9)
+    legend_beside(ax, title)
     experiment_label(ax)
     return save(fig, path)

@@ -1,0 +1,71 @@
+"""Run ``law`` with a fault injected at an exact point (for the interruption tests).
+
+    python -m tests.faults <fault> <law arguments...>
+
+Faults (deterministic, independent of timing):
+
+- ``kill-writing:<name>``: SIGKILL this process once the file ``<name>`` has been written to
+  its temporary name, before it is renamed into place (a ``kill -9`` during a checkpoint save
+  or during the merge of an export);
+- ``signal-at-epoch:<SIGNAL>:<k>``: send ``SIGNAL`` (INT, TERM or KILL) to this process
+  when training epoch ``k`` (0-based) starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _kill_writing(name: str) -> None:
+    import utils.dataset.chunk_format as chunk_format
+    import utils.io as io
+
+    original = io.atomic_path
+
+    @contextlib.contextmanager
+    def atomic_path(path: str | Path) -> Iterator[Path]:
+        with original(path) as tmp:
+            yield tmp
+            if Path(path).name == name and tmp.exists():
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    io.atomic_path = atomic_path
+    chunk_format.atomic_path = atomic_path
+
+
+def _signal_at_epoch(name: str, epoch: int) -> None:
+    from utils.torch.training import Trainer
+
+    original = Trainer.train_epoch
+    signum = getattr(signal, f"SIG{name}")
+
+    def train_epoch(self: Trainer) -> dict[str, float]:
+        if self.epoch == epoch:
+            os.kill(os.getpid(), signum)
+        return original(self)
+
+    Trainer.train_epoch = train_epoch
+
+
+def main(argv: list[str]) -> int:
+    fault, *law_args = argv
+    kind, _, spec = fault.partition(":")
+    if kind == "kill-writing":
+        _kill_writing(spec)
+    elif kind == "signal-at-epoch":
+        name, epoch = spec.split(":")
+        _signal_at_epoch(name, int(epoch))
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+    from law.cli import run
+
+    return run(law_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,70 @@
+"""utils/settings.py: one home for every parameter's default, help and validity."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from tasks.base import setting
+from tasks.dataset import DatasetConstructorTask
+from tasks.training import TrainingTask
+from utils.settings import (
+    ExportSettings,
+    GenerationSettings,
+    SettingsError,
+    TrainSettings,
+    options,
+    stored_defaults,
+)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"batch_size": 0}, "--batch-size must be >= 1; got 0"),
+    ({"epochs": 0}, "--epochs must be >= 1; got 0"),
+    ({"learning_rate": -1.0}, "--learning-rate must be > 0; got -1.0"),
+    ({"learning_rate": float("nan")}, "--learning-rate must be > 0; got nan"),
+    ({"betas": "0.9"}, "--betas must be two comma-separated numbers in [0, 1); got '0.9'"),
+    ({"lr_decay_factor": 0.0}, "--lr-decay-factor must be in (0, 1]; got 0.0"),
+    ({"train_val_split": 1.0}, "--train-val-split must be in (0, 1); got 1.0"),
+    ({"lr_scheduler": "cyclic"}, "--lr-scheduler must be one of none, epoch_lin_decay"),
+    ({"batch_size": 1.5}, "--batch-size must be >= 1; got 1.5"),
+])
+def test_invalid_training_values_name_the_option(changes, message):
+    with pytest.raises(SettingsError) as info:
+        TrainSettings(**changes)
+    assert str(info.value).startswith(message)
+
+
+def test_other_steps_validate_too():
+    with pytest.raises(SettingsError, match="--chunk-size must be >= 1; got 0"):
+        ExportSettings(chunk_size=0)
+    with pytest.raises(SettingsError, match="--executor must be one of iterative"):
+        ExportSettings(executor="spark")
+    with pytest.raises(SettingsError, match="--n-files must be >= 1; got 0"):
+        GenerationSettings(n_files=0)
+    assert GenerationSettings().events("QCD") == 4000
+    assert GenerationSettings(events_per_file=10).events("TT") == 10
+
+
+def test_tasks_take_defaults_and_help_from_the_settings():
+    assert TrainingTask.stored_defaults() == {
+        name: default for name, default in stored_defaults(TrainSettings).items()}
+    assert TrainingTask.stored_defaults()["weight_decay"] == TrainSettings().weight_decay
+    assert DatasetConstructorTask.stored_defaults() == {"chunk_size": 100_000,
+                                                        "seed": 123456}
+    params = dict(TrainingTask.get_params())
+    assert params["batch_size"].description == ("jets per batch; default: 1024 for a new "
+                                                 "version, else the stored value.")
+    assert params["n_threads"].description.endswith("default: 1.")
+    assert not params["n_threads"].significant
+    for name, (opt, _, _) in options(TrainSettings).items():
+        assert opt.help.split(";")[0] in params[name].description.replace("%%", "%")
+
+
+def test_percent_in_a_description_survives_argparse():
+    parameter = setting(TrainSettings, "lr_scheduler")
+    assert "30%% of" in parameter.description
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lr-scheduler", help=parameter.description)
+    assert "30% of the epochs" in " ".join(parser.format_help().split())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,14 @@ from utils.synthetic import write_synthetic_ntuple
 REPO = Path(__file__).resolve().parents[1]
 # real CMS NanoAOD/PFNano test files (not part of a user's clone; tests skip without them)
 CMS_DATA = Path(os.environ.get("BHIVE_CMS_DATA", REPO.parent / "shared" / "data" / "cms-nanoaod"))
+
+
+def need_private_mounts() -> None:
+    """Skip unless ``unshare -rm`` works (user and mount namespaces): the full-disk tests
+    mount a tiny tmpfs there, visible to nothing else."""
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -rm (user and mount namespaces) for a real full disk")
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +68,12 @@ def run_law(law_env, tmp_path):
     """Run ``law run <args>`` with DATA_PATH in a fresh directory; return the process."""
     data = tmp_path / "data"
 
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        env = dict(law_env, DATA_PATH=str(data))
-        proc = subprocess.run(["law", "run", *map(str, args)], env=env, cwd=REPO,
+    def run(*args: str, check: bool = True, env: dict | None = None,
+            raw: bool = False) -> subprocess.CompletedProcess:
+        """``raw``: ``args`` is the whole command (e.g. law run wrapped in another one)."""
+        environment = dict(law_env, DATA_PATH=str(data), **(env or {}))
+        command = list(map(str, args)) if raw else ["law", "run", *map(str, args)]
+        proc = subprocess.run(command, env=environment, cwd=REPO,
                               capture_output=True, text=True, timeout=900)
         if check and proc.returncode != 0:
             raise AssertionError(f"law run {' '.join(map(str, args))} failed "

@@ -113,10 +113,46 @@ def test_processing_error_leaves_no_output(run_law, tmp_path, offline_config):
     bad = write_ntuple(tmp_path / "TT_jagged.root", offline_config.tree_name, arrays)
     filelist = tmp_path / "list.txt"
     filelist.write_text(f"{bad}\n")
-    proc = run_law("DatasetConstructorTask", "--config", "offline_run3", "--dataset-version",
-                   "jagged", "--filelist", filelist, "--executor", "iterative", check=False)
-    assert "branch 'jet_pt': expected one value per jet" in proc.stdout + proc.stderr
-    _assert_failed_without_outputs(proc, dataset_dir(run_law, "jagged"))
+    for executor in ("iterative", "futures"):
+        proc = run_law("DatasetConstructorTask", "--config", "offline_run3",
+                       "--dataset-version", "jagged", "--filelist", filelist, "--executor",
+                       executor, "--coffea-worker", 2, check=False)
+        log = proc.stdout + proc.stderr
+        assert f"{bad}: branch 'jet_pt': expected one value per jet" in log
+        # a deterministic input error: reported once, not retried, no traceback
+        assert "Performed attempt" not in log and "Traceback" not in log
+        _assert_failed_without_outputs(proc, dataset_dir(run_law, "jagged"))
+
+
+def test_verbose_export_and_full_staging_disk(run_law, tmp_path, offline_config):
+    from tests.conftest import need_private_mounts
+
+    arrays = synthetic_arrays(offline_config, 600, seed=8)
+    arrays["jet_pt"][:9] = np.nan
+    arrays["Cpfcan_ptrel"] = arrays["Cpfcan_ptrel"] * np.where(np.arange(600) == 5, np.inf, 1)
+    good = write_ntuple(tmp_path / "TT_nan.root", offline_config.tree_name, arrays)
+    out_of_bins = synthetic_arrays(offline_config, 100, seed=9)
+    out_of_bins["jet_pt"][:] = 9999.0
+    empty = write_ntuple(tmp_path / "QCD_high.root", offline_config.tree_name, out_of_bins)
+    filelist = tmp_path / "list.txt"
+    filelist.write_text(f"{good}\n{empty}\n")
+    args = ("DatasetConstructorTask", "--config", "offline_run3", "--filelist", filelist,
+            "--executor", "iterative")
+    proc = run_law(*args, "--dataset-version", "v", "--verbose")
+    assert f"1 input file(s) contributed no jets: {empty}" in proc.stdout
+    assert "NaN/inf per branch (jets): jet_pt 9" in proc.stdout
+    assert "time per stage: pre-flight check" in proc.stdout
+    assert "  TT: b " in proc.stdout and "  QCD: b 0, bb 0" in proc.stdout
+    need_private_mounts()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    full = run_law("unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=100k tmpfs {staging} "
+                   "&& \"$@\"", "sh", "law", "run", *args, "--dataset-version", "w",
+                   env={"BHIVE_STAGING_DIR": str(staging)}, raw=True, check=False)
+    log = full.stdout + full.stderr
+    assert full.returncode != 0 and "the disk is full" in log and str(staging) in log
+    assert "Traceback" not in log
+    _assert_failed_without_outputs(full, dataset_dir(run_law, "w"))
 
 
 @pytest.mark.parametrize("preset, config, model", [

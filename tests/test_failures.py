@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, need_private_mounts
 from utils.generation import generate_file
 
 pytestmark = pytest.mark.slow
@@ -229,9 +228,7 @@ def test_edited_class_grouping_is_refused(law, demo_files, tmp_path):
 
 
 def test_full_disk_during_checkpoint(law, demo_files):
-    if shutil.which("unshare") is None or subprocess.run(
-            ["unshare", "-rm", "true"], capture_output=True).returncode != 0:
-        pytest.skip("needs unshare -rm (user and mount namespaces) for a real full disk")
+    need_private_mounts()
     export(law, demo_files)
     target = law.data / "TrainingTask"
     target.mkdir()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, need_private_mounts
 from utils.errors import DiskFullError
 from utils.io import (
     atomic_path,
@@ -21,6 +20,7 @@ from utils.io import (
     publishing,
     remove_stale,
     save_npy,
+    save_npz,
     temporary_path,
     write_bytes,
     write_json,
@@ -53,10 +53,10 @@ def test_disk_full_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(np, "save", full)
+    monkeypatch.setattr(np, "savez", full)
     with pytest.raises(DiskFullError) as info:
-        save_npy(tmp_path / "truth.npy", np.zeros(3))
-    assert str(info.value).startswith(f"{tmp_path / 'truth.npy'}: the disk is full")
+        save_npz(tmp_path / "metrics.npz", loss=np.zeros(3))
+    assert str(info.value).startswith(f"{tmp_path / 'metrics.npz'}: the disk is full")
     assert "run the same command again" in str(info.value)
     assert not list(tmp_path.iterdir())
 
@@ -100,9 +100,7 @@ def test_publishing_is_all_or_nothing(tmp_path):
 def in_tiny_filesystem(script: str, size: str = "64k") -> subprocess.CompletedProcess:
     """Run python ``script`` with /mnt/full (the ``FULL`` variable) a tmpfs of ``size``, in a
     private mount namespace (nothing is mounted outside it)."""
-    if shutil.which("unshare") is None or subprocess.run(
-            ["unshare", "-rm", "true"], capture_output=True).returncode != 0:
-        pytest.skip("needs unshare -rm (user and mount namespaces) for a real full disk")
+    need_private_mounts()
     return subprocess.run(
         ["unshare", "-rm", "sh", "-c", f"mkdir -p /tmp/bhive-full && mount -t tmpfs -o "
          f"size={size} tmpfs /tmp/bhive-full && exec {sys.executable} -c \"$0\"",
@@ -114,16 +112,22 @@ def test_real_full_disk():
     proc = in_tiny_filesystem("""
         import os
         from pathlib import Path
+        import numpy as np
         from utils.errors import DiskFullError
-        from utils.io import write_bytes
+        from utils.io import save_npy, write_bytes, write_raw
         write_bytes(Path(FULL) / "small.bin", b"x" * 1000)
-        try:
-            write_bytes(Path(FULL) / "model_0.pt", b"x" * 500_000)
-        except DiskFullError as exc:
-            print("ERROR", exc)
+        big = np.ones(200_000, dtype=np.float32)  # 800 kB
+        for name, write in (("model_0.pt", lambda p: write_bytes(p, big.tobytes())),
+                            ("staged.raw", lambda p: write_raw(p, big)),  # ndarray.tofile
+                            ("prediction.npy", lambda p: save_npy(p, big))):
+            try:
+                write(Path(FULL) / name)
+            except DiskFullError as exc:
+                print("ERROR", exc)
         print("LEFT", sorted(os.listdir(FULL)))
     """)
     assert proc.returncode == 0, proc.stderr
-    assert "ERROR /tmp/bhive-full/model_0.pt: the disk is full (No space left on device" \
-        in proc.stdout
+    for name in ("model_0.pt", "staged.raw", "prediction.npy"):
+        assert f"ERROR /tmp/bhive-full/{name}: the disk is full (No space left on device" \
+            in proc.stdout
     assert "LEFT ['small.bin']" in proc.stdout

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
@@ -106,9 +107,11 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> Path:
-    with atomic_path(path) as tmp:
-        np.save(tmp, array)
-    return Path(path)
+    """``np.save`` atomically (through memory: numpy writes to real files with ``tofile``,
+    whose short-write error carries no errno)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return write_bytes(path, buffer.getbuffer())
 
 
 def save_npz(path: str | Path, compressed: bool = False, **arrays: Any) -> Path:
@@ -118,10 +121,9 @@ def save_npz(path: str | Path, compressed: bool = False, **arrays: Any) -> Path:
 
 
 def write_raw(path: str | Path, array: np.ndarray) -> Path:
-    """The raw bytes of ``array`` (``ndarray.tofile``), atomically."""
-    with atomic_path(path) as tmp:
-        array.tofile(tmp)
-    return Path(path)
+    """The raw bytes of ``array`` (as ``ndarray.tofile``, whose short-write error carries no
+    errno, so a full disk would not be recognised), atomically."""
+    return write_bytes(path, np.ascontiguousarray(array).data)
 
 
 def _jsonable(value: Any) -> Any:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.dataset.chunk_format import write_chunk
+from utils.dataset.directory import chunk_name
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.reweighting import jet_weights
 
@@ -101,7 +102,7 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
                     if block.kind != "observers":
                         part = rows[:, layout.slice(block.name)]
                         np.clip(part, -FLOAT16_MAX, FLOAT16_MAX, out=part)
-            path = out_dir / f"file_{k}.lz4"
+            path = out_dir / chunk_name(k)
             size = write_chunk(path, rows, layout)
             sum_weight = float(rows[:, w_col].sum(dtype=np.float64))
         finally:

@@ -24,7 +24,7 @@ import law
 import luigi
 
 from utils.errors import BHiveError
-from utils.settings import StepSettings, cli_name, options
+from utils.settings import StepSettings, cli_name, options, shown_default
 
 PARAMETERS_FILE = "parameters.json"
 
@@ -60,9 +60,8 @@ def setting(settings_class: type, name: str, significant: bool = True,
     opt, default, kind = options(settings_class)[name]
     text = description or opt.help
     if "default:" not in text:
-        shown = default if not isinstance(default, bool) else str(default).lower()
-        text += f"; default: {shown}" + (" for a new version, else the stored value"
-                                         if opt.stored else "") + "."
+        text += f"; default: {shown_default(default)}" + (
+            " for a new version, else the stored value" if opt.stored else "") + "."
     kwargs: dict[str, Any] = {"description": help_text(text), "significant": significant}
     if opt.stored:
         if opt.choices is not None:

@@ -9,12 +9,15 @@ import pytest
 from tasks.base import setting
 from tasks.dataset import DatasetConstructorTask
 from tasks.training import TrainingTask
+from tests.conftest import REPO
 from utils.settings import (
     ExportSettings,
     GenerationSettings,
     SettingsError,
     TrainSettings,
+    cli_name,
     options,
+    shown_default,
     stored_defaults,
 )
 
@@ -68,3 +71,25 @@ def test_percent_in_a_description_survives_argparse():
     parser = argparse.ArgumentParser()
     parser.add_argument("--lr-scheduler", help=parameter.description)
     assert "30% of the epochs" in " ".join(parser.format_help().split())
+
+
+def readme_defaults(section: str) -> dict[str, str]:
+    """``{option: default}`` of the parameter table of README section ``section``."""
+    text = (REPO / "README.md").read_text().split(f"\n### {section}\n", 1)[1]
+    text = text.split("\n### ", 1)[0]
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`--"):
+            rows[cells[0].strip("`")] = cells[1].strip("`")
+    return rows
+
+
+@pytest.mark.parametrize("section, settings_class", [
+    ("DatasetConstructorTask", ExportSettings), ("GenerateSamplesTask", GenerationSettings),
+    ("TrainingTask", TrainSettings)])
+def test_readme_tables_show_the_defaults(section, settings_class):
+    rows = readme_defaults(section)
+    for name, (_, default, _) in options(settings_class).items():
+        if default is not None:
+            assert rows.get(cli_name(name)) == shown_default(default), (section, name)

@@ -69,6 +69,16 @@ def _betas(value: str) -> bool:
     return len(pair) == 2 and all(0 <= b < 1 for b in pair)
 
 
+def shown_default(value: Any) -> str:
+    """A default as the help texts and README show it: ``on``/``off``, numbers with
+    ``:g``, text as is."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 def cli_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 

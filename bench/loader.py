@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lz4.frame  # noqa: E402
 
-from utils.config import load_config  # noqa: E402
+from utils.config import label_to_class, load_config  # noqa: E402
 from utils.dataset.chunk_format import MAGIC  # noqa: E402
 from utils.dataset.directory import DatasetDirectory  # noqa: E402
 from utils.dataset.export import export_dataset  # noqa: E402
@@ -67,13 +67,12 @@ def main() -> None:
             export_dataset(config, files, directory, directory, chunk_size=100_000,
                            executor="futures", workers=2)
         files = DatasetDirectory(directory).files()
-        shards = dataset_shards(directory, files)
+        shards = dataset_shards(directory)
         n_cols = None
         limits = [lz4_limit(files) for _ in range(3)]  # best of three, like the loader
         values, limit_seconds = min(limits, key=lambda r: r[1])
-        mapping = {label: i for i, labels in enumerate(config.classes.values())
-                   for label in labels}
-        data = ChunkDataset(shards, ("global", "cpf", "npf", "vtx"), mapping, args.batch_size,
+        data = ChunkDataset(shards, ("global", "cpf", "npf", "vtx"),
+                            label_to_class(config.classes), args.batch_size,
                             TRAIN, sampling=False, seed=1)
         n_cols = data.layout.n_columns
         jets_limit = values / n_cols

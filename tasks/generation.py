@@ -53,6 +53,10 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
     def output(self) -> law.LocalFileTarget:
         return self.local_target(f"{self.process}_{self.branch}.root")
 
+    def holds_result(self) -> bool:
+        """A sample is locked to its parameters as soon as one of its files exists."""
+        return any(self.local_path().glob(f"{self.process}_*.root"))
+
     def workflow_complete(self) -> Any:
         self.check_parameters()  # the workflow's completeness is law's; mismatches still raise
         return NotImplemented
@@ -82,10 +86,14 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
 
     def run(self) -> None:
         from utils.generation import generate_file
+        from utils.io import remove_stale
         from utils.progress import console, progress_bar
 
         path = Path(self.output().path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path.parent)  # temporaries of killed generations
+        if not self.holds_result():  # recorded before the first file of the sample exists
+            self.write_parameters(path.parent)
         label = f"{self.process} file {self.branch + 1}/{self.n_files}"
         with progress_bar(f"Generating {label}", total=self.n_events, unit="events") as bar:
             stats = generate_file(path, process=self.process, n_events=self.n_events,
@@ -96,15 +104,14 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
         self._finish_workflow()
 
     def _finish_workflow(self) -> None:
-        """Write filelist.txt and parameters.json once every file of the sample exists.
+        """Write filelist.txt once every file of the sample exists.
 
         The content is deterministic, so concurrent branches finishing together write the
-        same files (atomically); at least the last branch to finish sees all files.
+        same file (atomically); at least the last branch to finish sees all files.
         """
         from utils.io import write_text
 
         files = [Path(self.req(self, branch=b).output().path) for b in range(self.n_files)]
         if not all(f.exists() for f in files):
             return
-        self.write_parameters(self.local_path())
         write_text(self.filelist_target().path, "".join(f"{f}\n" for f in files))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from utils.config import label_to_class
 from utils.dataset.chunk_format import read_chunk
 from utils.torch.data import (
     TEST,
@@ -34,7 +35,7 @@ def shards(demo_dataset):
 @pytest.fixture(scope="module")
 def mapping(demo_dataset):
     config, _ = demo_dataset
-    return {label: i for i, labels in enumerate(config.classes.values()) for label in labels}
+    return label_to_class(config.classes)
 
 
 def test_shards_from_weights_json(demo_dataset, shards):

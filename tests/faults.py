@@ -7,6 +7,8 @@ Faults (deterministic, independent of timing):
 - ``kill-writing:<name>``: SIGKILL this process once the file ``<name>`` has been written to
   its temporary name, before it is renamed into place (a ``kill -9`` during a checkpoint save
   or during the merge of an export);
+- ``signal-writing:<SIGNAL>:<name>``: the same with another signal (e.g. INT: Ctrl-C while
+  a plot is being saved);
 - ``signal-at-epoch:<SIGNAL>:<k>``: send ``SIGNAL`` (INT, TERM or KILL) to this process
   when training epoch ``k`` (0-based) starts.
 """
@@ -21,9 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _kill_writing(name: str) -> None:
+def _signal_writing(name: str, signum: int) -> None:
     import utils.dataset.chunk_format as chunk_format
     import utils.io as io
+    import utils.plotting.style as style
 
     original = io.atomic_path
 
@@ -32,10 +35,11 @@ def _kill_writing(name: str) -> None:
         with original(path) as tmp:
             yield tmp
             if Path(path).name == name and tmp.exists():
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), signum)
 
     io.atomic_path = atomic_path
     chunk_format.atomic_path = atomic_path
+    style.atomic_path = atomic_path
 
 
 def _signal_at_epoch(name: str, epoch: int) -> None:
@@ -56,7 +60,10 @@ def main(argv: list[str]) -> int:
     fault, *law_args = argv
     kind, _, spec = fault.partition(":")
     if kind == "kill-writing":
-        _kill_writing(spec)
+        _signal_writing(spec, signal.SIGKILL)
+    elif kind == "signal-writing":
+        name, path = spec.split(":", 1)
+        _signal_writing(path, getattr(signal, f"SIG{name}"))
     elif kind == "signal-at-epoch":
         name, epoch = spec.split(":")
         _signal_at_epoch(name, int(epoch))

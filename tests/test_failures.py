@@ -150,6 +150,16 @@ def test_interrupts_and_kill_during_checkpoint_resume(law, demo_files):
     assert len(metrics["loss"]) == 3 and (out / "model_2.pt").exists() and hidden(out) == []
 
 
+def test_ctrl_c_while_a_plot_is_saved(law, demo_files):
+    export(law, demo_files)
+    proc = law(*TRAINING, fault="signal-writing:INT:loss.png")
+    assert proc.returncode == 130
+    assert proc.stdout.rstrip().endswith("interrupted after epoch 0; run the same command "
+                                         "again to resume")
+    assert "Traceback" not in proc.log and "matplotlib" not in proc.log
+    assert hidden(training_dir(law)) == [] and not (training_dir(law) / "loss.png").exists()
+
+
 def test_kill_during_export_merge_leaves_nothing_after_the_next_run(law, demo_files):
     killed = law("DatasetConstructorTask", *DATASET, "--filelist", demo_files[2],
                  fault="kill-writing:file_1.lz4")

@@ -24,9 +24,7 @@ import law
 import luigi
 
 from utils.errors import BHiveError
-from utils.settings import StepSettings, cli_name, options, shown_default
-
-PARAMETERS_FILE = "parameters.json"
+from utils.settings import PARAMETERS_FILE, StepSettings, cli_name, options, shown_default
 
 
 class ParameterMismatchError(BHiveError):
@@ -214,6 +212,14 @@ class BaseTask(law.Task):
 
         write_json(directory / PARAMETERS_FILE, record or self.parameters_record())
 
+    def publishing(self, *markers: str) -> Any:
+        """:func:`utils.io.publishing` into this task's directory: the ``markers`` (the
+        files that say "complete") are moved after the other outputs and ``parameters.json``
+        last, so a version is never locked without its result."""
+        from utils.io import publishing
+
+        return publishing(self.local_path(), last=(*markers, PARAMETERS_FILE))
+
 
 class ConfigTask(BaseTask):
     """A task working with a configuration: outputs go to ``<TaskClass>/<config>[/debug]``.
@@ -247,7 +253,8 @@ class ConfigTask(BaseTask):
 
     def record_differences(self, stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
         diffs = []
-        if "classes" in stored and stored["classes"] != current["classes"]:
+        if "classes" in stored and list(stored["classes"].items()) != \
+                list(current["classes"].items()):  # the order gives the class indices
             from utils.config import mapping_text
 
             diffs.append(f"label -> class mapping {mapping_text(stored['classes'])} -> "
@@ -296,8 +303,9 @@ def short_trace(text: str) -> str | None:
     :class:`BHiveError` (None otherwise)."""
     if "Traceback (most recent call last)" not in text:
         return None
-    matches = list(_TRACE_LINE.finditer(text))
-    if not matches or matches[-1].group(1) not in _user_error_classes():
+    names = _user_error_classes()
+    matches = [m for m in _TRACE_LINE.finditer(text) if m.group(1) in names]
+    if not matches:
         return None
     return text[matches[-1].start():].rstrip()
 

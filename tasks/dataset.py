@@ -21,7 +21,10 @@ class ExportFilesTask(DatasetDependency, law.LocalWorkflow, BatchWorkflow):
     runs the coffea processor and writes its staged rows; DatasetConstructorTask
     ``--stage-workflow local|htcondor|slurm`` then merges them on the submitting side.
 
-    Outputs: ``stage_<branch>/result.json`` (+ the staged rows, removed after the merge).
+    Outputs: ``stage_<branch>-<key>/result.json`` (+ the staged rows, removed after the
+    merge). The key is a hash of what the branch's result depends on (its input file with
+    size and modification time, the config fingerprint, the seed, debug), so the result of
+    another file list, seed or config is never merged.
     """
 
     settings_class = ExportSettings
@@ -31,7 +34,8 @@ class ExportFilesTask(DatasetDependency, law.LocalWorkflow, BatchWorkflow):
                                      significant=False,
                                      description="coffea executor inside a job; default: "
                                      "iterative")
-    exclude_params_req_get = {"seed"}
+    # the merging task's executor (possibly dask) is not the one inside a job
+    exclude_params_req_get = {"seed", "executor"}
 
     def _plan(self) -> list[tuple[str, str]]:
         from utils.dataset.export import ExportError, plan_inputs
@@ -45,8 +49,21 @@ class ExportFilesTask(DatasetDependency, law.LocalWorkflow, BatchWorkflow):
     def create_branch_map(self) -> dict[int, tuple[str, str]]:
         return dict(enumerate(self._plan()))
 
+    def stage_key(self) -> str:
+        """Hash of everything the branch's staged rows depend on."""
+        import hashlib
+        import json
+
+        from utils.dataset.directory import inputs_record
+
+        _, path = self.branch_data
+        payload = {"inputs": inputs_record([path]), "seed": self.settings.seed,
+                   "config": self.load_config().fingerprint(), "debug": self.debug,
+                   "branch": self.branch}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
     def output(self) -> law.LocalFileTarget:
-        return self.local_target(f"stage_{self.branch}/{STAGE_RESULT}")
+        return self.local_target(f"stage_{self.branch}-{self.stage_key()}/{STAGE_RESULT}")
 
     def run(self) -> None:
         import shutil
@@ -56,8 +73,9 @@ class ExportFilesTask(DatasetDependency, law.LocalWorkflow, BatchWorkflow):
 
         config = self.load_config()
         process, path = self.branch_data
-        staging = self.local_path(f"stage_{self.branch}")
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = Path(self.output().path).parent
+        for old in self.local_path().glob(f"stage_{self.branch}-*"):  # other inputs' results
+            shutil.rmtree(old, ignore_errors=True)
         staging.mkdir(parents=True)
         entries = check_inputs(config, [path])
         result = run_processor(config, {process: [path]}, {path: self.branch}, staging,
@@ -118,7 +136,10 @@ class DatasetConstructorTask(DatasetDependency):
         return self.directory().published
 
     def check_result(self) -> None:
-        self.directory().check()  # a published dataset must be whole: never rebuilt
+        from utils.settings import PARAMETERS_FILE
+
+        # a published dataset must be whole (with its record): never rebuilt behind the back
+        self.directory().check(required=(PARAMETERS_FILE,))
 
     def requires(self) -> dict[str, Any]:
         """Generated samples when the config defines them and no --filelist is given; the
@@ -218,13 +239,15 @@ class DatasetConstructorTask(DatasetDependency):
         from utils.dataset.directory import CHUNK_GLOB, PROCESSED_FILES
         from utils.dataset.export import export_dataset, report
         from utils.io import publishing
+        from utils.settings import PARAMETERS_FILE
 
         config = self.load_config()
         files = self.input_files()
         out_dir = self.local_path()
         for stale in out_dir.glob(CHUNK_GLOB):  # chunks of a dataset whose listing is gone
             stale.unlink()
-        with publishing(out_dir, last=(PROCESSED_FILES,)) as work:
+        # parameters.json before processed_files.txt: a published dataset has its record
+        with publishing(out_dir, last=(PARAMETERS_FILE, PROCESSED_FILES)) as work:
             if self.stage_workflow != "none":
                 summary = self._merge_stages(config, files, out_dir, work)
             else:

@@ -56,13 +56,13 @@ class ROCCurveTask(TestDatasetDependency):
     def run(self) -> None:
         from utils.evaluation.report import Predictions, roc_report
         from utils.evaluation.summary import summary_table
-        from utils.io import publishing, write_json
+        from utils.io import write_json
         from utils.progress import console
 
         config = self.load_config()
         pred = Predictions.load(Path(self.input()["prediction"].path).parent,
                                 label=self.model_name, observers=config.observer_names)
-        with publishing(self.local_path(), last=(SUMMARY,)) as work:
+        with self.publishing(SUMMARY) as work:
             summary = roc_report(config, [pred], work)
             write_json(work / "files.json", {"files": sorted(
                 p.name for p in work.iterdir() if p.name not in (SUMMARY, "files.json"))})
@@ -100,13 +100,13 @@ class WorkingPointTask(TestDatasetDependency):
 
     def run(self) -> None:
         from utils.evaluation.report import Predictions, working_point_report
-        from utils.io import publishing, write_json
+        from utils.io import write_json
         from utils.progress import console
 
         config = self.load_config()
         pred = Predictions.load(Path(self.input()["prediction"].path).parent,
                                 label=self.model_name, observers=config.observer_names)
-        with publishing(self.local_path(), last=("working_points.json",)) as work:
+        with self.publishing("working_points.json") as work:
             report = working_point_report(config, pred, work)
             write_json(work / "working_points.json", report)
             self.write_parameters(work)
@@ -137,7 +137,7 @@ class ReferenceROCTask(DatasetDependency):
         from utils.dataset.directory import DatasetDirectory
         from utils.evaluation.report import Predictions, roc_report
         from utils.evaluation.summary import summary_table
-        from utils.io import publishing, write_json
+        from utils.io import write_json
         from utils.progress import console
 
         config = self.load_config()
@@ -145,7 +145,7 @@ class ReferenceROCTask(DatasetDependency):
             raise ValueError(f"config '{self.config}' defines no reference_taggers to evaluate")
         dataset_dir = Path(self.input()["processed_files"].path).parent
         jets = Predictions.from_dataset(config, DatasetDirectory(dataset_dir).files())
-        with publishing(self.local_path(), last=(SUMMARY,)) as work:
+        with self.publishing(SUMMARY) as work:
             summary = roc_report(config, [jets], work, binned=False)
             write_json(work / "files.json", {"files": sorted(
                 p.name for p in work.iterdir() if p.name not in (SUMMARY, "files.json"))})
@@ -204,7 +204,7 @@ class CompareTrainingsTask(ConfigTask):
     def run(self) -> None:
         from utils.evaluation.report import Predictions, roc_report
         from utils.evaluation.summary import summary_table
-        from utils.io import publishing, write_text
+        from utils.io import write_text
         from utils.progress import console
 
         config = self.load_config()
@@ -212,7 +212,7 @@ class CompareTrainingsTask(ConfigTask):
         preds = [Predictions.load(Path(inp["prediction"].path).parent, label=label,
                                   observers=config.observer_names)
                  for inp, label in zip(self.input(), labels, strict=True)]
-        with publishing(self.local_path(), last=(SUMMARY,)) as work:
+        with self.publishing(SUMMARY) as work:
             summary = roc_report(config, preds, work, binned=False)
             table = summary_table(_flat(summary), title="Comparison", width=140)
             write_text(work / "table.txt", table)

@@ -35,7 +35,6 @@ class InputHistogrammerTask(DatasetDependency):
     def run(self) -> None:
         from utils.dataset.directory import DatasetDirectory
         from utils.dataset.histograms import histogram_dataset
-        from utils.io import publishing
         from utils.progress import console, progress_bar
 
         config = self.load_config()
@@ -45,7 +44,7 @@ class InputHistogrammerTask(DatasetDependency):
         total = directory.n_jets
         if self.max_jets > 0:
             total = min(total, self.max_jets)
-        with publishing(self.local_path(), last=(HISTOGRAMS,)) as work:
+        with self.publishing(HISTOGRAMS) as work:
             with progress_bar("Histogramming", total=total, unit="jets") as bar:
                 hists = histogram_dataset(files, self.max_jets if self.max_jets > 0 else None,
                                           process_names=config.process_names,
@@ -71,7 +70,7 @@ class HistogramPlotterTask(DatasetDependency):
 
     def run(self) -> None:
         from utils.dataset.histograms import FeatureHistograms
-        from utils.io import publishing, write_text
+        from utils.io import write_text
         from utils.plotting.histograms import plot_feature_histograms
         from utils.plotting.style import set_figure_label
         from utils.progress import console
@@ -80,7 +79,7 @@ class HistogramPlotterTask(DatasetDependency):
         set_figure_label(config.figure_text)
         hists = FeatureHistograms.load(self.input()["histograms"].path)
         out_dir = self.local_path()
-        with publishing(out_dir, last=("plots.txt",)) as work:
+        with self.publishing("plots.txt") as work:
             paths = plot_feature_histograms(hists, work, classes=config.classes,
                                             log_y=True if self.ylog else None)
             write_text(work / "plots.txt", "".join(

@@ -64,7 +64,6 @@ class InferenceTask(TestDatasetDependency):
         return outputs
 
     def run(self) -> None:
-        from utils.io import publishing
         from utils.torch.inference import run_inference
         from utils.torch.run import build_model
 
@@ -72,7 +71,7 @@ class InferenceTask(TestDatasetDependency):
         model, classes = build_model(config, self.model_name)
         checkpoint = Path(self.input()["training"]["best_model"].path)
         test_dir = Path(self.input()["test_dataset"]["processed_files"].path).parent
-        with publishing(self.local_path(), last=("parameters.json",)) as work:
+        with self.publishing() as work:
             run_inference(config, model, classes, checkpoint, test_dir, work,
                           batch_size=self.settings.batch_size,
                           workers=self.settings.n_threads,

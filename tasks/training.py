@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,6 +100,14 @@ class TrainingTask(TrainingDependency):
     def total_epochs(self) -> int:
         return self.settings.epochs + self.extend_training
 
+    def complete(self) -> bool:
+        """Also checks the model and optimiser names against the config (imports torch):
+        this runs while luigi schedules, before any task of the chain writes a file."""
+        from utils.torch.run import check_training
+
+        check_training(self.load_config(), self.model_name, self.settings)
+        return super().complete()
+
     def holds_result(self) -> bool:
         from utils.torch.checkpoint import completed_epochs
 
@@ -132,10 +143,8 @@ class TrainingTask(TrainingDependency):
         from utils.errors import InterruptedRun
         from utils.io import remove_stale
         from utils.progress import console
-        from utils.torch.optim import check_settings
         from utils.torch.run import interrupted_message
 
-        check_settings(self.settings)  # optimiser, loss: before anything is written
         out_dir = self.local_path()
         remove_stale(out_dir)  # temporaries of killed runs
         dataset_dir = Path(self.input()["processed_files"].path).parent
@@ -164,10 +173,14 @@ class TrainingTask(TrainingDependency):
                 run_training(config=self.load_config(), settings=self.settings,
                              on_start=start, **arguments)
         except (InterruptedRun, KeyboardInterrupt) as exc:
-            # one line, no traceback, and no luigi summary: the user asked to stop
             message = str(exc) if isinstance(exc, InterruptedRun) and str(exc) else \
                 interrupted_message(out_dir)
+            if multiprocessing.parent_process() is not None:
+                # a luigi worker process (--workers > 1): the scheduler reports the failure
+                raise InterruptedRun(message) from None
+            # one line, no traceback, no luigi summary: the user asked to stop
             console.print(f"[bold yellow]{message}[/]")
+            logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(130)
+            os._exit(128 + getattr(exc, "signum", signal.SIGINT))

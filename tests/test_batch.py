@@ -86,8 +86,9 @@ def test_local_stage_workflow_equals_plain_run(run_law, synthetic_files):
     common = ("DatasetConstructorTask", "--config", "offline_run3", "--filelist", filelist,
               "--chunk-size", 1500)
     run_law(*common, "--dataset-version", "plain")
+    # the merging task's executor (here dask) is not forwarded to the jobs
     run_law(*common, "--dataset-version", "staged", "--stage-workflow", "local", "--workers",
-            2)
+            2, "--executor", "dask")
     base = run_law.data_path / "DatasetConstructorTask" / "offline_run3"
     plain = sorted((base / "plain").glob("file_*.lz4"))
     assert plain and [p.name for p in plain] == sorted(
@@ -101,6 +102,24 @@ def test_local_stage_workflow_equals_plain_run(run_law, synthetic_files):
     run_law(*common, "--dataset-version", "staged", "--stage-workflow", "local")
     for path in plain:
         assert path.read_bytes() == (base / "staged" / path.name).read_bytes()
+
+
+def test_stage_results_of_other_inputs_are_never_merged(run_law, synthetic_files, tmp_path):
+    files, filelist = synthetic_files
+    # jobs of an interrupted export (stages done, no merge) with another seed ...
+    run_law("ExportFilesTask", "--config", "offline_run3", "--dataset-version", "s",
+            "--filelist", filelist, "--seed", 99, "--workers", 2)
+    stages = run_law.data_path / "ExportFilesTask" / "offline_run3" / "s"
+    assert len(list(stages.glob("stage_*"))) == len(files)
+    # ... are not taken by the export with the default seed: it equals a plain export
+    common = ("DatasetConstructorTask", "--config", "offline_run3", "--filelist", filelist,
+              "--chunk-size", 1500)
+    run_law(*common, "--dataset-version", "s", "--stage-workflow", "local")
+    run_law(*common, "--dataset-version", "plain")
+    base = run_law.data_path / "DatasetConstructorTask" / "offline_run3"
+    for path in sorted((base / "plain").glob("file_*.lz4")):
+        assert path.read_bytes() == (base / "s" / path.name).read_bytes()
+    assert not list(stages.glob("stage_*"))
 
 
 def test_workflows_run_locally_by_default():

@@ -138,6 +138,9 @@ def test_label_to_class_and_fingerprint_cover_the_class_grouping(offline_config)
     assert list(swapped.classes) == list(offline_config.classes)
     assert swapped.fingerprint() != offline_config.fingerprint()
     assert label_to_class(swapped.classes)["isG"] == 4
+    # so is another order of the classes (the order gives the class indices)
+    reordered = offline_config.replace(classes=dict(reversed(offline_config.classes.items())))
+    assert reordered.fingerprint() != offline_config.fingerprint()
 
 
 def test_fingerprint_sees_function_constants_and_reference(offline_config):

@@ -274,3 +274,25 @@ def test_selection_on_derived_column(tmp_path, offline_config):
     layout = ColumnLayout.from_config(config)
     assert summary.counts["rejected"] > 0
     assert np.all(np.abs(rows[:, layout.column("jet_eta")]) < 1.0)
+
+
+def test_input_errors_are_not_retried(tmp_path, offline_config):
+    """Even where coffea would retry a failing chunk, b-hive's own input errors (here a
+    jagged branch where one value per jet is expected) are reported at once, with the
+    file."""
+    import warnings
+
+    from utils.dataset.export import run_processor
+
+    arrays = synthetic_arrays(offline_config, 200, seed=6)
+    arrays["jet_pt"] = arrays["Cpfcan_ptrel"]
+    bad = write_ntuple(tmp_path / "TT_jagged.root", offline_config.tree_name, arrays)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with warnings.catch_warnings(record=True) as caught, \
+            pytest.raises(ExportError) as info:
+        warnings.simplefilter("always")
+        run_processor(offline_config, {"TT": [str(bad)]}, {str(bad): 0}, staging, seed=1,
+                      executor="iterative", retries=3)
+    assert f"{bad}: branch 'jet_pt': expected one value per jet" in str(info.value)
+    assert not [w for w in caught if "attempt" in str(w.message)]

@@ -190,6 +190,11 @@ def test_missing_chunk_is_never_rebuilt_and_inputs_are_recorded(law, demo_files)
     (dataset / "file_0.lz4").write_bytes((dataset / "file_0.lz4").read_bytes()[:100])
     proc = law("DatasetConstructorTask", *DATASET)
     assert "file_0.lz4 has 100 bytes" in proc.log and "file_1.lz4 is missing" in proc.log
+    # so is a lost parameters.json (the dataset would otherwise be silently re-exported)
+    (dataset / "parameters.json").unlink()
+    proc = law("DatasetConstructorTask", *DATASET)
+    assert f"{dataset / 'parameters.json'} is missing" in proc.log
+    assert (dataset / "file_2.lz4").exists()
     # --remove-output clears it; the same version with another file list is refused
     assert law("DatasetConstructorTask", *DATASET, "--remove-output", "0,a").returncode == 0
     export(law, demo_files)
@@ -235,6 +240,16 @@ def test_edited_class_grouping_is_refused(law, demo_files, tmp_path):
     assert proc.returncode != 0
     assert "label -> class mapping {b: isB" in proc.log
     assert "uds: isUD+isS, g: isG} -> {" in proc.log and "uds: isG, g: isUD+isS}" in proc.log
+
+
+def test_full_disk_reported_with_the_file(law, demo_files):
+    export(law, demo_files)
+    proc = law(*TRAINING, fault="enospc-writing:best_model.pt")
+    out = training_dir(law)
+    assert proc.returncode != 0
+    assert f"DiskFullError: {out / 'best_model.pt'}: the disk is full (No space left" in proc.log
+    assert "Traceback" not in proc.log
+    assert hidden(out) == [] and not list(out.glob("*.pt"))
 
 
 def test_full_disk_during_checkpoint(law, demo_files):

@@ -17,6 +17,7 @@ from utils.errors import DiskFullError
 from utils.io import (
     atomic_path,
     owned_directory,
+    owner,
     publishing,
     remove_stale,
     save_npy,
@@ -62,12 +63,16 @@ def test_disk_full_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_remove_stale_only_touches_dead_owners_of_this_host(tmp_path):
-    host, dead, alive = socket.gethostname(), dead_pid(), os.getpid()
+    dead = owner(dead_pid())
+    other_host = dead.replace(socket.gethostname(), "otherhost", 1)
+    ns = dead.split("-")[-2]
+    other_namespace = dead.replace(f"-{ns}-", f"-{int(ns) + 1}-")
     names = {
-        f".model_1.tmp-{host}-{dead}-0123abcd.pt": True,        # killed checkpoint save
-        f".work-{host}-{dead}-0123456789ab": True,               # killed publishing
-        f".model_2.tmp-{host}-{alive}-0123abcd.pt": False,       # a live writer
-        f".model_3.tmp-otherhost-{dead}-0123abcd.pt": False,     # maybe alive elsewhere
+        f".model_1.tmp-{dead}-0123abcd.pt": True,                # killed checkpoint save
+        f".work-{dead}-0123456789ab": True,                       # killed publishing
+        f".model_2.tmp-{owner()}-0123abcd.pt": False,            # a live writer
+        f".model_3.tmp-{other_host}-0123abcd.pt": False,         # maybe alive elsewhere
+        f".model_4.tmp-{other_namespace}-0123abcd.pt": False,    # another container
         "model_0.pt": False,
     }
     for name in names:
@@ -77,9 +82,9 @@ def test_remove_stale_only_touches_dead_owners_of_this_host(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {n for n, s in names.items() if not s}
     # staging directories carry a prefix instead
     mine = owned_directory(tmp_path / "shm", "bhive-staging-")
-    (tmp_path / "shm" / f"bhive-staging-{host}-{dead}-0123abcd").mkdir()
+    (tmp_path / "shm" / f"bhive-staging-{dead}-0123abcd").mkdir()
     assert [p.name for p in remove_stale(tmp_path / "shm", prefix="bhive-staging-")] == \
-        [f"bhive-staging-{host}-{dead}-0123abcd"]
+        [f"bhive-staging-{dead}-0123abcd"]
     assert mine.is_dir()
 
 

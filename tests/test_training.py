@@ -286,3 +286,12 @@ def test_distributed_training_matches_single_process(demo_dataset, tmp_path):
                          out_dir=tmp_path / "ddp", total_epochs=4), 2, tmp_path / "ddp")
     resumed = np.load(tmp_path / "ddp" / "validation_metrics.npz")["loss"]
     assert len(resumed) == 4 and np.array_equal(resumed[:3], ddp_loss)
+    # an expected error in the ranks reaches the launcher as one message (rank 0's)
+    from utils.torch.ddp import DistributedTrainingError
+
+    with pytest.raises(DistributedTrainingError) as info:
+        launch(training_spec("demo_part", settings, model_name="NoSuchModel",
+                             dataset_dir=directory, out_dir=tmp_path / "bad"), 2,
+               tmp_path / "bad")
+    assert str(info.value).startswith("ModelInputError: --model-name 'NoSuchModel' is unknown")
+    assert not list((tmp_path / "bad").iterdir())

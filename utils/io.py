@@ -5,8 +5,9 @@
   hidden temporary name beside the target and renames it when complete, so a reader never
   sees a half-written file; on any error, Ctrl-C included, the temporary is removed.
 - :func:`publishing` does the same for a whole directory of outputs.
-- Temporary names carry their owner (host and pid): :func:`remove_stale` deletes those of
-  dead processes of this host (``kill -9`` leftovers); the next run of a task calls it.
+- Temporary names carry their owner (host, pid namespace and pid): :func:`remove_stale`
+  deletes those of dead processes of this host and namespace (``kill -9`` leftovers); the
+  next run of a task calls it.
 - A full disk (or quota) becomes a :class:`~utils.errors.DiskFullError` naming the file.
 """
 
@@ -31,14 +32,24 @@ from utils.errors import DiskFullError
 
 WORK_PREFIX = ".work-"
 TEMP_MARK = ".tmp-"
-# <owner> = <host>-<pid>; a random part keeps concurrent writers of one process apart
-_OWNED = re.compile(r"(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8,12}")
+# <owner> = <host>-<pid namespace>-<pid>; a random part keeps writers of one process apart
+_OWNED = re.compile(r"(?P<host>.+)-(?P<ns>\d+)-(?P<pid>\d+)-[0-9a-f]{8,12}")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def owner() -> str:
-    """``<host>-<pid>`` of this process (evaluated per call: forked workers differ)."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+def _pid_namespace() -> int:
+    """Inode of this process's pid namespace (containers on one host with one hostname have
+    different ones, so a pid is only compared within its namespace); 0 if unknown."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def owner(pid: int | None = None) -> str:
+    """``<host>-<pid namespace>-<pid>`` of this process (or of ``pid`` in this namespace);
+    evaluated per call, since forked workers differ."""
+    return f"{socket.gethostname()}-{_pid_namespace()}-{os.getpid() if pid is None else pid}"
 
 
 def _tag() -> str:
@@ -146,10 +157,12 @@ def _alive(pid: int) -> bool:
 
 
 def _dead_owner(tag: str) -> bool:
-    """True if ``tag`` (``<host>-<pid>-<random>...``) names a dead process of this host.
-    Leftovers of other hosts are never touched: their process may still run there."""
+    """True if ``tag`` (``<host>-<ns>-<pid>-<random>...``) names a dead process of this host
+    and pid namespace. Leftovers of other hosts or namespaces are never touched: their
+    process may still run there."""
     match = _OWNED.match(tag)
-    if match is None or match["host"] != socket.gethostname():
+    if match is None or match["host"] != socket.gethostname() or \
+            int(match["ns"]) != _pid_namespace():
         return False
     return not _alive(int(match["pid"]))
 
@@ -196,7 +209,7 @@ def publishing(directory: str | Path, last: Sequence[str] = ()) -> Iterator[Path
 
     On success every file written there (also in subdirectories) is moved into
     ``directory`` at the same relative place (the names in ``last``, typically the
-    completion markers, are moved last). On any exception, including
+    completion markers, are moved last, in that order). On any exception, including
     KeyboardInterrupt, the work directory is removed and nothing is published. Leftovers of
     dead processes in ``directory`` are removed first.
     """
@@ -209,7 +222,7 @@ def publishing(directory: str | Path, last: Sequence[str] = ()) -> Iterator[Path
     try:
         yield work
         files = sorted(p for p in work.rglob("*") if p.is_file())
-        files.sort(key=lambda p: p.name in last)
+        files.sort(key=lambda p: list(last).index(p.name) if p.name in last else -1)
         for path in files:
             target = directory / path.relative_to(work)
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 from utils.errors import BHiveError
 
+PARAMETERS_FILE = "parameters.json"  # a version's record of its parameters
 DEFAULT_SEED = 123456
 SCHEDULERS = ("none", "epoch_lin_decay", "batch_lin_decay", "batch_cosine_warmup")
 PRECISIONS = ("float32", "float16", "bfloat16")

@@ -113,7 +113,7 @@ class DemoRun(BaseTask):
         from rich.text import Text
 
         from utils.evaluation.report import Predictions, headline
-        from utils.io import publishing, write_json, write_text
+        from utils.io import write_json, write_text
         from utils.plotting.demo import demo_summary
         from utils.progress import console
 
@@ -122,7 +122,7 @@ class DemoRun(BaseTask):
         summary = json.loads((roc_dir / "summary.json").read_text())
         pred = Predictions.load(InferenceTask(**self.chain_kwargs()).local_path())
         text, terminal = demo_summary(summary, pred, roc_dir, wp_dir, self.model_name)
-        with publishing(self.local_path()) as work:
+        with self.publishing("summary.txt") as work:
             write_text(work / "summary.txt", text)
             write_json(work / "summary.json", {
                 "BvsL": headline(summary, "BvsL"), "BvsAll": headline(summary, "BvsAll"),

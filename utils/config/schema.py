@@ -485,7 +485,8 @@ class Config:
             "processor": self.processor,
             "storage_dtype": self.storage_dtype,
             "reference_flavour": self.reference_flavour,
-            "classes": {name: list(labels) for name, labels in self.classes.items()},
+            # a list: the order of the classes is their index (json sorts dict keys)
+            "classes": [[name, list(labels)] for name, labels in self.classes.items()],
         }
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

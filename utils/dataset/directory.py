@@ -68,10 +68,11 @@ class DatasetDirectory:
         """True once the export finished (``processed_files.txt`` is written last)."""
         return (self.path / PROCESSED_FILES).is_file()
 
-    def problems(self) -> list[str]:
+    def problems(self, required: Iterable[str] = ()) -> list[str]:
         """What is wrong with a published dataset: missing, truncated or unreadable chunks
-        and missing bookkeeping files (empty if complete)."""
-        problems = [f"{self.path / name} is missing" for name in (WEIGHTS, INFO, HISTOGRAM)
+        and missing bookkeeping files or ``required`` files (empty if complete)."""
+        problems = [f"{self.path / name} is missing"
+                    for name in (WEIGHTS, INFO, HISTOGRAM, *required)
                     if not (self.path / name).is_file()]
         try:
             chunks = self.chunks()
@@ -95,13 +96,14 @@ class DatasetDirectory:
                                 "written")
         return problems
 
-    def check(self) -> None:
-        """Raise :class:`IncompleteDatasetError` unless the dataset is published and whole."""
+    def check(self, required: Iterable[str] = ()) -> None:
+        """Raise :class:`IncompleteDatasetError` unless the dataset is published and whole
+        (with the ``required`` files, e.g. the task's parameters.json)."""
         if not self.published:
             raise IncompleteDatasetError(f"{self.path / PROCESSED_FILES} does not exist: the "
                                          "dataset was not exported (run "
                                          "DatasetConstructorTask first)")
-        problems = self.problems()
+        problems = self.problems(required)
         if problems:
             shown = problems[:MAX_LISTED]
             more = len(problems) - len(shown)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.config import Config
+from utils.config import Config, label_to_class
 from utils.dataset.directory import Chunk, write_bookkeeping
 from utils.dataset.inputs import assign_processes, inspect_files, is_remote
 from utils.dataset.layout import ColumnLayout
@@ -31,7 +31,7 @@ from utils.dataset.reweighting import weight_tables
 from utils.errors import BHiveError
 from utils.io import disk_full, owned_directory, remove_stale
 from utils.progress import console, progress_bar
-from utils.settings import EXECUTORS
+from utils.settings import EXECUTORS, ExportSettings
 
 DEBUG_MAX_CHUNKS = 3
 DEBUG_CHUNK_ROWS = 5_000
@@ -158,10 +158,16 @@ class _Guarded:
 
 def run_processor(config: Config, by_process: dict[str, list[str]],
                   file_index: dict[str, int], staging: Path, seed: int,
-                  executor: str = "futures", workers: int = 1, debug: bool = False,
+                  executor: str = ExportSettings.executor,
+                  workers: int = ExportSettings.coffea_worker, debug: bool = False,
                   coffea_chunk_size: int | None = None,
-                  scheduler_address: str | None = None) -> dict[str, Any]:
+                  scheduler_address: str | None = None,
+                  retries: int | None = None) -> dict[str, Any]:
     """Run the config's coffea processor over the files; staged rows go to ``staging``.
+
+    ``retries``: coffea's retries of a failing chunk (default: a few for root:// inputs,
+    whose reads can fail transiently, else none); b-hive's own input errors are never
+    retried.
 
     Returns the accumulated result: ``staged`` [(path, rows)], ``histogram``, ``counts``,
     ``rows_per_file``, ``non_finite_branches``, ``labels_per_process``. An input problem
@@ -169,8 +175,7 @@ def run_processor(config: Config, by_process: dict[str, list[str]],
     """
     from utils.processors import get_processor
 
-    if workers < 1:
-        raise ExportError(f"--coffea-worker must be >= 1, got {workers}")
+    ExportSettings(coffea_worker=workers, executor=executor)  # valid values (raises)
     processor_cls = get_processor(config.processor)
     layout = ColumnLayout.from_config(config)
     proc = processor_cls(config, staging, file_index, seed=seed)
@@ -181,9 +186,11 @@ def run_processor(config: Config, by_process: dict[str, list[str]],
     fileset = {name: {"files": {f: config.tree_name for f in fs},
                       **({"preload": preload} if preload else {})}
                for name, fs in by_process.items() if fs}
-    remote = any(is_remote(f) for fs in by_process.values() for f in fs)
+    if retries is None:
+        remote = any(is_remote(f) for fs in by_process.values() for f in fs)
+        retries = REMOTE_RETRIES if remote else 0
     with _runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None,
-                 REMOTE_RETRIES if remote else 0, scheduler_address) as runner:
+                 retries, scheduler_address) as runner:
         result = dict(runner(fileset, _Guarded(proc, staging), treename=config.tree_name))
     errors = result.get("errors") or {}
     if errors:
@@ -215,8 +222,9 @@ def combine_results(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir: Path,
-                   chunk_size: int = 100_000, seed: int = 123456, executor: str = "futures",
-                   workers: int = 1, debug: bool = False,
+                   chunk_size: int = ExportSettings.chunk_size,
+                   seed: int = ExportSettings.seed, executor: str = ExportSettings.executor,
+                   workers: int = ExportSettings.coffea_worker, debug: bool = False,
                    coffea_chunk_size: int | None = None,
                    scheduler_address: str | None = None) -> ExportSummary:
     """Run the export; write every output into ``work_dir`` naming final paths in ``out_dir``.
@@ -230,11 +238,7 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
     from utils.processors import get_processor
 
     start = time.perf_counter()
-    if chunk_size < 1:
-        raise ExportError(f"--chunk-size must be >= 1, got {chunk_size}")
-    if executor not in EXECUTORS:
-        raise ExportError(f"--executor must be one of {', '.join(EXECUTORS)}, got "
-                          f"{executor!r}")
+    ExportSettings(chunk_size=chunk_size, seed=seed, coffea_worker=workers, executor=executor)
     by_process = plan_inputs(config, files, debug)
     used = [f for fs in by_process.values() for f in fs]
     entries = check_inputs(config, used, workers)
@@ -354,13 +358,13 @@ def report(summary: ExportSummary, config: Config, directory: Path,
                 f"{k} {v:,}" for k, v in summary.non_finite_branches.items()))
         else:
             console.print("  NaN/inf per branch: none")
-        class_of = {label: cls for cls, labels in config.classes.items() for label in labels}
+        class_of = label_to_class(config.classes)
         for process, labels in summary.labels_per_process.items():
-            per_class = {cls: 0 for cls in config.classes}
+            per_class = np.zeros(len(config.classes), dtype=np.int64)
             for label, n in labels.items():
                 per_class[class_of[label]] += n
-            console.print(f"  {process}: " + ", ".join(f"{cls} {n:,}"
-                                                        for cls, n in per_class.items()))
+            console.print(f"  {process}: " + ", ".join(
+                f"{cls} {n:,}" for cls, n in zip(config.classes, per_class, strict=True)))
         console.print("  time per stage: " + ", ".join(f"{k} {v:.1f} s"
                                                        for k, v in summary.timing.items()))
     console.print(f"  {directory}")

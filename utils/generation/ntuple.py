@@ -14,6 +14,7 @@ import numpy as np
 import uproot
 
 from utils.io import atomic_path
+from utils.settings import GenerationSettings
 
 from . import detector
 from .clustering import JET_ABS_ETA_MAX, cluster
@@ -247,7 +248,7 @@ def _validate(process: str, n_events: int, seed: int, pthat_min: float) -> None:
 
 
 def generate_file(path: str | os.PathLike, process: str = "TT", n_events: int = 1000,
-                  seed: int = 1, pthat_min: float = 30.0,
+                  seed: int = 1, pthat_min: float = GenerationSettings.pthat_min,
                   progress: Callable[[int], object] | None = None) -> dict:
     """Generate ``n_events`` Pythia8 events of ``process`` and write the jets to ``path``.
 

@@ -34,5 +34,6 @@ def get_model(name: str) -> type[BaseModel]:
     _discover()
     models = registered_models()
     if name not in models:
-        raise ValueError(f"unknown model {name!r}; available models are {sorted(models)}")
+        raise ModelInputError(f"--model-name {name!r} is unknown; available models are "
+                              f"{sorted(models)}")
     return models[name]

@@ -14,7 +14,9 @@ PROCESSORS = {
 def get_processor(name: str) -> type:
     """The processor class registered as ``name``."""
     if name not in PROCESSORS:
-        raise ValueError(f"unknown processor {name!r}; registered processors are "
+        from utils.config import ConfigError
+
+        raise ConfigError(f"unknown processor {name!r}; registered processors are "
                          f"{sorted(PROCESSORS)}")
     module, cls = PROCESSORS[name].split(":")
     return getattr(importlib.import_module(module), cls)

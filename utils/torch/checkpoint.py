@@ -49,13 +49,14 @@ def completed_epochs(directory: str | Path) -> list[int]:
                   if (m := CHECKPOINT.search(p.name)))
 
 
-def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically."""
+def save_checkpoint(state: Mapping[str, Any], *paths: str | Path) -> None:
+    """Write ``state`` atomically to each of ``paths``, in order (serialised once)."""
     import torch
 
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
-    return write_bytes(path, buffer.getbuffer())
+    for path in paths:
+        write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:

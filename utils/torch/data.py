@@ -25,6 +25,7 @@ from utils.dataset.chunk_format import read_chunk, read_header
 from utils.dataset.directory import DatasetDirectory
 from utils.dataset.layout import ColumnLayout
 from utils.errors import BHiveError
+from utils.settings import TrainSettings
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -60,7 +61,7 @@ def dataset_shards(dataset_dir: str | Path) -> list[Shard]:
     return [Shard(c.path, 0, None, c.rows, c.sum_weight) for c in directory.chunks()]
 
 
-def split_shards(shards: Sequence[Shard], fraction: float = 0.85,
+def split_shards(shards: Sequence[Shard], fraction: float = TrainSettings.train_val_split,
                  n_train: int | None = None) -> Split:
     """Split into training and validation by file; a single file is split by rows.
 

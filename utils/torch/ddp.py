@@ -24,10 +24,16 @@ from typing import Any
 
 import torch
 
-from utils.errors import InterruptedRun
-from utils.io import write_json
+from utils.errors import BHiveError, InterruptedRun
+from utils.io import write_json, write_text
 
 SHUTDOWN_SECONDS = 60
+ERROR_FILE = ".ddp_error.txt"  # rank 0's message of an expected error, for the launcher
+USER_ERROR = 3  # exit code of ranks that stopped with such an error
+
+
+class DistributedTrainingError(BHiveError, RuntimeError):
+    """The distributed training stopped with an error (its message is rank 0's)."""
 
 
 def launch(spec: dict[str, Any], nproc: int, out_dir: Path) -> None:
@@ -42,6 +48,8 @@ def launch(spec: dict[str, Any], nproc: int, out_dir: Path) -> None:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", "-m", "utils.torch.ddp", str(path)]
+    error = out_dir / ERROR_FILE
+    error.unlink(missing_ok=True)
     process = subprocess.Popen(command, env=env)
     try:
         returncode = process.wait()
@@ -55,6 +63,10 @@ def launch(spec: dict[str, Any], nproc: int, out_dir: Path) -> None:
         raise
     finally:
         path.unlink(missing_ok=True)
+    if error.exists():
+        message = error.read_text()
+        error.unlink()
+        raise DistributedTrainingError(message)
     if returncode != 0:
         raise RuntimeError(f"distributed training failed (exit code {returncode}); "
                            f"command: {' '.join(command)}")
@@ -77,16 +89,19 @@ def main(spec_path: str) -> None:
     if cuda:
         torch.cuda.set_device(device)
     settings = spec.pop("settings")
+    out_dir = Path(spec["out_dir"])
     try:
         run_training(config=load_config(spec.pop("config")),
                      settings=TrainSettings(**settings),
                      dataset_dir=Path(spec.pop("dataset_dir")),
                      out_dir=Path(spec.pop("out_dir")), device=device,
                      dist=DistContext(rank, world), **spec)
-    except InterruptedRun as exc:
+    except InterruptedRun:
+        sys.exit(130)  # the launching task says after which epoch
+    except BHiveError as exc:  # one message, from rank 0, shown by the launching task
         if rank == 0:
-            print(exc, flush=True)
-        sys.exit(130)
+            write_text(out_dir / ERROR_FILE, f"{type(exc).__name__}: {exc}")
+        sys.exit(USER_ERROR)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

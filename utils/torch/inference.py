@@ -14,6 +14,7 @@ from utils.config import label_to_class
 from utils.io import atomic_path, save_npy, write_json
 from utils.models import BaseModel
 from utils.progress import console, progress_bar
+from utils.settings import TrainSettings
 from utils.torch.checkpoint import check_classes, load_checkpoint, pick_device
 from utils.torch.data import TEST, ChunkDataset, dataset_shards, make_loader
 
@@ -58,8 +59,10 @@ def load_trained_model(model: BaseModel, checkpoint: str | Path, device: torch.d
 
 
 def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, ...]],
-                  checkpoint: Path, test_dir: Path, out_dir: Path, batch_size: int = 1024,
-                  workers: int = 1, precision: str = "float32",
+                  checkpoint: Path, test_dir: Path, out_dir: Path,
+                  batch_size: int = TrainSettings.batch_size,
+                  workers: int = TrainSettings.n_threads,
+                  precision: str = TrainSettings.training_precision,
                   device: torch.device | None = None, verbose: bool = False
                   ) -> dict[str, np.ndarray]:
     """Predict every jet of the test dataset and write the inference outputs to ``out_dir``:

@@ -14,10 +14,10 @@ import torch
 
 from utils.config import label_to_class
 from utils.errors import InterruptedRun
-from utils.models import BaseModel, InputSpec, get_model
+from utils.models import BaseModel, InputSpec, ModelInputError, get_model
 from utils.progress import console
-from utils.settings import TrainSettings
-from utils.torch.checkpoint import completed_epochs, pick_device
+from utils.settings import SettingsError, TrainSettings
+from utils.torch.checkpoint import CheckpointError, completed_epochs, pick_device
 from utils.torch.data import (
     TRAIN,
     VALIDATION,
@@ -35,9 +35,21 @@ def model_classes(model_cls: type[BaseModel], config: Any) -> dict[str, tuple[st
     unknown = sorted({label for labels in classes.values() for label in labels}
                      - set(config.truth_labels))
     if unknown:
-        raise ValueError(f"model {model_cls.name} groups truth labels {unknown} that config "
+        raise ModelInputError(f"model {model_cls.name} groups truth labels {unknown} that config "
                          f"{config.name!r} does not define")
     return classes
+
+
+def check_training(config: Any, model_name: str, settings: TrainSettings) -> None:
+    """Everything of a training that can fail on its names, checked before anything runs:
+    the model exists and finds its inputs in the config, the optimiser, schedule and loss
+    exist."""
+    from utils.torch.optim import check_settings
+
+    model_cls = get_model(model_name)
+    classes = model_classes(model_cls, config)
+    model_cls.check_inputs(InputSpec.from_config(config, tuple(classes)))
+    check_settings(settings)
 
 
 def build_model(config: Any, model_name: str) -> tuple[BaseModel, dict[str, tuple[str, ...]]]:
@@ -61,15 +73,19 @@ def interruptible(out_dir: Path) -> Iterator[None]:
     (checkpoints are atomic), so running the same command again resumes."""
     main = threading.current_thread() is threading.main_thread()
     previous = None
+    received = [signal.SIGINT]
     if main:
         def stop(signum: int, frame: Any) -> None:
+            received[0] = signum
             raise KeyboardInterrupt
 
         previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
     except KeyboardInterrupt:
-        raise InterruptedRun(interrupted_message(out_dir)) from None
+        error = InterruptedRun(interrupted_message(out_dir))
+        error.signum = received[0]  # the exit code is 128 + signal number
+        raise error from None
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
@@ -108,7 +124,7 @@ def _run(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
     torch.manual_seed(settings.seed)
     dist = dist or DistContext()
     if settings.batch_size % dist.world:
-        raise ValueError(f"--batch-size {settings.batch_size} must be divisible by the "
+        raise SettingsError(f"--batch-size {settings.batch_size} must be divisible by the "
                          f"{dist.world} distributed processes")
     model, classes = build_model(config, model_name)
     shards = dataset_shards(dataset_dir)
@@ -140,7 +156,7 @@ def _run(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
                       dist=dist, verbose=verbose)
     resumed = trainer.resume(resume_epoch)
     if require_resume and not resumed:
-        raise FileNotFoundError(f"--resume-training: no checkpoint in {out_dir}")
+        raise CheckpointError(f"--resume-training: no checkpoint in {out_dir}")
     if dist.main:
         if on_start is not None:
             on_start()

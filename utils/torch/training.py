@@ -8,7 +8,6 @@ One place, :meth:`Trainer.training_step`, turns a batch into a loss; its first a
 from __future__ import annotations
 
 import contextlib
-import io
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,24 +18,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.errors import BHiveError
 from utils.io import save_npz, write_bytes
 from utils.progress import console, progress_bar
 from utils.settings import TrainSettings
 from utils.torch.checkpoint import (
     BEST,
+    CheckpointError,
     check_classes,
     checkpoint_path,
     completed_epochs,
     load_checkpoint,
     pick_device,
+    save_checkpoint,
 )
-from utils.torch.data import ChunkDataset, make_loader
+from utils.torch.data import ChunkDataset, DataError, make_loader
 from utils.torch.inference import predict
 from utils.torch.optim import make_loss, make_optimizer, make_scheduler
 
 Perturbation = Callable[[nn.Module, dict[str, torch.Tensor], torch.Tensor, Callable], dict]
 METRICS = ("loss", "accuracy", "jets", "seconds", "jets_per_second", "learning_rate",
            "load_seconds")
+
+
+class TrainingError(BHiveError, FloatingPointError):
+    """The training diverged (non-finite loss)."""
 
 
 def nominal(model: nn.Module, inputs: dict[str, torch.Tensor], target: torch.Tensor,
@@ -184,7 +190,7 @@ class Trainer:
                               lambda x: self.compute_loss(x, target, weight)[0])
         loss, logits = self.compute_loss(inputs, target, weight)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at epoch {self.epoch + 1}; "
+            raise TrainingError(f"training loss is {loss.item()} at epoch {self.epoch + 1}; "
                                      "lower --learning-rate or check the inputs for extreme "
                                      "values")
         self.optimizer.zero_grad(set_to_none=True)
@@ -230,7 +236,7 @@ class Trainer:
             loader.close()
         total_loss, correct, jets = self.dist.sum([total_loss, correct, jets])
         if jets == 0:
-            raise RuntimeError("no training batch: the training files hold fewer sampled jets "
+            raise DataError("no training batch: the training files hold fewer sampled jets "
                                f"than --batch-size {self.settings.batch_size}")
         seconds = time.perf_counter() - start
         if not self.per_batch:
@@ -337,11 +343,9 @@ class Trainer:
             name = "training_metrics.npz" if part == "train" else "validation_metrics.npz"
             save_npz(self.out_dir / name, **{k: np.asarray(v) for k, v in values.items()})
         plot_history(self.history, self.out_dir)
-        buffer = io.BytesIO()
-        torch.save(self.state(), buffer)
-        if best:
-            write_bytes(self.out_dir / BEST, buffer.getbuffer())
-        write_bytes(self.checkpoint_path(self.epoch), buffer.getbuffer())
+        checkpoint = self.checkpoint_path(self.epoch)
+        save_checkpoint(self.state(), *((self.out_dir / BEST, checkpoint) if best else
+                                         (checkpoint,)))
 
     def resume(self, completed: int | None = None) -> bool:
         """Load the latest checkpoint (or the one after ``completed`` epochs); False if none.
@@ -354,7 +358,7 @@ class Trainer:
             if completed == 0:
                 return False
             if completed not in available:
-                raise FileNotFoundError(f"no checkpoint after epoch {completed} "
+                raise CheckpointError(f"--resume-epoch: no checkpoint after epoch {completed} "
                                         f"({self.checkpoint_path(completed)}); "
                                         f"available: {available}")
             epoch = completed
@@ -368,7 +372,7 @@ class Trainer:
         diffs = [f"{k}: {stored[k]!r} -> {v!r}" for k, v in current.items()
                  if k in stored and stored[k] != v]
         if diffs:
-            raise ValueError(f"{path} was written with other settings ({'; '.join(diffs)}); "
+            raise CheckpointError(f"{path} was written with other settings ({'; '.join(diffs)}); "
                              "remove the old checkpoints (--remove-output) or choose a new "
                              "--training-version")
         if "classes" in self.metadata:

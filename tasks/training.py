@@ -143,8 +143,10 @@ class TrainingTask(TrainingDependency):
         from utils.errors import InterruptedRun
         from utils.io import remove_stale
         from utils.progress import console
+        from utils.torch.optim import check_settings
         from utils.torch.run import interrupted_message
 
+        check_settings(self.settings)  # the full check, before anything is written
         out_dir = self.local_path()
         remove_stale(out_dir)  # temporaries of killed runs
         dataset_dir = Path(self.input()["processed_files"].path).parent

@@ -19,10 +19,8 @@ class OptimConfigError(BHiveError, ValueError):
     """An optimiser, scheduler or loss name or value is invalid."""
 
 
-def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,
-                   betas: tuple[float, float] = (0.95, 0.999), eps: float = 1e-6,
-                   weight_decay: float | None = None) -> torch.optim.Optimizer:
-    """Any ``torch.optim`` optimiser by name; options it does not accept are left out."""
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The ``torch.optim`` optimiser called ``name``."""
     cls = getattr(torch.optim, name, None)
     if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
         valid = sorted(n for n, c in vars(torch.optim).items()
@@ -30,6 +28,23 @@ def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,
                        and c is not torch.optim.Optimizer)
         raise OptimConfigError(f"--optimizer {name!r} is not a torch.optim optimiser; "
                                f"choose one of {valid}")
+    return cls
+
+
+def loss_class(name: str) -> type[nn.Module]:
+    """The ``torch.nn`` loss called ``name``."""
+    cls = getattr(nn, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.modules.loss._Loss)):
+        raise OptimConfigError(f"--loss-function {name!r} is not a torch.nn loss "
+                               "(e.g. CrossEntropyLoss, NLLLoss, MultiMarginLoss)")
+    return cls
+
+
+def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,
+                   betas: tuple[float, float] = (0.95, 0.999), eps: float = 1e-6,
+                   weight_decay: float | None = None) -> torch.optim.Optimizer:
+    """Any ``torch.optim`` optimiser by name; options it does not accept are left out."""
+    cls = optimizer_class(name)
     if lr <= 0:
         raise OptimConfigError(f"--learning-rate must be > 0, got {lr}")
     accepted = inspect.signature(cls).parameters
@@ -87,9 +102,16 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), per_batch
 
 
+def check_names(settings: TrainSettings) -> None:
+    """The optimiser and loss of ``settings`` exist (no tensor is created: this runs in the
+    scheduling process, which luigi forks, and torch's thread pools must not start there)."""
+    optimizer_class(settings.optimizer)
+    loss_class(settings.loss_function)
+
+
 def check_settings(settings: TrainSettings) -> None:
     """Build the optimiser, schedule and loss of ``settings`` on a dummy parameter, so that
-    a bad name fails before anything is written."""
+    a bad combination fails before anything is written."""
     params = [torch.nn.Parameter(torch.zeros(1))]
     optimizer = make_optimizer(settings.optimizer, params, settings.learning_rate,
                                settings.beta_pair, settings.eps, settings.weight_decay)
@@ -100,10 +122,7 @@ def check_settings(settings: TrainSettings) -> None:
 
 def make_loss(name: str) -> nn.Module:
     """A ``torch.nn`` loss by name, returning one value per jet (``reduction='none'``)."""
-    cls = getattr(nn, name, None)
-    if not (inspect.isclass(cls) and issubclass(cls, nn.modules.loss._Loss)):
-        raise OptimConfigError(f"--loss-function {name!r} is not a torch.nn loss "
-                               "(e.g. CrossEntropyLoss, NLLLoss, MultiMarginLoss)")
+    cls = loss_class(name)
     try:
         loss = cls(reduction="none")
         loss(torch.zeros(2, 3), torch.tensor([0, 2]))

@@ -42,14 +42,14 @@ def model_classes(model_cls: type[BaseModel], config: Any) -> dict[str, tuple[st
 
 def check_training(config: Any, model_name: str, settings: TrainSettings) -> None:
     """Everything of a training that can fail on its names, checked before anything runs:
-    the model exists and finds its inputs in the config, the optimiser, schedule and loss
-    exist."""
-    from utils.torch.optim import check_settings
+    the model exists and finds its inputs in the config, the optimiser and loss exist.
+    No tensor is created (see :func:`utils.torch.optim.check_names`)."""
+    from utils.torch.optim import check_names
 
     model_cls = get_model(model_name)
     classes = model_classes(model_cls, config)
     model_cls.check_inputs(InputSpec.from_config(config, tuple(classes)))
-    check_settings(settings)
+    check_names(settings)
 
 
 def build_model(config: Any, model_name: str) -> tuple[BaseModel, dict[str, tuple[str, ...]]]:

@@ -101,7 +101,10 @@ class DatasetConstructorTask(DatasetDependency):
     """
 
     settings_class = ExportSettings
-    chunk_size = setting(ExportSettings, "chunk_size")
+    chunk_size = setting(ExportSettings, "chunk_size", description="jets per output file "
+                         "(the last file holds the remainder); default: the config's "
+                         "chunk_size if it sets one (demo: 5000), else 100000, for a new "
+                         "version; else the stored value")
     coffea_worker = setting(ExportSettings, "coffea_worker", significant=False)
     executor = setting(ExportSettings, "executor", significant=False)
     scheduler_address = luigi.Parameter(
@@ -126,6 +129,15 @@ class DatasetConstructorTask(DatasetDependency):
 
     # the shuffling seed of a dataset is its own; a training's --seed is not forwarded
     exclude_params_req_get = {"seed"}
+
+    def resolved_values(self) -> dict[str, Any]:
+        """As for every task, with the config's ``chunk_size`` (if it sets one) as the
+        default of a new dataset."""
+        values = super().resolved_values()
+        stored = self.stored_record().get("parameters", {}).get("chunk_size")
+        if self.chunk_size is None and stored is None and self.load_config().chunk_size:
+            values["chunk_size"] = self.load_config().chunk_size
+        return values
 
     def directory(self) -> Any:
         from utils.dataset.directory import DatasetDirectory

@@ -48,6 +48,7 @@ class TrainingDependency(DatasetDependency):
     lr_decay_factor = _train("lr_decay_factor")
     loss_function = _train("loss_function")
     loss_weighting = _train("loss_weighting")
+    grad_clip = _train("grad_clip")
     mixed_precision = _train("mixed_precision")
     training_precision = _train("training_precision")
     train_val_split = _train("train_val_split")

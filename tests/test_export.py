@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import uproot
 
-from utils.config import Derived, FeatureGroup
+from utils.config import Derived, FeatureGroup, label_to_class
 from utils.dataset.chunk_format import read_chunk
 from utils.dataset.directory import DatasetDirectory
 from utils.dataset.export import ExportError, export_dataset
 from utils.dataset.layout import ColumnLayout
-from utils.dataset.reweighting import weight_tables
+from utils.dataset.reweighting import config_weights
 from utils.synthetic import synthetic_arrays, write_ntuple, write_synthetic_ntuple
 
 
@@ -111,7 +111,7 @@ def test_weights_histogram_and_metadata(tmp_path, offline_config, synthetic_file
         h, _, _ = np.histogram2d(pt[labels == i], eta[labels == i],
                                  bins=(offline_config.pt_bins, offline_config.eta_bins))
         np.testing.assert_array_equal(hist[i], h)
-    tables = weight_tables(hist, reference)
+    tables = config_weights(offline_config, hist).tables
     expected_w = tables[labels,
                         np.searchsorted(offline_config.pt_bins, pt, side="right") - 1,
                         np.searchsorted(offline_config.eta_bins, eta, side="right") - 1]
@@ -126,6 +126,20 @@ def test_weights_histogram_and_metadata(tmp_path, offline_config, synthetic_file
     assert info["counts"]["selected"] == len(rows)
     assert sum(v["selected"] for v in info["inputs"].values()) == len(rows)
     assert sum(info["jets_per_label"].values()) == len(rows)
+    # the reweighting report: per class, jets and the expected jets kept per epoch
+    report = info["reweighting"]
+    assert report["method"] == "reference" and report["reference"] == "isB"
+    assert report["quantile"] == 0.9 and report["min_jets_per_bin"] == 10
+    assert sum(c["jets"] for c in report["classes"].values()) == len(rows)
+    class_of = np.array([label_to_class(offline_config.classes)[label]
+                         for label in offline_config.truth_labels])[labels]
+    for k, c in enumerate(report["classes"].values()):
+        assert c["jets"] == int((class_of == k).sum())
+        assert c["expected_kept"] == pytest.approx(weights[class_of == k].sum(), rel=1e-5)
+        assert 0 <= c["clipped_fraction"] <= 1
+    assert report["expected_kept"] == pytest.approx(meta["total_weight"], rel=1e-5)
+    assert sum(c["fraction_after_sampling"] for c in report["classes"].values()) == \
+        pytest.approx(1)
 
 
 def test_shuffled_and_deterministic(tmp_path, offline_config, synthetic_files):

@@ -123,6 +123,41 @@ def test_loss_weighting_mode_keeps_all_jets(shards, mapping):
     assert data.expected_jets() == total
 
 
+def test_sampling_and_loss_weighting_give_the_same_class_mix(shards, mapping):
+    """Rejection sampling keeps a jet with probability = its weight; loss weighting weighs
+    every jet by it: both see the same expected class mix."""
+    n_classes = max(mapping.values()) + 1
+    sampled = np.zeros(n_classes)
+    data = ChunkDataset(shards, GROUPS, mapping, 50, TRAIN, sampling=True, seed=5)
+    for epoch in range(30):
+        data.set_epoch(epoch)
+        for batch in make_loader(data, 0):
+            sampled += np.bincount(batch["target"].numpy(), minlength=n_classes)
+    weighted = np.zeros(n_classes)
+    for batch in make_loader(ChunkDataset(shards, GROUPS, mapping, 50, TEST), 0):
+        weighted += np.bincount(batch["target"].numpy(), weights=batch["weight"].numpy(),
+                                minlength=n_classes)
+    np.testing.assert_allclose(sampled / sampled.sum(), weighted / weighted.sum(), atol=0.01)
+
+
+def test_training_epochs_have_a_fixed_number_of_full_batches(shards, mapping):
+    from utils.torch.data import training_batches
+
+    data = ChunkDataset(shards, GROUPS, mapping, 50, TRAIN, sampling=True, seed=1)
+    steps = data.expected_batches()
+    for threads in (0, 2):
+        for epoch in range(3):
+            data.set_epoch(epoch)
+            sizes = [len(b["target"]) for b in training_batches(data, threads, steps)]
+            assert sizes == [50] * steps and data.draw == 0
+    # more steps than one sampling pass gives: further passes fill the epoch
+    data.set_epoch(0)
+    assert len(list(training_batches(data, 1, 3 * steps))) == 3 * steps
+    tiny = ChunkDataset(shards[:1], GROUPS, mapping, 10**6, TRAIN, sampling=True, seed=1)
+    with pytest.raises(DataError, match="fewer sampled jets than one batch of 1000000"):
+        list(training_batches(tiny, 0, 1))
+
+
 def test_precision_and_unused_labels(shards, mapping):
     data = ChunkDataset(shards[:1], GROUPS, {"isB": 0, "isG": 1}, 40, TEST, precision="float16")
     batches = list(make_loader(data, 0))

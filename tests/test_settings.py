@@ -93,3 +93,15 @@ def test_readme_tables_show_the_defaults(section, settings_class):
     for name, (_, default, _) in options(settings_class).items():
         if default is not None:
             assert rows.get(cli_name(name)) == shown_default(default), (section, name)
+
+
+def test_config_chunk_size_is_the_default_of_new_datasets(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_PATH", str(tmp_path))
+    demo = DatasetConstructorTask(config="demo", dataset_version="new")
+    assert demo.settings.chunk_size == 5000
+    # the default demo sample (~53k jets) then gives at least 6 chunk files
+    assert 52_000 // demo.settings.chunk_size >= 6
+    assert DatasetConstructorTask(config="demo", dataset_version="new",
+                                  chunk_size=700).settings.chunk_size == 700
+    assert DatasetConstructorTask(config="offline_run3",
+                                  dataset_version="new").settings.chunk_size == 100_000

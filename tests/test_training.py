@@ -183,6 +183,63 @@ def test_checkpoints_of_another_class_mapping_are_refused(demo_dataset, tmp_path
     assert expected in str(info.value) and "best_model.pt" in str(info.value)
 
 
+@pytest.mark.parametrize("threads", [0, 1, 3])
+@pytest.mark.parametrize("schedule", ["batch_lin_decay", "batch_cosine_warmup"])
+def test_per_batch_schedules_end_on_the_last_batch(demo_dataset, tmp_path, threads, schedule):
+    """Every epoch has the same, precomputed number of steps (whatever the loader threads
+    drop), so the last batch of the last epoch runs at the final learning rate."""
+    config, directory = demo_dataset
+    settings = TrainSettings(epochs=2, batch_size=64, learning_rate=0.01, seed=2,
+                             lr_scheduler=schedule, lr_decay_factor=0.05, n_threads=threads)
+    model, classes = build_model(config, "MLP")
+    from utils.torch.data import VALIDATION
+    from utils.torch.training import Trainer
+
+    shards = dataset_shards(directory)
+    train = ChunkDataset(shards[:-1], model.input_groups, label_to_class(classes), 64, TRAIN,
+                         seed=2)
+    val = ChunkDataset(shards[-1:], model.input_groups, label_to_class(classes), 64,
+                       VALIDATION)
+    trainer = Trainer(model, train, val, tmp_path, settings, torch.device("cpu"))
+    steps = trainer.batches_per_epoch
+    assert steps == int(train.expected_jets() // 64) > 2
+    rates = []
+    trainer.optimizer.register_step_pre_hook(lambda *_: rates.append(trainer.lr))
+    trainer.fit()
+    assert len(rates) == 2 * steps
+    assert rates[-1] == pytest.approx(0.01 * 0.05)
+    if schedule == "batch_cosine_warmup":  # warm-up: one epoch at most, half the run at most
+        assert int(np.argmax(rates)) <= steps
+    assert trainer.history.train["jets"] == [steps * 64] * 2
+
+
+def test_gradient_clipping(demo_dataset, tmp_path):
+    config, directory = demo_dataset
+    changes = {}
+    for clip in (1e-4, 0.0):
+        settings = TrainSettings(epochs=1, batch_size=64, learning_rate=1.0, optimizer="SGD",
+                                 seed=4, grad_clip=clip, lr_scheduler="none", n_threads=0,
+                                 weight_decay=0.0)
+        model, classes = build_model(config, "MLP")
+        from utils.torch.data import VALIDATION
+        from utils.torch.training import Trainer
+
+        shards = dataset_shards(directory)
+        mapping = label_to_class(classes)
+        trainer = Trainer(model, ChunkDataset(shards[:-1], model.input_groups, mapping, 64,
+                                              TRAIN, seed=4),
+                          ChunkDataset(shards[-1:], model.input_groups, mapping, 64,
+                                       VALIDATION), tmp_path / str(clip), settings,
+                          torch.device("cpu"))
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        batch = next(iter(make_loader(trainer.train_data, 0)))
+        trainer.training_step(batch)
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        changes[clip] = float((after - before).norm())
+    assert changes[1e-4] == pytest.approx(1e-4, rel=1e-3)  # SGD lr 1: the step is the grad
+    assert changes[0.0] > 100 * changes[1e-4]
+
+
 def test_sampled_epoch_size_matches_weights(demo_dataset):
     config, directory = demo_dataset
     shards = dataset_shards(directory)

@@ -197,6 +197,8 @@ class TrainSettings(_Validated):
     loss_function: str = option("CrossEntropyLoss", "torch.nn loss on (logits, class)")
     loss_weighting: bool = option(False, "use the per-jet pT-eta weights in the loss instead "
                                   "of rejection sampling")
+    grad_clip: float = option(1.0, "clip the gradients' global norm to this value, as the "
+                              "original b-hive does (0: no clipping)", at_least(0), ">= 0")
     mixed_precision: bool = option(False, "automatic mixed precision (float16 on GPU, "
                                    "bfloat16 on CPU)")
     training_precision: str = option("float32", "dtype of the batches handed to the device",

@@ -7,12 +7,13 @@ from utils.config.schema import (
     Derived,
     FeatureGroup,
     Process,
+    Reweighting,
     label_to_class,
     mapping_text,
 )
 
 __all__ = [
-    "Config", "ConfigError", "Derived", "FeatureGroup", "Process",
+    "Config", "ConfigError", "Derived", "FeatureGroup", "Process", "Reweighting",
     "available_configs", "config_dir", "label_to_class", "load_config",
     "mapping_text",
 ]

@@ -24,6 +24,7 @@ from utils.errors import BHiveError
 STORAGE_DTYPES = ("float32", "float16")
 # settings a config may give per process for built-in (Pythia8) samples
 GENERATOR_SETTINGS = ("n_files", "events_per_file", "pthat_min")
+REWEIGHTING_METHODS = ("reference", "flat", "none", "legacy_max")
 
 
 class ConfigError(BHiveError, ValueError):
@@ -178,6 +179,46 @@ class Process:
             object.__setattr__(self, attr, (float(value[0]), float(value[1])))
 
 
+@dataclass(frozen=True)
+class Reweighting:
+    """How the export weights jets for the rejection sampling (``utils/dataset/reweighting``).
+
+    ``method``: ``reference`` (each class's pT-eta shape matched to the reference's),
+    ``flat`` (flat in the pT-eta bins), ``none`` (weights 1) or ``legacy_max`` (the original
+    b-hive's max-normalised per-label weights). ``reference``: a class or truth label
+    (default: the config's ``reference_flavour``). ``quantile``: the percentile of a class's
+    density ratios, counted over its jets, that maps to acceptance 1 (larger ones are
+    clipped). ``min_jets_per_bin``: bins with fewer jets of a class do not set its scale.
+    ``class_fractions``: ``"equal"`` or ``{class: fraction}`` of the jets after sampling
+    (default: as many jets per class as the shape matching allows).
+    """
+
+    method: str = "reference"
+    reference: str | None = None
+    quantile: float = 0.9
+    min_jets_per_bin: int = 10
+    class_fractions: str | Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in REWEIGHTING_METHODS:
+            _fail("reweighting.method", f"must be one of {REWEIGHTING_METHODS}, got "
+                  f"{self.method!r}")
+        if not _is_number(self.quantile) or not 0 < self.quantile <= 1:
+            _fail("reweighting.quantile", f"must be in (0, 1], got {self.quantile!r}")
+        if isinstance(self.min_jets_per_bin, bool) or not isinstance(
+                self.min_jets_per_bin, int) or self.min_jets_per_bin < 0:
+            _fail("reweighting.min_jets_per_bin", f"must be an integer >= 0, got "
+                  f"{self.min_jets_per_bin!r}")
+        fractions = self.class_fractions
+        if fractions is not None and fractions != "equal":
+            if not isinstance(fractions, Mapping) or not all(
+                    _is_number(v) and v >= 0 for v in fractions.values()) or \
+                    not any(v > 0 for v in fractions.values()):
+                _fail("reweighting.class_fractions", "must be 'equal' or {class: fraction "
+                      f">= 0}} with a positive fraction, got {fractions!r}")
+            object.__setattr__(self, "class_fractions", dict(fractions))
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
 
@@ -221,6 +262,8 @@ class Config:
     storage_dtype: str = "float32"
     generated_samples: Mapping[str, Mapping[str, float]] | None = None
     processor_options: Mapping[str, Any] | None = None
+    reweighting: Reweighting = Reweighting()
+    chunk_size: int | None = None
     figure_label: str = ""
     name: str = ""
     description: str = ""
@@ -242,7 +285,7 @@ class Config:
         for key in ("tree_name", "pt_bins", "eta_bins", "processes", "groups", "truths",
                     "classes", "reference_flavour", "pt_key", "eta_key", "selection",
                     "observers", "reference_taggers", "storage_dtype", "processor",
-                    "generated_samples", "figure_label"):
+                    "generated_samples", "reweighting", "chunk_size", "figure_label"):
             getattr(self, f"_check_{key}")()
 
     def _set(self, key: str, value: Any) -> None:
@@ -363,6 +406,39 @@ class Config:
     def _check_processor(self) -> None:
         if not isinstance(self.processor, str) or not self.processor:
             _fail("processor", "must be the name of a registered processor")
+
+    def _check_reweighting(self) -> None:
+        rw = self.reweighting
+        if isinstance(rw, Mapping):  # a plain dict in a config file
+            try:
+                rw = Reweighting(**rw)
+            except TypeError as exc:
+                _fail("reweighting", f"{exc}; valid keys are method, reference, quantile, "
+                      "min_jets_per_bin, class_fractions")
+            self._set("reweighting", rw)
+        if not isinstance(rw, Reweighting):
+            _fail("reweighting", "must be Reweighting(...) or a dict of its keys")
+        if rw.reference is not None and rw.reference not in self.classes and \
+                rw.reference not in self.truth_labels:
+            _fail("reweighting.reference", f"{rw.reference!r} is neither a class "
+                  f"{list(self.classes)} nor a truth label")
+        if isinstance(rw.class_fractions, Mapping):
+            unknown = sorted(set(rw.class_fractions) - set(self.classes))
+            if unknown:
+                _fail("reweighting.class_fractions", f"unknown classes {unknown}; classes are "
+                      f"{list(self.classes)}")
+
+    @property
+    def reweighting_reference(self) -> str:
+        """The class or truth label the shapes are matched to."""
+        return self.reweighting.reference or self.reference_flavour
+
+    def _check_chunk_size(self) -> None:
+        if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or not
+                                            isinstance(self.chunk_size, int) or
+                                            self.chunk_size < 1):
+            _fail("chunk_size", f"must be a positive integer (the default --chunk-size of "
+                  f"this config's datasets) or None, got {self.chunk_size!r}")
 
     def _check_figure_label(self) -> None:
         if not isinstance(self.figure_label, str):
@@ -485,6 +561,7 @@ class Config:
             "processor": self.processor,
             "storage_dtype": self.storage_dtype,
             "reference_flavour": self.reference_flavour,
+            "reweighting": dataclasses.asdict(self.reweighting),
             # a list: the order of the classes is their index (json sorts dict keys)
             "classes": [[name, list(labels)] for name, labels in self.classes.items()],
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import multiprocessing
 import os
@@ -27,7 +28,7 @@ from utils.dataset.directory import Chunk, write_bookkeeping
 from utils.dataset.inputs import assign_processes, inspect_files, is_remote
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.merge import merge_staged
-from utils.dataset.reweighting import weight_tables
+from utils.dataset.reweighting import config_weights, reweighting_table
 from utils.errors import BHiveError
 from utils.io import disk_full, owned_directory, remove_stale
 from utils.progress import console, progress_bar
@@ -59,6 +60,7 @@ class ExportSummary:
     non_finite_branches: dict[str, int] = field(default_factory=dict)
     labels_per_process: dict[str, dict[str, int]] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    reweighting: dict[str, Any] = field(default_factory=dict)
 
     @property
     def empty_files(self) -> list[str]:
@@ -294,15 +296,18 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
     if not result["staged"]:
         raise ExportError(no_jets_message(config, counts, len(entries), non_finite))
     histogram = np.asarray(result["histogram"], dtype=np.float64)
-    reference = config.truth_labels.index(config.reference_flavour)
-    if histogram[reference].sum() == 0:
-        console.print(f"[yellow]Reference flavour {config.reference_flavour} has no jets: "
-                      "all weights set to 1 (no pT-eta reweighting)[/]")
+    weights = config_weights(config, histogram)
+    reference = config.reweighting_reference
+    members = config.classes.get(reference, (reference,))
+    if config.reweighting.method in ("reference", "legacy_max") and not sum(
+            histogram[config.truth_labels.index(label)].sum() for label in members):
+        console.print(f"[yellow]Reweighting reference {reference} has no jets: the shapes "
+                      "are not matched (weights 1 before class fractions)[/]")
     merge_start = time.perf_counter()
     with progress_bar("Merging", total=counts["selected"], unit="jets") as bar:
         merged = merge_staged(result["staged"], layout, out_dir=work_dir,
                               chunk_size=chunk_size, seed=seed,
-                              tables=weight_tables(histogram, reference),
+                              tables=weights.tables,
                               pt_key=config.pt_key, eta_key=config.eta_key,
                               pt_bins=config.pt_bins, eta_bins=config.eta_bins,
                               workers=workers, advance=bar.advance)
@@ -314,6 +319,8 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
               for name, fs in by_process.items() for f in fs}
     seconds = time.perf_counter() - start
     timing["total"] = seconds
+    reweighting = {**dataclasses.asdict(config.reweighting),
+                   "reference": config.reweighting_reference, **weights.to_dict()}
     write_bookkeeping(work_dir, out_dir, chunks, histogram, {
         "config": config.name,
         "config_fingerprint": config.fingerprint(),
@@ -325,6 +332,7 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
         "jets_per_label": dict(zip(config.truth_labels,
                                    histogram.sum(axis=(1, 2)).astype(int).tolist(), strict=True)),
         "jets_per_process_label": result["labels_per_process"],
+        "reweighting": reweighting,
         "inputs": inputs,
         "layout": layout.to_dict(),
         "seconds": round(seconds, 3),
@@ -332,7 +340,7 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
     }, chunk_size)
     return ExportSummary([c.path for c in chunks], merged.rows, merged.sum_weight, histogram,
                          counts, inputs, seconds, non_finite, result["labels_per_process"],
-                         timing)
+                         timing, reweighting)
 
 
 def report(summary: ExportSummary, config: Config, directory: Path,
@@ -347,6 +355,8 @@ def report(summary: ExportSummary, config: Config, directory: Path,
         f"{c['out_of_window']:,} outside pT/eta bins, {c['no_label']:,} without label, "
         f"{c['rejected']:,} rejected by the selection, {c['non_finite']:,} with NaN/inf "
         f"dropped, {c['multi_label']:,} with several labels (first one kept)")
+    if summary.reweighting:
+        console.print(reweighting_table(summary.reweighting))
     empty = summary.empty_files
     if empty:
         shown = ", ".join(empty[:5]) + (f", ... ({len(empty) - 5} more)" if len(empty) > 5

@@ -146,6 +146,7 @@ class ChunkDataset(IterableDataset):
         self.seed = seed
         self.dtype = PRECISIONS[precision]
         self.epoch = 0
+        self.draw = 0  # further sampling passes of an epoch (see training_batches)
         self.rank, self.world = 0, 1
         self.observers = observers and bool(self.layout.observer_names)
         try:
@@ -160,9 +161,10 @@ class ChunkDataset(IterableDataset):
         # truth-label index -> class index (-1: label not used by the model, jet skipped)
         self.class_of = np.array([label_to_class.get(label, -1) for label in labels])
 
-    def set_epoch(self, epoch: int) -> None:
-        """Draw a new file order, permutation and sampling for this epoch."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, draw: int = 0) -> None:
+        """Draw a new file order, permutation and sampling for this epoch (``draw``: a
+        further pass within the epoch)."""
+        self.epoch, self.draw = epoch, draw
 
     def set_rank(self, rank: int, world: int) -> None:
         """Distributed training: this process reads every ``world``-th file of each epoch's
@@ -176,14 +178,17 @@ class ChunkDataset(IterableDataset):
         return total / self.world
 
     def expected_batches(self) -> int:
+        """Batches per epoch: for training the fixed number :func:`training_batches` yields
+        (at least 1), else every jet in batches."""
         jets = self.expected_jets()
-        return int(jets // self.batch_size) if self.mode == TRAIN else \
+        return max(1, int(jets // self.batch_size)) if self.mode == TRAIN else \
             math.ceil(jets / self.batch_size)
 
     def _my_shards(self, worker: int, n_workers: int) -> list[Shard]:
         shards = list(self.shards)
         if self.mode == TRAIN:
-            order = np.random.default_rng((self.seed, self.epoch)).permutation(len(shards))
+            order = np.random.default_rng((self.seed, self.epoch, self.draw)).permutation(
+                len(shards))
             shards = [shards[i] for i in order]
         if self.world > 1:  # balance the ranks' jets: next file to the least loaded rank
             load = np.zeros(self.world)
@@ -217,7 +222,7 @@ class ChunkDataset(IterableDataset):
 
     def iterate(self, worker: int = 0, n_workers: int = 1) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of the shards owned by ``worker`` of ``n_workers`` (disjoint files)."""
-        rng = np.random.default_rng((self.seed, self.epoch, self.rank, worker))
+        rng = np.random.default_rng((self.seed, self.epoch, self.draw, self.rank, worker))
         pending: list[tuple[np.ndarray, np.ndarray]] = []
         n_pending = 0
         for shard in self._my_shards(worker, n_workers):
@@ -335,3 +340,39 @@ def make_loader(dataset: ChunkDataset, workers: int = 0) -> Iterable[dict[str, t
     if workers <= 0:
         return dataset.iterate()
     return ThreadLoader(dataset, workers)
+
+
+MAX_DRAWS = 100  # passes over the data to fill one epoch before giving up
+
+
+def training_batches(dataset: ChunkDataset, workers: int, steps: int
+                     ) -> Iterator[dict[str, torch.Tensor]]:
+    """Exactly ``steps`` full batches for one training epoch (the epoch set on ``dataset``).
+
+    The number of jets the rejection sampling keeps varies from epoch to epoch, and each
+    loader thread drops its last partial batch; a fixed number of steps per epoch makes
+    per-batch schedules end exactly where they say. If one sampling pass gives fewer
+    batches, the epoch continues with a further, independent pass over the (reshuffled)
+    data; surplus batches are not used.
+    """
+    produced, draw, epoch = 0, 0, dataset.epoch
+    try:
+        while produced < steps:
+            loader = iter(make_loader(dataset, workers))
+            before = produced
+            try:
+                for batch in loader:
+                    yield batch
+                    produced += 1
+                    if produced == steps:
+                        return
+            finally:
+                if hasattr(loader, "close"):  # stop the loader threads
+                    loader.close()
+            draw += 1
+            if produced == before and draw >= 2 or draw >= MAX_DRAWS:
+                raise DataError(f"the training files hold fewer sampled jets than one batch "
+                                f"of {dataset.batch_size}; lower --batch-size")
+            dataset.set_epoch(epoch, draw)
+    finally:
+        dataset.set_epoch(epoch)

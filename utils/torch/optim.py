@@ -96,7 +96,8 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int,
         raise OptimConfigError(f"--lr-decay-factor must be in (0, 1], got {decay_factor}")
     per_batch = name.startswith("batch")
     total = epochs * max(batches_per_epoch, 1) if per_batch else epochs
-    warmup = max(batches_per_epoch, 1) if name == "batch_cosine_warmup" else 0
+    # one epoch of warm-up, never more than half the run
+    warmup = min(max(batches_per_epoch, 1), total // 2) if name == "batch_cosine_warmup" else 0
     factor: Callable[[int], float] = lambda step: schedule_factor(  # noqa: E731
         name, step, total, decay_factor, warmup)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), per_batch

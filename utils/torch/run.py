@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from utils.config import label_to_class
+from utils.dataset.directory import DatasetDirectory
+from utils.dataset.reweighting import reweighting_table
 from utils.errors import InterruptedRun
 from utils.models import BaseModel, InputSpec, ModelInputError, get_model
 from utils.progress import console
@@ -160,8 +162,9 @@ def _run(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
     if dist.main:
         if on_start is not None:
             on_start()
+        info = DatasetDirectory(dataset_dir).info()
         _print_setup(split, settings, train, val, model_name, classes, model, device, dist,
-                     verbose)
+                     verbose, info.get("reweighting", {}))
         if resumed:
             console.print(f"  Resuming after epoch {trainer.epoch} from "
                           f"{trainer.checkpoint_path(trainer.epoch).name}")
@@ -192,7 +195,8 @@ def _class_counts(shards: Any, class_names: list[str], mapping: Mapping[str, int
 
 def _print_setup(split: Any, settings: TrainSettings, train: ChunkDataset, val: ChunkDataset,
                  model_name: str, classes: dict[str, tuple[str, ...]], model: BaseModel,
-                 device: torch.device, dist: DistContext, verbose: bool) -> None:
+                 device: torch.device, dist: DistContext, verbose: bool,
+                 reweighting: dict[str, Any]) -> None:
     console.print("[bold]Training[/]")
     console.print(f"  #Train files: {len(split.train)} ({sum(s.rows for s in split.train):,} "
                   f"jets)   #Val files: {len(split.validation)} "
@@ -203,14 +207,19 @@ def _print_setup(split: Any, settings: TrainSettings, train: ChunkDataset, val: 
                       f"{_class_counts(split.train, list(classes), mapping)}")
         console.print(f"  validation jets per class: "
                       f"{_class_counts(split.validation, list(classes), mapping)}")
+    if reweighting:
+        console.print(reweighting_table(reweighting))
     if settings.loss_weighting:
         console.print("  Using loss weighting (per-jet pT-eta weights in the loss, no sampling)")
     else:
         console.print("  Using weighted sampling (rejection sampling with the pT-eta weights, "
                       "re-drawn every epoch)")
-    console.print(f"  Estimated jets per epoch (after reweighting): "
-                  f"{train.expected_jets() * dist.world:,.0f} training, "
-                  f"{val.expected_jets() * dist.world:,.0f} validation (weighted)")
+    steps = train.expected_batches()
+    console.print(f"  Jets per epoch: {steps * settings.batch_size:,} training "
+                  f"({steps:,} steps of {settings.batch_size}; "
+                  f"{train.expected_jets() * dist.world:,.0f} expected after reweighting), "
+                  f"{val.expected_jets() * dist.world:,.0f} validation (every jet, its loss "
+                  "weighted by the pT-eta weights)")
     console.print(f"  Model: {model_name} ({len(classes)} classes: {', '.join(classes)})   "
                   f"Optimizer: {settings.optimizer}   Scheduler: {settings.lr_scheduler}")
     console.print(f"  Total number of parameters: {model.n_parameters():,}")

@@ -32,7 +32,7 @@ from utils.torch.checkpoint import (
     pick_device,
     save_checkpoint,
 )
-from utils.torch.data import ChunkDataset, DataError, make_loader
+from utils.torch.data import ChunkDataset, training_batches
 from utils.torch.inference import predict
 from utils.torch.optim import make_loss, make_optimizer, make_scheduler
 
@@ -141,7 +141,8 @@ class Trainer:
         self.optimizer = make_optimizer(settings.optimizer, model.parameters(),
                                         settings.learning_rate, settings.beta_pair, settings.eps,
                                         settings.weight_decay)
-        self.batches_per_epoch = max(1, train_data.expected_batches())
+        # fixed steps per epoch (the same on every rank), so schedules end where they say
+        self.batches_per_epoch = train_data.expected_batches()
         self.scheduler, self.per_batch = make_scheduler(
             settings.lr_scheduler, self.optimizer, settings.epochs, self.batches_per_epoch,
             settings.lr_decay_factor)
@@ -195,6 +196,9 @@ class Trainer:
                                      "values")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.settings.grad_clip > 0:  # on the true gradients (unscaled under AMP)
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.per_batch:
@@ -207,7 +211,8 @@ class Trainer:
         self.model.train()
         self.train_data.set_epoch(self.epoch)
         torch.manual_seed(epoch_seed(self.settings.seed, self.epoch))
-        loader = iter(make_loader(self.train_data, self.settings.n_threads))
+        loader = training_batches(self.train_data, self.settings.n_threads,
+                                  self.batches_per_epoch)
         total_loss = correct = jets = 0.0
         waiting = 0.0
         lr_start = self.lr
@@ -232,17 +237,11 @@ class Trainer:
                 bar.advance()
                 bar.update(loss=total_loss / jets, lr=self.lr,
                            rate=jets * self.dist.world / (time.perf_counter() - start))
-        if hasattr(loader, "close"):  # stop the loader threads of an unfinished epoch
-            loader.close()
+        loader.close()  # stop the loader threads of an unfinished epoch
         total_loss, correct, jets = self.dist.sum([total_loss, correct, jets])
-        if jets == 0:
-            raise DataError("no training batch: the training files hold fewer sampled jets "
-                               f"than --batch-size {self.settings.batch_size}")
         seconds = time.perf_counter() - start
         if not self.per_batch:
             self.scheduler.step()
-        self.batches_per_epoch = max(1, int(jets // self.dist.world //
-                                            self.train_data.batch_size))
         return {"loss": total_loss / jets, "accuracy": correct / jets, "jets": jets,
                 "seconds": seconds, "jets_per_second": jets / seconds,
                 "learning_rate": lr_start, "load_seconds": waiting}

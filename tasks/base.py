@@ -136,15 +136,19 @@ class BaseTask(law.Task):
         version (stored options only), else the default."""
         fields = options(self.settings_class)
         params = dict(self.get_params())
-        stored = self.stored_record().get("parameters", {})
+        record = self.stored_record()
+        stored = record.get("parameters", {})
         values = {}
         for name in fields:
             if name not in params:
                 continue
             value = getattr(self, name)
-            if value is None and fields[name][0].stored:
+            opt = fields[name][0]
+            if value is None and opt.stored:
                 if stored.get(name) is not None:
                     value = params[name].parse(stored[name])
+                elif record and opt.absent is not None:  # recorded before the option existed
+                    value = opt.absent
                 else:
                     value = fields[name][1]
             values[name] = value
@@ -178,11 +182,19 @@ class BaseTask(law.Task):
             if key not in stored:
                 continue
             if key == "parameters":
+                old = {**self._absent_values(), **old}
                 diffs += [f"{cli_name(k)}: {old[k]!r} -> {v!r}" for k, v in value.items()
                           if k in old and old[k] != v]
             elif key != "task" and old != value:
                 diffs.append(f"{key}: {old!r} -> {value!r}")
         return diffs
+
+    def _absent_values(self) -> dict[str, str]:
+        """Serialised values of options that records made before they existed imply."""
+        params = dict(self.get_params())
+        return {name: params[name].serialize(opt.absent)
+                for name, (opt, _, _) in options(self.settings_class).items()
+                if opt.absent is not None and name in params}
 
     def check_parameters(self) -> None:
         """Raise if this task's directory holds a result made with other significant

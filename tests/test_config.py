@@ -163,6 +163,22 @@ def test_derived_may_use_derived(offline_config):
     assert "abs_eta" not in config.branches and "jet_eta" in config.branches
 
 
+def test_reweighting_section_is_validated(offline_config):
+    assert offline_config.reweighting.method == "reference"
+    assert offline_config.reweighting_reference == "isB"
+    with pytest.raises(ConfigError, match="must give every class a fraction"):
+        offline_config.replace(reweighting={"class_fractions": {"b": 1, "c": 1}})
+    with pytest.raises(ConfigError, match="'isX' is neither a class"):
+        offline_config.replace(reweighting={"reference": "isX"})
+    with pytest.raises(ConfigError, match="quantile': must be in"):
+        offline_config.replace(reweighting={"quantile": 0})
+    by_class = offline_config.replace(reweighting={"reference": "b"})
+    assert by_class.reweighting_reference == "b"
+    # the resolved reference enters the fingerprint: None and the same flavour are equal
+    same = offline_config.replace(reweighting={"reference": "isB"})
+    assert same.fingerprint() == offline_config.fingerprint() != by_class.fingerprint()
+
+
 def test_figure_labels_say_what_the_sample_is():
     assert load_config("demo").figure_text == "Private work (Pythia8 sample)"
     assert load_config("nanoaod_run3").figure_text == "CMS Simulation Private Work"

@@ -85,6 +85,11 @@ def test_class_fractions_none_flat_and_errors():
         expected = shaped[unclipped] / shaped[unclipped].sum()
         np.testing.assert_allclose(expected, 1 / unclipped.sum(), rtol=1e-9)
         assert flat.classes[name].jets == int(h[k].sum())
+    # class fractions apply to the original's weights too (reference: its labels' sum)
+    legacy = compute_weights(h, LABELS, CLASSES, "legacy_max", "l", class_fractions="equal")
+    assert [c.fraction_after for c in legacy.classes.values()] == pytest.approx([1 / 3] * 3)
+    np.testing.assert_allclose(legacy_tables(h, h[2] + h[3]), compute_weights(
+        h, LABELS, CLASSES, "legacy_max", "l").tables)
     none = compute_weights(h, LABELS, CLASSES, "none")
     assert np.all(none.tables == 1) and none.to_dict()["expected_kept"] == h.sum()
     with pytest.raises(ReweightingError, match="neither a class"):

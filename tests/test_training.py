@@ -69,6 +69,12 @@ def test_schedule_factors():
     assert cosine[-1] == pytest.approx(0.01) and max(cosine) == pytest.approx(1.0)
     assert cosine[55] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 45 / 89)))
     assert schedule_factor("none", 5, 10, 0.1) == 1.0
+    # very short runs still end at the final factor (warm-up at most half, never the end)
+    sgd = make_optimizer("SGD", [torch.nn.Parameter(torch.zeros(1))], 1.0)
+    for steps in (1, 2, 3):
+        scheduler, _ = make_scheduler("batch_cosine_warmup", sgd, 1, steps, 0.05)
+        factors = [scheduler.lr_lambdas[0](s) for s in range(steps)]
+        assert factors[-1] == pytest.approx(0.05), steps
     # short trainings keep the full learning rate (no decay step for < 4 steps)
     assert [schedule_factor("epoch_lin_decay", s, 3, 0.01) for s in range(3)] == [1.0] * 3
     assert [schedule_factor("epoch_lin_decay", s, 4, 0.01) for s in range(4)] == \

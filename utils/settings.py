@@ -44,14 +44,15 @@ class Option:
     requirement: str = ""
     choices: tuple[str, ...] | None = None
     stored: bool = True
+    absent: Any = None  # the value of versions recorded before the option existed
 
 
 def option(default: Any, help: str, check: Callable[[Any], bool] | None = None,
            requirement: str = "", choices: tuple[str, ...] | None = None,
-           stored: bool = True) -> Any:
+           stored: bool = True, absent: Any = None) -> Any:
     """A dataclass field that is a step parameter (see :class:`Option`)."""
     return field(default=default, metadata={"option": Option(help, check, requirement,
-                                                             choices, stored)})
+                                                             choices, stored, absent)})
 
 
 def at_least(low: float) -> Callable[[Any], bool]:
@@ -198,7 +199,8 @@ class TrainSettings(_Validated):
     loss_weighting: bool = option(False, "use the per-jet pT-eta weights in the loss instead "
                                   "of rejection sampling")
     grad_clip: float = option(1.0, "clip the gradients' global norm to this value, as the "
-                              "original b-hive does (0: no clipping)", at_least(0), ">= 0")
+                              "original b-hive does (0: no clipping)", at_least(0), ">= 0",
+                              absent=0.0)  # trainings made before it existed: no clipping
     mixed_precision: bool = option(False, "automatic mixed precision (float16 on GPU, "
                                    "bfloat16 on CPU)")
     training_precision: str = option("float32", "dtype of the batches handed to the device",

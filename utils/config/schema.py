@@ -418,15 +418,20 @@ class Config:
             self._set("reweighting", rw)
         if not isinstance(rw, Reweighting):
             _fail("reweighting", "must be Reweighting(...) or a dict of its keys")
-        if rw.reference is not None and rw.reference not in self.classes and \
-                rw.reference not in self.truth_labels:
-            _fail("reweighting.reference", f"{rw.reference!r} is neither a class "
+        reference = self.reweighting_reference
+        if reference not in self.classes and reference not in self.truth_labels:
+            _fail("reweighting.reference", f"{reference!r} is neither a class "
                   f"{list(self.classes)} nor a truth label")
+        if reference in self.classes and reference in self.truth_labels and \
+                tuple(self.classes[reference]) != (reference,):
+            _fail("reweighting.reference", f"{reference!r} is both a class and a truth label "
+                  "of another class; name the one you mean unambiguously")
         if isinstance(rw.class_fractions, Mapping):
             unknown = sorted(set(rw.class_fractions) - set(self.classes))
-            if unknown:
-                _fail("reweighting.class_fractions", f"unknown classes {unknown}; classes are "
-                      f"{list(self.classes)}")
+            missing = [name for name in self.classes if name not in rw.class_fractions]
+            if unknown or missing:
+                _fail("reweighting.class_fractions", f"must give every class a fraction (0 to "
+                      f"leave a class out); unknown classes {unknown}, missing {missing}")
 
     @property
     def reweighting_reference(self) -> str:
@@ -561,7 +566,8 @@ class Config:
             "processor": self.processor,
             "storage_dtype": self.storage_dtype,
             "reference_flavour": self.reference_flavour,
-            "reweighting": dataclasses.asdict(self.reweighting),
+            "reweighting": {**dataclasses.asdict(self.reweighting),
+                            "reference": self.reweighting_reference},
             # a list: the order of the classes is their index (json sorts dict keys)
             "classes": [[name, list(labels)] for name, labels in self.classes.items()],
         }

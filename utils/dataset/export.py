@@ -28,7 +28,7 @@ from utils.dataset.directory import Chunk, write_bookkeeping
 from utils.dataset.inputs import assign_processes, inspect_files, is_remote
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.merge import merge_staged
-from utils.dataset.reweighting import config_weights, reweighting_table
+from utils.dataset.reweighting import config_weights, reference_labels, reweighting_table
 from utils.errors import BHiveError
 from utils.io import disk_full, owned_directory, remove_stale
 from utils.progress import console, progress_bar
@@ -298,7 +298,7 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
     histogram = np.asarray(result["histogram"], dtype=np.float64)
     weights = config_weights(config, histogram)
     reference = config.reweighting_reference
-    members = config.classes.get(reference, (reference,))
+    members = reference_labels(reference, config.truth_labels, config.classes)
     if config.reweighting.method in ("reference", "legacy_max") and not sum(
             histogram[config.truth_labels.index(label)].sum() for label in members):
         console.print(f"[yellow]Reweighting reference {reference} has no jets: the shapes "

@@ -12,12 +12,13 @@ Methods (``Config.reweighting.method``), per training class k with pT-eta histog
 - ``none``: every weight 1.
 - ``legacy_max``: the original b-hive's weights, per truth label and max-normalised:
   ``(H_r / max H_r) / (H_c / max H_c)`` divided by its maximum (kept to reproduce old
-  results: one extreme bin sets each label's scale).
+  results: one extreme bin sets each label's scale); the reference is its labels' sum.
 
-``class_fractions`` (``"equal"`` or ``{class: fraction}``) then scales whole classes down so
-that the expected class mix after sampling is the requested one, with as many jets as that
-allows. The weights are written per truth label (labels of a class share its table), so
-the stored weight of a jet is ``table[label, pt bin, eta bin]``.
+``class_fractions`` (``"equal"`` or ``{class: fraction}`` naming every class) then scales
+whole classes down (for every method) so that the expected class mix after sampling is the
+requested one, with as many jets as that allows. The weights are written per truth label
+(labels of a class share its table), so the stored weight of a jet is
+``table[label, pt bin, eta bin]``.
 """
 
 from __future__ import annotations
@@ -110,12 +111,13 @@ def _target_fractions(fractions: str | Mapping[str, float] | None,
     return {name: float(fractions.get(name, 0.0)) / total for name in present}
 
 
-def legacy_tables(histogram: np.ndarray, reference: int) -> np.ndarray:
-    """The original b-hive's per-label, max-normalised weight tables (see module doc). If
-    the reference label has no jets at all the shapes cannot be matched: every weight is
-    1."""
+def legacy_tables(histogram: np.ndarray, reference: np.ndarray | int) -> np.ndarray:
+    """The original b-hive's per-label, max-normalised weight tables (see module doc) to
+    the ``reference`` histogram (or label index). If the reference has no jets at all the
+    shapes cannot be matched: every weight is 1."""
     histogram = np.asarray(histogram, dtype=np.float64)
-    ref = histogram[reference]
+    ref = histogram[reference] if isinstance(reference, int | np.integer) else \
+        np.asarray(reference, dtype=np.float64)
     if ref.max() <= 0:
         return np.ones_like(histogram)
     ref_shape = ref / ref.max()
@@ -128,6 +130,17 @@ def legacy_tables(histogram: np.ndarray, reference: int) -> np.ndarray:
         ratio /= ratio.max() if ratio.max() > 0 else 1.0
         tables[i] = np.where(shape > 0, ratio, 1.0)
     return tables
+
+
+def reference_labels(reference: str, labels: Sequence[str],
+                     classes: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """The truth labels of the reference: a class's labels, or one truth label."""
+    if reference in classes:
+        return tuple(classes[reference])
+    if reference in labels:
+        return (reference,)
+    raise ReweightingError(f"reweighting reference {reference!r} is neither a class "
+                           f"{list(classes)} nor a truth label")
 
 
 def compute_weights(histogram: np.ndarray, labels: Sequence[str],
@@ -151,44 +164,40 @@ def compute_weights(histogram: np.ndarray, labels: Sequence[str],
     index = {label: i for i, label in enumerate(labels)}
     per_class = {name: histogram[[index[label] for label in members]].sum(axis=0)
                  for name, members in classes.items()}
-    if method in ("reference", "legacy_max") and reference is not None and \
-            reference not in index and reference not in classes:
-        raise ReweightingError(f"reweighting reference {reference!r} is neither a class "
-                               f"{list(classes)} nor a truth label")
-    if method == "legacy_max":
-        tables = legacy_tables(histogram, index[reference] if reference in index else
-                               index[classes[reference][0]])
-        reports = _reports(tables, histogram, index, classes, {name: 0.0 for name in classes})
-        return Weights(tables, reports, method, reference)
-    class_tables, clipped = {}, {}
     target = None
-    if method == "reference":
-        target = histogram[index[reference]] if reference in index else per_class[reference]
+    if method in ("reference", "legacy_max"):
+        if reference is None:
+            raise ReweightingError(f"reweighting method {method!r} needs a reference")
+        target = sum(histogram[index[label]]
+                     for label in reference_labels(reference, labels, classes))
     elif method == "flat":
         target = np.ones_like(histogram[0])
-    for name, h in per_class.items():
-        if method == "none" or target is None or target.sum() <= 0 or h.sum() <= 0:
-            class_tables[name], clipped[name] = np.ones_like(h), 0.0
-        else:
-            class_tables[name], clipped[name] = _shape_weights(h, target, quantile,
-                                                               min_jets_per_bin)
+    clipped = {name: 0.0 for name in classes}
+    if method == "legacy_max":
+        tables = legacy_tables(histogram, target)
+    else:
+        tables = np.ones_like(histogram)
+        for name, h in per_class.items():
+            table = np.ones_like(h)
+            if method != "none" and target.sum() > 0 and h.sum() > 0:
+                table, clipped[name] = _shape_weights(h, target, quantile, min_jets_per_bin)
+            for label in classes[name]:
+                tables[index[label]] = table
     present = [name for name, h in per_class.items() if h.sum() > 0]
     fractions = _target_fractions(class_fractions, present)
-    if fractions is not None:
-        kept = {name: float((class_tables[name] * per_class[name]).sum()) for name in present}
+    if fractions is not None:  # whole classes scaled down to the requested mix
+        kept = {name: float(sum((tables[index[label]] * histogram[index[label]]).sum()
+                                for label in classes[name])) for name in present}
         usable = [name for name in present if fractions[name] > 0]
-        if any(kept[name] <= 0 for name in usable):
-            empty = [name for name in usable if kept[name] <= 0]
+        empty = [name for name in usable if kept[name] <= 0]
+        if empty:
             raise ReweightingError(f"classes {empty} keep no jets after the shape matching; "
                                    "reweighting.class_fractions cannot be reached")
         total = min(kept[name] / fractions[name] for name in usable)
         for name in present:
             factor = total * fractions[name] / kept[name] if kept[name] > 0 else 0.0
-            class_tables[name] = class_tables[name] * min(factor, 1.0)
-    tables = np.ones_like(histogram)
-    for name, members in classes.items():
-        for label in members:
-            tables[index[label]] = class_tables[name]
+            for label in classes[name]:
+                tables[index[label]] = tables[index[label]] * min(factor, 1.0)
     return Weights(tables, _reports(tables, histogram, index, classes, clipped), method,
                    reference)
 

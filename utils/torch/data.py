@@ -359,7 +359,6 @@ def training_batches(dataset: ChunkDataset, workers: int, steps: int
     try:
         while produced < steps:
             loader = iter(make_loader(dataset, workers))
-            before = produced
             try:
                 for batch in loader:
                     yield batch
@@ -370,9 +369,13 @@ def training_batches(dataset: ChunkDataset, workers: int, steps: int
                 if hasattr(loader, "close"):  # stop the loader threads
                     loader.close()
             draw += 1
-            if produced == before and draw >= 2 or draw >= MAX_DRAWS:
+            if produced == 0 and draw >= 2:
                 raise DataError(f"the training files hold fewer sampled jets than one batch "
                                 f"of {dataset.batch_size}; lower --batch-size")
+            if draw >= MAX_DRAWS:
+                raise DataError(f"{MAX_DRAWS} sampling passes gave only {produced} of the "
+                                f"{steps} batches of an epoch; the expected jets per epoch "
+                                "do not match the data (was the dataset changed?)")
             dataset.set_epoch(epoch, draw)
     finally:
         dataset.set_epoch(epoch)

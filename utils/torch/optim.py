@@ -80,8 +80,8 @@ def schedule_factor(name: str, step: int, total: int, decay_factor: float,
     if name == "batch_cosine_warmup":
         if warmup > 0 and step < warmup:
             return decay_factor + (1 - decay_factor) * step / warmup
-        span = max(total - 1 - warmup, 1)
-        progress = min(max(step - warmup, 0) / span, 1.0)
+        span = total - 1 - warmup
+        progress = min(max(step - warmup, 0) / span, 1.0) if span > 0 else 1.0
         return decay_factor + (1 - decay_factor) * 0.5 * (1 + math.cos(math.pi * progress))
     raise OptimConfigError(f"--lr-scheduler {name!r} is unknown; choose one of {SCHEDULERS}")
 
@@ -96,8 +96,9 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int,
         raise OptimConfigError(f"--lr-decay-factor must be in (0, 1], got {decay_factor}")
     per_batch = name.startswith("batch")
     total = epochs * max(batches_per_epoch, 1) if per_batch else epochs
-    # one epoch of warm-up, never more than half the run
-    warmup = min(max(batches_per_epoch, 1), total // 2) if name == "batch_cosine_warmup" else 0
+    # one epoch of warm-up, never more than half the run (the last step is never warm-up)
+    warmup = min(max(batches_per_epoch, 1), (total - 1) // 2) \
+        if name == "batch_cosine_warmup" else 0
     factor: Callable[[int], float] = lambda step: schedule_factor(  # noqa: E731
         name, step, total, decay_factor, warmup)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), per_batch

@@ -32,7 +32,7 @@ from utils.torch.checkpoint import (
     pick_device,
     save_checkpoint,
 )
-from utils.torch.data import ChunkDataset, training_batches
+from utils.torch.data import ChunkDataset, DataError, training_batches
 from utils.torch.inference import predict
 from utils.torch.optim import make_loss, make_optimizer, make_scheduler
 
@@ -218,26 +218,34 @@ class Trainer:
         lr_start = self.lr
         start = time.perf_counter()
         description = f"Epoch {self.epoch + 1}/{self.settings.epochs} training"
-        with progress_bar(description, total=self.batches_per_epoch, unit="batches",
-                          extra="loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} "
-                                "{task.fields[rate]:,.0f} jets/s",
-                          loss=float("nan"), lr=self.lr, rate=0.0,
-                          disable=not self.dist.main) as bar:
-            while True:
-                tick = time.perf_counter()
-                batch = next(loader, None)
-                waiting += time.perf_counter() - tick
-                # all ranks take the same number of steps: stop when any runs out of data
-                if not self.dist.everyone(batch is not None):
-                    break
-                loss, n_correct, n = self.training_step(batch)
-                total_loss += loss * n
-                correct += n_correct
-                jets += n
-                bar.advance()
-                bar.update(loss=total_loss / jets, lr=self.lr,
-                           rate=jets * self.dist.world / (time.perf_counter() - start))
-        loader.close()  # stop the loader threads of an unfinished epoch
+        error: DataError | None = None
+        try:
+            with progress_bar(description, total=self.batches_per_epoch, unit="batches",
+                              extra="loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} "
+                                    "{task.fields[rate]:,.0f} jets/s",
+                              loss=float("nan"), lr=self.lr, rate=0.0,
+                              disable=not self.dist.main) as bar:
+                while True:
+                    tick = time.perf_counter()
+                    try:
+                        batch = next(loader, None)
+                    except DataError as exc:  # raised on every rank below, not one alone
+                        batch, error = None, exc
+                    waiting += time.perf_counter() - tick
+                    # all ranks take the same number of steps: stop when any runs out
+                    if not self.dist.everyone(batch is not None):
+                        break
+                    loss, n_correct, n = self.training_step(batch)
+                    total_loss += loss * n
+                    correct += n_correct
+                    jets += n
+                    bar.advance()
+                    bar.update(loss=total_loss / jets, lr=self.lr,
+                               rate=jets * self.dist.world / (time.perf_counter() - start))
+        finally:
+            loader.close()  # stop the loader threads of an unfinished epoch
+        if not self.dist.everyone(error is None):
+            raise error or DataError("another distributed process ran out of training data")
         total_loss, correct, jets = self.dist.sum([total_loss, correct, jets])
         seconds = time.perf_counter() - start
         if not self.per_batch:

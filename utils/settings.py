@@ -13,10 +13,12 @@ code receives the validated objects. Building an object validates every value an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from utils.errors import BHiveError
@@ -85,8 +87,10 @@ def cli_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def options(cls: type) -> dict[str, tuple[Option, Any, str]]:
-    """``{name: (option, default, type name)}`` of a settings dataclass."""
+@functools.cache
+def options(cls: type) -> Mapping[str, tuple[Option, Any, str]]:
+    """``{name: (option, default, type name)}`` of a settings dataclass (read-only; computed
+    once per class: it is needed for every parameter of every task created)."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
@@ -94,7 +98,7 @@ def options(cls: type) -> dict[str, tuple[Option, Any, str]]:
             kind = hints[f.name]
             args = [a for a in typing.get_args(kind) if a is not type(None)]
             out[f.name] = (f.metadata["option"], f.default, (args[0] if args else kind).__name__)
-    return out
+    return MappingProxyType(out)
 
 
 def stored_defaults(cls: type) -> dict[str, Any]:

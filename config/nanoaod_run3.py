@@ -74,7 +74,8 @@ config = Config(
     eta_bins=ETA_BINS,
     pt_key="Jet_pt",
     eta_key="Jet_eta",
-    groups=(FeatureGroup("global", GLOBAL_FEATURES),),
+    groups=(FeatureGroup("global", GLOBAL_FEATURES, integer_features=(
+        "Jet_nConstituents", "Jet_nElectrons", "Jet_nMuons", "Jet_nSVs")),),
     truths=TRUTHS,
     classes=CLASSES,
     reference_flavour="label_b",

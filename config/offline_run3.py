@@ -29,6 +29,13 @@ VTX_FEATURES = (
     "sv_pt", "sv_deltaR", "sv_mass", "sv_ntracks", "sv_chi2", "sv_normchi2", "sv_dxy",
     "sv_dxysig", "sv_d3d", "sv_d3dsig", "sv_costhetasvpv", "sv_enratio",
 )
+# integer-valued or categorical features: attacks keep them nominal (--attack-reduce); as the
+# original b-hive's DeepJet integer columns (global 2-5, 8, 13, 14; cpf VTX_ass, quality)
+GLOBAL_INTEGERS = ("n_Cpfcand", "n_Npfcand", "nsv", "npv", "TagVarCSV_vertexCategory",
+                   "TagVarCSV_jetNSelectedTracks", "TagVarCSV_jetNTracksEtaRel")
+CPF_INTEGERS = ("Cpfcan_VTX_ass", "Cpfcan_quality")
+NPF_INTEGERS = ("Npfcan_isGamma",)
+VTX_INTEGERS = ("sv_ntracks",)
 TRUTHS = (
     "isB", "isBB", "isGBB", "isLeptonicB", "isLeptonicB_C", "isC", "isCC", "isGCC",
     "isUD", "isS", "isG",
@@ -55,10 +62,10 @@ config = Config(
     pt_bins=PT_BINS,
     eta_bins=ETA_BINS,
     groups=(
-        FeatureGroup("global", GLOBAL_FEATURES),
-        FeatureGroup("cpf", CPF_FEATURES, length=25),
-        FeatureGroup("npf", NPF_FEATURES, length=25),
-        FeatureGroup("vtx", VTX_FEATURES, length=4),
+        FeatureGroup("global", GLOBAL_FEATURES, integer_features=GLOBAL_INTEGERS),
+        FeatureGroup("cpf", CPF_FEATURES, length=25, integer_features=CPF_INTEGERS),
+        FeatureGroup("npf", NPF_FEATURES, length=25, integer_features=NPF_INTEGERS),
+        FeatureGroup("vtx", VTX_FEATURES, length=4, integer_features=VTX_INTEGERS),
     ),
     truths=TRUTHS,
     classes=CLASSES,

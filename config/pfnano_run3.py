@@ -42,13 +42,19 @@ VTX = ("sv_pt", "sv_eta", "sv_phi", "sv_mass", "sv_ntracks", "sv_dlen", "sv_dlen
 config = nanoaod.replace(
     description="BTV PFNano jets with PF candidates and secondary vertices",
     groups=(
-        FeatureGroup("global", GLOBAL),
+        FeatureGroup("global", GLOBAL, integer_features=(
+            "Jet_nConstituents", "Jet_nElectrons", "Jet_nMuons", "Jet_DeepCSV_vertexCategory",
+            "Jet_DeepCSV_jetNSelectedTracks", "Jet_DeepCSV_jetNTracksEtaRel")),
         FeatureGroup("cpf", CPF, length=25, derived=(_energy("Cpfcan"),),
-                     sort_by="Cpfcan_btagSip3dSig",
+                     sort_by="Cpfcan_btagSip3dSig", integer_features=(
+                         "Cpfcan_charge", "Cpfcan_lostInnerHits", "Cpfcan_pvAssocQuality",
+                         "Cpfcan_trkQuality"),
                      four_vector=("Cpfcan_pt", "Cpfcan_eta", "Cpfcan_phi", "Cpfcan_e")),
         FeatureGroup("npf", NPF, length=25, derived=(_energy("Npfcan"),), sort_by="Npfcan_pt",
+                     integer_features=("Npfcan_pdgId",),
                      four_vector=("Npfcan_pt", "Npfcan_eta", "Npfcan_phi", "Npfcan_e")),
         FeatureGroup("vtx", VTX, length=4, derived=(_energy("sv"),),
+                     integer_features=("sv_ntracks", "sv_ndof"),
                      four_vector=("sv_pt", "sv_eta", "sv_phi", "sv_e")),
     ),
     observers=("Jet_phi", "event", "Jet_hadronFlavour", "Jet_partonFlavour",

@@ -61,7 +61,7 @@ def setting(settings_class: type, name: str, significant: bool = True,
         text += f"; default: {shown_default(default)}" + (
             " for a new version, else the stored value" if opt.stored else "") + "."
     kwargs: dict[str, Any] = {"description": help_text(text), "significant": significant}
-    if opt.stored:
+    if opt.stored or default is None:
         if opt.choices is not None:
             return luigi.OptionalChoiceParameter(default=None, choices=opt.choices, **kwargs)
         return _OPTIONAL[kind](default=None, **kwargs)

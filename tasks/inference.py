@@ -8,16 +8,23 @@ from typing import Any
 import law
 import luigi
 
-from tasks.base import ConfigTask
+from tasks.base import ConfigTask, setting
 from tasks.dataset import DatasetConstructorTask
 from tasks.training import TrainingDependency, TrainingTask
-from utils.settings import TrainSettings, stored_defaults
+from utils.settings import EvaluationSettings, TrainSettings, make_attack_settings, stored_defaults
 
 TEST_SAMPLE_VERSION = "test"
 
 
+def _test(name: str) -> luigi.Parameter:
+    return setting(EvaluationSettings, name)
+
+
 class TestDatasetDependency(TrainingDependency):
-    """A training plus the test dataset it is evaluated on."""
+    """A training plus the test dataset it is evaluated on, optionally under an adversarial
+    attack of the test jets (``--test-attack*``)."""
+
+    settings_class = EvaluationSettings
 
     test_dataset_version = luigi.Parameter(
         default="test_dataset_version_01",
@@ -31,13 +38,23 @@ class TestDatasetDependency(TrainingDependency):
         "samples (demo) and no list, a test sample is generated with other seeds",
     )
 
+    test_attack = _test("test_attack")
+    test_attack_magnitude = _test("test_attack_magnitude")
+    test_attack_iterations = _test("test_attack_iterations")
+    test_attack_individual_factors = _test("test_attack_individual_factors")
+    test_attack_reduce = _test("test_attack_reduce")
+    test_attack_restrict_impact = _test("test_attack_restrict_impact")
+    test_attack_overshoot = _test("test_attack_overshoot")
+    test_attack_uncertainty = _test("test_attack_uncertainty")
+
     # the training's hyper-parameters are checked by TrainingTask, not recorded again here
     exclude_from_consistency = frozenset(stored_defaults(TrainSettings)) - {"seed"}
 
     def store_parts(self) -> tuple[str, ...]:
+        """``.../<training parts>/test_attack_<t>[/test_epsilon_<e>/test_iterations_<i>]``."""
         return ConfigTask.store_parts(self) + (
-            self.dataset_version, self.test_dataset_version, self.training_version,
-            self.model_name, f"epochs_{self.epochs}")
+            self.dataset_version, self.test_dataset_version, *self.training_parts(),
+            *make_attack_settings(self.param_kwargs, "test_").path_parts("test_"))
 
     def test_dataset_task(self) -> DatasetConstructorTask:
         return DatasetConstructorTask.req(self, dataset_version=self.test_dataset_version,
@@ -50,7 +67,8 @@ class InferenceTask(TestDatasetDependency):
 
     Outputs: ``prediction.npy`` (logits), ``truth.npy`` (class index), ``kinematics.npy``
     (pT, eta), ``process.npy``, ``output.root`` (tree ``tree``: jet_pt, jet_eta, process,
-    prob_<class>, truth flags, observers) and ``inference_time.json``.
+    prob_<class>, truth flags, observers), ``inference_time.json`` and ``attack.json`` (the
+    test attack and the input changes it made per group).
     """
 
     def requires(self) -> dict[str, Any]:
@@ -71,9 +89,20 @@ class InferenceTask(TestDatasetDependency):
         model, classes = build_model(config, self.model_name)
         checkpoint = Path(self.input()["training"]["best_model"].path)
         test_dir = Path(self.input()["test_dataset"]["processed_files"].path).parent
+        attack = None
+        attack_settings = self.settings.attack_settings("test_")
+        if attack_settings.active:
+            from utils.attacks.methods import Attack
+            from utils.dataset.scales import dataset_scales
+
+            # magnitudes are in units of the training dataset's spreads
+            dataset_dir = Path(self.requires()["training"].input()["processed_files"].path)
+            attack = Attack.from_config(attack_settings, config, model.input_groups,
+                                        dataset_scales(dataset_dir.parent))
         with self.publishing() as work:
             run_inference(config, model, classes, checkpoint, test_dir, work,
                           batch_size=self.settings.batch_size,
                           workers=self.settings.n_threads,
-                          precision=self.settings.training_precision, verbose=self.verbose)
+                          precision=self.settings.training_precision, verbose=self.verbose,
+                          attack=attack, seed=self.settings.seed)
             self.write_parameters(work)

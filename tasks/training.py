@@ -22,6 +22,11 @@ def _train(name: str, **kwargs: Any) -> luigi.Parameter:
     return setting(TrainSettings, name, **kwargs)
 
 
+def has_checkpoints(directory: Path) -> bool:
+    """True if ``directory`` holds a training checkpoint (by name: no torch needed)."""
+    return directory.is_dir() and any(directory.glob("model_*.pt"))
+
+
 class TrainingDependency(DatasetDependency):
     """Parameters that identify a training. Hyper-parameters default to the values stored
     for an existing ``--training-version`` (or the documented defaults for a new one)."""
@@ -57,21 +62,48 @@ class TrainingDependency(DatasetDependency):
     n_threads = _train("n_threads", significant=False)
     use_torch_compile = _train("use_torch_compile", significant=False)
     torch_compile_mode = _train("torch_compile_mode", significant=False)
+    attack = _train("attack")
+    attack_magnitude = _train("attack_magnitude")
+    attack_iterations = _train("attack_iterations")
+    attack_individual_factors = _train("attack_individual_factors")
+    attack_reduce = _train("attack_reduce")
+    attack_restrict_impact = _train("attack_restrict_impact")
+    attack_overshoot = _train("attack_overshoot")
+    attack_uncertainty = _train("attack_uncertainty")
+
+    def training_parts(self) -> tuple[str, ...]:
+        """``<training_version>/<model_name>/epochs_<N>/<attack>[/epsilon_<e>/...]``."""
+        from utils.settings import make_attack_settings
+
+        return (self.training_version, self.model_name, f"epochs_{self.epochs}",
+                *make_attack_settings(self.param_kwargs).path_parts())
 
     def store_parts(self) -> tuple[str, ...]:
-        return super().store_parts() + (self.training_version, self.model_name,
-                                        f"epochs_{self.epochs}")
+        return super().store_parts() + self.training_parts()
 
 
 class TrainingTask(TrainingDependency):
     """Train ``--model-name`` on the dataset; checkpoints after every epoch.
 
     Outputs in ``TrainingTask/<config>[/debug]/<dataset_version>/<training_version>/
-    <model_name>/epochs_<N>/``: ``model_<epoch>.pt`` (0-based), ``best_model.pt``,
-    ``training_metrics.npz``, ``validation_metrics.npz``, ``loss``/``accuracy`` plots,
-    ``parameters.json``. An interrupted training resumes from its last checkpoint; a
-    version is locked to its parameters once it holds a checkpoint.
+    <model_name>/epochs_<N>/<attack>[/epsilon_<e>/iterations_<i>...]/``: ``model_<epoch>.pt``
+    (0-based), ``best_model.pt``, ``training_metrics.npz``, ``validation_metrics.npz``,
+    ``loss``/``accuracy`` plots, ``parameters.json``. An interrupted training resumes from its
+    last checkpoint; a version is locked to its parameters once it holds a checkpoint. A
+    nominal training made before attacks existed (its files directly in ``epochs_<N>/``)
+    keeps being found there.
     """
+
+    def store_parts(self) -> tuple[str, ...]:
+        parts = super().store_parts()
+        if parts[-1] == "nominal":  # accept the layout of trainings made before attacks
+            from tasks.base import data_path
+
+            legacy = parts[:-1]
+            if not has_checkpoints(data_path().joinpath(*parts)) and \
+                    has_checkpoints(data_path().joinpath(*legacy)):
+                return legacy
+        return parts
 
     resume_training = luigi.BoolParameter(
         default=False, significant=False,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from utils.attacks import ATTACKS, MULTI_STEP, ITERATIONS_DEFAULT
 from utils.errors import BHiveError
 
 PARAMETERS_FILE = "parameters.json"  # a version's record of its parameters
@@ -137,6 +138,108 @@ class _Validated:
 
 
 @dataclass(frozen=True)
+class AttackSettings:
+    """One adversarial attack as :mod:`utils.attacks` applies it (built by
+    :meth:`TrainSettings.attack_settings`, which checks that the values fit together).
+
+    ``magnitude`` is in units of each feature's spread (``individual_factors``) or absolute;
+    ``iterations`` is the number of steps of the iterative attacks; ``reduce`` keeps
+    integer-valued features and default (zero) entries at their nominal value;
+    ``restrict_impact`` > 0 clamps every change to that fraction of the entry's value;
+    ``overshoot`` (jetfool) and ``uncertainty`` (minimizer) are their attacks' own knobs.
+    """
+
+    name: str = "nominal"
+    magnitude: float = 0.0
+    iterations: int = 1
+    individual_factors: bool = True
+    reduce: bool = True
+    restrict_impact: float = -1.0
+    overshoot: float = 0.02
+    uncertainty: float = 1.0
+
+    @property
+    def active(self) -> bool:
+        """False for the nominal (no) attack."""
+        return self.name != "nominal" and self.magnitude > 0
+
+    def path_parts(self, prefix: str = "") -> tuple[str, ...]:
+        """Output-path parts as in the original b-hive: ``<name>``, then, for a magnitude
+        > 0, ``epsilon_<e>``, ``iterations_<i>`` and ``overshoot_<x>`` (jetfool) or
+        ``uncertainty_<x>`` (minimizer); ``prefix`` is ``test_`` for test attacks."""
+        head = f"{prefix}attack_{self.name}" if prefix else self.name
+        if self.magnitude <= 0:
+            return (head,)
+        parts = [head, f"{prefix}epsilon_{_number(self.magnitude)}",
+                 f"{prefix}iterations_{self.iterations}"]
+        if self.name == "jetfool":
+            parts.append(f"{prefix}overshoot_{_number(self.overshoot)}")
+        if self.name == "minimizer":
+            parts.append(f"{prefix}uncertainty_{_number(self.uncertainty)}")
+        return tuple(parts)
+
+    def describe(self) -> str:
+        """One line for logs, e.g. ``pgd, magnitude 0.01 (per-feature spreads), 10 steps``."""
+        if not self.active:
+            return "nominal (no attack)"
+        units = "in units of each feature's spread" if self.individual_factors else "absolute"
+        text = f"{self.name}, magnitude {_number(self.magnitude)} ({units})"
+        if self.name in MULTI_STEP:
+            text += f", {self.iterations} steps"
+        if self.name == "jetfool":
+            text += f", overshoot {_number(self.overshoot)}"
+        if self.name == "minimizer":
+            text += f", uncertainty {_number(self.uncertainty)}"
+        text += ", integer and default entries kept" if self.reduce else ", every entry moves"
+        if self.restrict_impact > 0:
+            text += f", |change| <= {_number(self.restrict_impact)}|x|"
+        return text
+
+
+def _number(value: float) -> str:
+    """A float as a path part: the shortest text that reads back the same (0.01, 1e-05)."""
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+def _restrict(value: float) -> bool:
+    return value == -1 or (math.isfinite(value) and value > 0)
+
+
+def _attack_fields(prefix: str, target: str) -> list[tuple[str, Any, Any]]:
+    """The ``--<prefix>attack*`` options (training: no prefix; evaluation: ``test_``)."""
+    p = f"{prefix}attack"
+    return [
+        (p, str, option("nominal", f"adversarial attack on {target}: "
+                        + ", ".join(ATTACKS) + " (see README 'Adversarial attacks')",
+                        choices=ATTACKS, stored=False)),
+        (f"{p}_magnitude", float, option(
+            0.0, "attack size (epsilon) in units of each feature's spread (with "
+            f"--{p.replace('_', '-')}-individual-factors) or absolute; 0: no attack",
+            lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0", stored=False)),
+        (f"{p}_iterations", int | None, option(
+            None, "steps of the iterative attacks "
+            + ", ".join(f"{a}" for a in MULTI_STEP)
+            + f"; default: {ITERATIONS_DEFAULT} for those, 1 (the only value) for the others",
+            at_least(1), ">= 1", stored=False)),
+        (f"{p}_individual_factors", bool, option(
+            True, "scale the magnitude by each feature's spread (stored with the dataset); "
+            "off: the same absolute size for every feature")),
+        (f"{p}_reduce", bool, option(
+            True, "keep integer-valued and categorical features (declared in the config) and "
+            "entries at their default (0) value at their nominal value")),
+        (f"{p}_restrict_impact", float, option(
+            -1.0, "clamp every change to this fraction of the entry's absolute value (-1: "
+            "off)", _restrict, "-1 or a number > 0")),
+        (f"{p}_overshoot", float, option(
+            0.02, "jetfool: overshoot beyond the estimated class boundary", at_least(0),
+            ">= 0", stored=False)),
+        (f"{p}_uncertainty", float, option(
+            1.0, "minimizer: width of the Gaussian prior on the shifts, in units of the "
+            "magnitude", positive, "> 0", stored=False)),
+    ]
+
+
+@dataclass(frozen=True)
 class StepSettings(_Validated):
     """A step whose only setting is its seed."""
 
@@ -178,9 +281,17 @@ class GenerationSettings(_Validated):
         return self.events_per_file or DEFAULT_EVENTS[process]
 
 
+_TrainingAttack = dataclasses.make_dataclass(
+    "_TrainingAttack", _attack_fields("", "every training batch (validation stays nominal)"),
+    frozen=True)
+
+
 @dataclass(frozen=True)
-class TrainSettings(_Validated):
-    """Hyper-parameters of one training (the TrainingTask parameters)."""
+class TrainSettings(_TrainingAttack, _Validated):
+    """Hyper-parameters of one training (the TrainingTask parameters), including its
+    adversarial attack (``--attack*``)."""
+
+    attack_prefixes: typing.ClassVar[tuple[str, ...]] = ("",)
 
     epochs: int = option(1, "number of epochs", at_least(1), ">= 1", stored=False)
     batch_size: int = option(1024, "jets per batch", at_least(1), ">= 1")
@@ -222,7 +333,59 @@ class TrainSettings(_Validated):
                                      stored=False)
     torch_compile_mode: str = option("default", "torch.compile mode", stored=False)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for prefix in self.attack_prefixes:
+            self.attack_settings(prefix)  # raises for values that do not fit together
+
     @property
     def beta_pair(self) -> tuple[float, float]:
         first, second = (float(b) for b in self.betas.split(","))
         return first, second
+
+    def attack_settings(self, prefix: str = "") -> AttackSettings:
+        """The training attack (``prefix`` ``""``) or the test attack (``"test_"``)."""
+        return make_attack_settings(dataclasses.asdict(self), prefix)
+
+
+def make_attack_settings(values: Mapping[str, Any], prefix: str = "") -> AttackSettings:
+    """The :class:`AttackSettings` of the ``<prefix>attack*`` entries of ``values`` (absent
+    or None ones take their defaults); raises :class:`SettingsError` for values that do not
+    fit together. The output paths are built from these (only the path parts are needed
+    before the stored values are known)."""
+    p = f"{prefix}attack"
+    defaults = AttackSettings()
+
+    def get(key: str, default: Any) -> Any:
+        value = values.get(f"{p}_{key}" if key else p)
+        return default if value is None else value
+
+    name, magnitude = get("", defaults.name), float(get("magnitude", defaults.magnitude))
+    iterations = get("iterations", None)
+    option_name = cli_name(p)
+    if name == "nominal" and magnitude > 0:
+        raise SettingsError(f"{option_name} nominal takes no {option_name}-magnitude; got "
+                            f"{magnitude:g} (name the attack, e.g. {option_name} fgsm)")
+    if name != "nominal" and magnitude == 0:
+        raise SettingsError(f"{option_name} {name} needs {option_name}-magnitude > 0 (the "
+                            f"attack size; for no attack use {option_name} nominal)")
+    if name not in MULTI_STEP and iterations not in (None, 1):
+        raise SettingsError(f"{option_name}-iterations applies to {', '.join(MULTI_STEP)}; "
+                            f"{name} takes one step; got {iterations}")
+    if iterations is None:
+        iterations = ITERATIONS_DEFAULT if name in MULTI_STEP else 1
+    return AttackSettings(
+        name, magnitude, int(iterations),
+        bool(get("individual_factors", defaults.individual_factors)),
+        bool(get("reduce", defaults.reduce)),
+        float(get("restrict_impact", defaults.restrict_impact)),
+        float(get("overshoot", defaults.overshoot)),
+        float(get("uncertainty", defaults.uncertainty)))
+
+
+EvaluationSettings = dataclasses.make_dataclass(
+    "EvaluationSettings", _attack_fields("test_", "the test jets"), bases=(TrainSettings,),
+    frozen=True, namespace={
+        "attack_prefixes": ("", "test_"),
+        "__doc__": "A training plus the attack applied to its test jets (``--test-attack*``)."})
+EvaluationSettings.__module__ = __name__

@@ -94,6 +94,12 @@ class FeatureGroup:
     energy); models that need momenta (ParticleTransformer, ParticleNet) look them up there.
     ``sort_by`` optionally names a feature to order the candidates by (descending) before
     they are clipped; otherwise the input order is kept.
+
+    For adversarial attacks (README "Adversarial attacks and robustness"):
+    ``integer_features`` names the integer-valued or categorical features (multiplicities,
+    categories, flags), which attacks leave at their nominal value (``--attack-reduce``);
+    ``attack_four_vector`` lets attacks move the ``four_vector`` features too (by default
+    they stay nominal, so pair features and neighbour graphs built from them are unchanged).
     """
 
     name: str
@@ -102,6 +108,8 @@ class FeatureGroup:
     derived: tuple[Derived, ...] = ()
     four_vector: tuple[str, str, str, str] | None = None
     sort_by: str | None = None
+    integer_features: tuple[str, ...] = ()
+    attack_four_vector: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "branches", tuple(self.branches))
@@ -132,6 +140,16 @@ class FeatureGroup:
             if len(self.four_vector) != 4 or unknown:
                 _fail(f"{key}.four_vector", "must name the (pt, eta, phi, energy) features of "
                       f"the group; not features of the group: {unknown}")
+        integers = (self.integer_features,) if isinstance(self.integer_features, str) else \
+            tuple(self.integer_features)
+        object.__setattr__(self, "integer_features", integers)
+        unknown = [f for f in integers if f not in self.features]
+        if unknown:
+            _fail(f"{key}.integer_features", f"{unknown} are not features of the group; its "
+                  f"features are {list(self.features)}")
+        if not isinstance(self.attack_four_vector, bool):
+            _fail(f"{key}.attack_four_vector", f"must be True or False, got "
+                  f"{self.attack_four_vector!r}")
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -149,8 +167,16 @@ class FeatureGroup:
     def rename(self, mapping: Mapping[str, str]) -> FeatureGroup:
         """Return a copy with branches renamed (e.g. HLT counter names)."""
         return dataclasses.replace(
-            self, branches=tuple(mapping.get(b, b) for b in self.branches)
-        )
+            self, branches=tuple(mapping.get(b, b) for b in self.branches),
+            integer_features=tuple(mapping.get(f, f) for f in self.integer_features))
+
+    def frozen_features(self, reduce: bool) -> tuple[str, ...]:
+        """Features an attack leaves at their nominal value: the 4-vector (unless
+        ``attack_four_vector``) and, with ``reduce``, the integer features."""
+        frozen = set(self.integer_features) if reduce else set()
+        if self.four_vector is not None and not self.attack_four_vector:
+            frozen.update(self.four_vector)
+        return tuple(f for f in self.features if f in frozen)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ A dataset directory (written by :mod:`utils.dataset.export`) holds::
     histogram.npy                   jets per truth label in (pT, eta) bins
     weights.json                    per chunk: name, rows, weight sum, size in bytes
     dataset_info.json               counts, inputs, layout, timing
+    feature_scales.json             per-feature spreads, the unit of attack magnitudes
     parameters.json                 the task's parameters and the inputs record
 
 This module is the only one that knows these names and formats; everything else asks a
@@ -31,6 +32,7 @@ PROCESSED_FILES = "processed_files.txt"
 HISTOGRAM = "histogram.npy"
 WEIGHTS = "weights.json"
 INFO = "dataset_info.json"
+SCALES = "feature_scales.json"
 CHUNK_GLOB = "file_*.lz4"
 MAX_LISTED = 10
 
@@ -141,6 +143,12 @@ class DatasetDirectory:
     def histogram(self) -> np.ndarray:
         return np.load(self.path / HISTOGRAM)
 
+    def feature_scales(self) -> dict[str, Any] | None:
+        """The stored per-feature scales (:mod:`utils.dataset.scales`); None for datasets
+        exported before they were stored."""
+        path = self.path / SCALES
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def chunks(self) -> list[Chunk]:
         """Every chunk with rows, weight sum and size (from ``weights.json``; a chunk it does
         not list is described from its header)."""
@@ -166,11 +174,13 @@ class DatasetDirectory:
 
 
 def write_bookkeeping(work_dir: Path, final_dir: Path, chunks: Sequence[Chunk],
-                      histogram: np.ndarray, info: Mapping[str, Any], chunk_size: int) -> None:
-    """Write ``histogram.npy``, ``weights.json``, ``dataset_info.json`` and (last)
-    ``processed_files.txt`` into ``work_dir``, naming the chunks by their place in
-    ``final_dir`` (where the work directory is published)."""
+                      histogram: np.ndarray, info: Mapping[str, Any], chunk_size: int,
+                      scales: Mapping[str, Any]) -> None:
+    """Write ``histogram.npy``, ``weights.json``, ``dataset_info.json``,
+    ``feature_scales.json`` and (last) ``processed_files.txt`` into ``work_dir``, naming the
+    chunks by their place in ``final_dir`` (where the work directory is published)."""
     save_npy(work_dir / HISTOGRAM, histogram)
+    write_json(work_dir / SCALES, dict(scales))
     write_json(work_dir / WEIGHTS, {
         "files": [c.path.name for c in chunks],
         "rows": [c.rows for c in chunks],

@@ -29,6 +29,7 @@ from utils.dataset.inputs import assign_processes, inspect_files, is_remote
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.merge import merge_staged
 from utils.dataset.reweighting import config_weights, reference_labels, reweighting_table
+from utils.dataset.scales import compute_scales
 from utils.errors import BHiveError
 from utils.io import disk_full, owned_directory, remove_stale
 from utils.progress import console, progress_bar
@@ -319,6 +320,9 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
               for name, fs in by_process.items() for f in fs}
     seconds = time.perf_counter() - start
     timing["total"] = seconds
+    scales_start = time.perf_counter()
+    scales = compute_scales(merged.files)
+    timing["feature_scales"] = time.perf_counter() - scales_start
     reweighting = {**dataclasses.asdict(config.reweighting),
                    "reference": config.reweighting_reference, **weights.to_dict()}
     write_bookkeeping(work_dir, out_dir, chunks, histogram, {
@@ -337,7 +341,7 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
         "layout": layout.to_dict(),
         "seconds": round(seconds, 3),
         "timing": {k: round(v, 3) for k, v in timing.items()},
-    }, chunk_size)
+    }, chunk_size, scales)
     return ExportSummary([c.path for c in chunks], merged.rows, merged.sum_weight, histogram,
                          counts, inputs, seconds, non_finite, result["labels_per_process"],
                          timing, reweighting)

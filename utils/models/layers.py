@@ -193,7 +193,9 @@ def axis_offsets(p4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     px = (pt * torch.cos(phi)).sum(1, keepdim=True)
     py = (pt * torch.sin(phi)).sum(1, keepdim=True)
     pz = (pt * torch.sinh(eta)).sum(1, keepdim=True)
-    axis_phi = torch.atan2(py, px)
-    axis_eta = torch.asinh(pz / torch.hypot(px, py).clamp_min(1e-6))
+    # an empty jet has no axis (0); written so that input gradients stay finite there too
+    has_axis = (px != 0) | (py != 0)
+    axis_phi = torch.where(has_axis, torch.atan2(py, torch.where(has_axis, px, 1)), 0)
+    axis_eta = torch.asinh(pz / (px.square() + py.square()).clamp_min(1e-12).sqrt())
     offsets = torch.stack((eta - axis_eta, wrap_phi(phi - axis_phi)), -1)
     return offsets * mask.unsqueeze(-1)

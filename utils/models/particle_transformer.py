@@ -38,8 +38,10 @@ def pairwise_features(p4: torch.Tensor) -> torch.Tensor:
                             pt * torch.sinh(eta)), -1)
     pz = momentum[..., 3]
     rapidity = 0.5 * torch.log((energy + pz).clamp_min(EPS) / (energy - pz).clamp_min(EPS))
-    delta = torch.hypot(rapidity.unsqueeze(2) - rapidity.unsqueeze(1),
-                        wrap_phi(phi.unsqueeze(2) - phi.unsqueeze(1)))
+    delta2 = (rapidity.unsqueeze(2) - rapidity.unsqueeze(1)).square() + \
+        wrap_phi(phi.unsqueeze(2) - phi.unsqueeze(1)).square()
+    # sqrt with a finite gradient at delta R = 0 (the diagonal): input gradients stay finite
+    delta = torch.where(delta2 > 0, delta2.clamp_min(1e-30).sqrt(), 0)
     pt_i, pt_j = pt.unsqueeze(2), pt.unsqueeze(1)
     pt_min = torch.minimum(pt_i, pt_j)
     pair = momentum.unsqueeze(2) + momentum.unsqueeze(1)

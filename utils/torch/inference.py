@@ -1,7 +1,10 @@
-"""Batched inference of a trained model on an exported dataset (no sampling, file order)."""
+"""Batched inference of a trained model on an exported dataset (no sampling, file order),
+optionally under an adversarial attack (``--test-attack``)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.attacks.methods import Attack, ChangeMonitor, attack_mode
 from utils.config import label_to_class
 from utils.io import atomic_path, save_npy, write_json
 from utils.models import BaseModel
@@ -19,28 +23,41 @@ from utils.torch.checkpoint import check_classes, load_checkpoint, pick_device
 from utils.torch.data import TEST, ChunkDataset, dataset_shards, make_loader
 
 PREDICTION_FILES = ("prediction.npy", "truth.npy", "kinematics.npy", "process.npy",
-                    "output.root", "classes.json", "inference_time.json")
+                    "output.root", "classes.json", "inference_time.json", "attack.json")
 
 
 @torch.no_grad()
 def predict(model: BaseModel, data: ChunkDataset, device: torch.device, workers: int = 0,
             description: str = "Inference", autocast_dtype: torch.dtype | None = None,
-            quiet: bool = False) -> dict[str, np.ndarray]:
+            quiet: bool = False, attack: Attack | None = None,
+            monitor: ChangeMonitor | None = None) -> dict[str, np.ndarray]:
     """Logits and the batch fields (target, weight, process, truth_label, columns) of every
-    jet of ``data`` in the order the dataset yields them."""
+    jet of ``data`` in the order the dataset yields them; with ``attack``, of the attacked
+    inputs (the changes are added to ``monitor``)."""
     model.eval()
+    attacking = attack is not None and attack.active
+
+    def logits_of(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        context = contextlib.nullcontext() if autocast_dtype is None else \
+            torch.autocast(device.type, dtype=autocast_dtype)
+        with context:
+            return model(inputs).float()
+
     out: dict[str, list[np.ndarray]] = {}
     with progress_bar(description, total=data.expected_batches(), unit="batches",
-                      disable=quiet) as bar:
+                      disable=quiet) as bar, \
+            attack_mode(model) if attacking else contextlib.nullcontext():
         for batch in make_loader(data, workers):
             inputs = {k: v.to(device, non_blocking=True).float()
                       for k, v in batch["inputs"].items()}
-            if autocast_dtype is not None:
-                with torch.autocast(device.type, dtype=autocast_dtype):
-                    logits = model(inputs)
-            else:
-                logits = model(inputs)
-            out.setdefault("logits", []).append(logits.float().cpu().numpy())
+            if attacking:
+                target = batch["target"].to(device, non_blocking=True)
+                moved = attack(logits_of, inputs, target)
+                if monitor is not None:
+                    monitor.add(inputs, moved)
+                inputs = moved
+            logits = logits_of(inputs)
+            out.setdefault("logits", []).append(logits.cpu().numpy())
             for key in ("target", "weight", "process", "truth_label", "columns", "observers"):
                 if key in batch:
                     out.setdefault(key, []).append(batch[key].numpy())
@@ -63,11 +80,14 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
                   batch_size: int = TrainSettings.batch_size,
                   workers: int = TrainSettings.n_threads,
                   precision: str = TrainSettings.training_precision,
-                  device: torch.device | None = None, verbose: bool = False
-                  ) -> dict[str, np.ndarray]:
-    """Predict every jet of the test dataset and write the inference outputs to ``out_dir``:
-    prediction.npy (logits), truth.npy (class index), kinematics.npy (pt, eta), process.npy,
-    output.root, classes.json (class names and their truth labels) and inference_time.json."""
+                  device: torch.device | None = None, verbose: bool = False,
+                  attack: Attack | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Predict every jet of the test dataset (under ``attack`` if given) and write the
+    inference outputs to ``out_dir``: prediction.npy (logits), truth.npy (class index),
+    kinematics.npy (pt, eta), process.npy, output.root, classes.json (class names and their
+    truth labels), inference_time.json and attack.json (the attack and the changes it
+    made per input group, in units of the feature scales)."""
+    torch.manual_seed(seed)  # random attacks (noise, minimizer) are reproducible
     device = device or pick_device()
     model.to(device)
     load_trained_model(model, checkpoint, device, classes)
@@ -77,8 +97,11 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
                         observers=True)
     console.print(f"[bold]Inference[/] of {model.name} on {len(shards)} file(s) "
                   f"({sum(s.rows for s in shards):,} jets) on {device}")
+    monitor = ChangeMonitor(attack) if attack is not None and attack.active else None
+    if monitor is not None:
+        console.print(f"  under attack: {attack.settings.describe()}")
     start = time.perf_counter()
-    pred = predict(model, data, device, workers)
+    pred = predict(model, data, device, workers, attack=attack, monitor=monitor)
     seconds = time.perf_counter() - start
     n = len(pred["logits"])
     save = {
@@ -97,6 +120,11 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
     timing = {"seconds": seconds, "jets": n, "jets_per_second": n / max(seconds, 1e-9),
               "device": str(device), "batch_size": batch_size}
     write_json(out_dir / "inference_time.json", timing)
+    settings = attack.settings if attack is not None else None
+    write_json(out_dir / "attack.json", {
+        "attack": settings.name if settings is not None else "nominal",
+        "settings": dataclasses.asdict(settings) if settings is not None else {},
+        "changes": monitor.report() if monitor is not None else {}})
     console.print(f"  {n:,} jets in {seconds:.1f} s ({timing['jets_per_second']:,.0f} jets/s)")
     if verbose:
         per_class = np.bincount(pred["target"], minlength=len(classes))

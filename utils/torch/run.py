@@ -153,7 +153,16 @@ def _run(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
                 "model_name": model_name, "class_names": list(classes),
                 "classes": {k: list(v) for k, v in classes.items()},
                 "parameters": dict(parameters or {})}
-    trainer = Trainer(model, train, val, out_dir, settings, device, metadata=metadata,
+    attack = None
+    attack_settings = settings.attack_settings()
+    if attack_settings.active:
+        from utils.attacks.methods import Attack
+        from utils.dataset.scales import dataset_scales
+
+        attack = Attack.from_config(attack_settings, config, groups,
+                                    dataset_scales(dataset_dir))
+    trainer = Trainer(model, train, val, out_dir, settings, device, attack=attack,
+                      metadata=metadata,
                       epoch_callback=_terminal_roc(list(classes)) if terminal_plot else None,
                       dist=dist, verbose=verbose)
     resumed = trainer.resume(resume_epoch)
@@ -223,6 +232,7 @@ def _print_setup(split: Any, settings: TrainSettings, train: ChunkDataset, val: 
     console.print(f"  Model: {model_name} ({len(classes)} classes: {', '.join(classes)})   "
                   f"Optimizer: {settings.optimizer}   Scheduler: {settings.lr_scheduler}")
     console.print(f"  Total number of parameters: {model.n_parameters():,}")
+    console.print(f"  Training attack: {settings.attack_settings().describe()}")
     console.print(f"  Batch size {settings.batch_size}, learning rate "
                   f"{settings.learning_rate:g}, batches of {settings.training_precision}"
                   f"{', mixed precision' if settings.mixed_precision else ''}")

@@ -1,8 +1,8 @@
 """The training loop: epochs, validation, checkpoints, resume, metrics and plots.
 
-One place, :meth:`Trainer.training_step`, turns a batch into a loss; its first action calls
-``perturb(model, inputs, target, loss)``, the hook where adversarial training (FGSM, PGD,
-...) plugs in. The default perturbation returns the inputs unchanged (nominal training).
+One place, :meth:`Trainer.training_step`, turns a batch into a loss; its first action applies
+the training attack (:mod:`utils.attacks`, ``--attack``) to the batch, if there is one
+(adversarial training; validation stays nominal).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.attacks.methods import Attack, attack_mode
 from utils.errors import BHiveError
 from utils.io import save_npz, write_bytes
 from utils.progress import console, progress_bar
@@ -36,19 +37,12 @@ from utils.torch.data import ChunkDataset, DataError, training_batches
 from utils.torch.inference import predict
 from utils.torch.optim import make_loss, make_optimizer, make_scheduler
 
-Perturbation = Callable[[nn.Module, dict[str, torch.Tensor], torch.Tensor, Callable], dict]
 METRICS = ("loss", "accuracy", "jets", "seconds", "jets_per_second", "learning_rate",
            "load_seconds")
 
 
 class TrainingError(BHiveError, FloatingPointError):
     """The training diverged (non-finite loss)."""
-
-
-def nominal(model: nn.Module, inputs: dict[str, torch.Tensor], target: torch.Tensor,
-            loss: Callable) -> dict[str, torch.Tensor]:
-    """No perturbation (nominal training)."""
-    return inputs
 
 
 @dataclass
@@ -122,7 +116,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, train_data: ChunkDataset, val_data: ChunkDataset,
                  out_dir: Path, settings: TrainSettings, device: torch.device | None = None,
-                 perturb: Perturbation = nominal, metadata: Mapping[str, Any] | None = None,
+                 attack: Attack | None = None, metadata: Mapping[str, Any] | None = None,
                  epoch_callback: Callable[[int, dict[str, np.ndarray]], None] | None = None,
                  dist: DistContext | None = None, verbose: bool = False) -> None:
         dist = dist or DistContext()
@@ -131,7 +125,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.settings = settings
         self.device = device or pick_device()
-        self.perturb = perturb
+        self.attack = attack if attack is not None and attack.active else None
         self.metadata = dict(metadata or {})
         self.epoch_callback = epoch_callback
         self.dist = dist
@@ -176,6 +170,12 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Float32 logits of the bare model (not the DDP/compiled wrapper: attacks need no
+        gradient synchronisation), under autocast with mixed precision."""
+        with self._autocast():
+            return self.model(inputs).float()
+
     def compute_loss(self, inputs: dict[str, torch.Tensor], target: torch.Tensor,
                      weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast():
@@ -187,8 +187,9 @@ class Trainer:
         """One optimisation step; returns (loss, correct, jets)."""
         inputs, target, weight = self._to_device(batch)
         weight = weight if self.settings.loss_weighting else None
-        inputs = self.perturb(self.model, inputs, target,
-                              lambda x: self.compute_loss(x, target, weight)[0])
+        if self.attack is not None:
+            with attack_mode(self.model):
+                inputs = self.attack(self.logits, inputs, target, self.criterion)
         loss, logits = self.compute_loss(inputs, target, weight)
         if not torch.isfinite(loss):
             raise TrainingError(f"training loss is {loss.item()} at epoch {self.epoch + 1}; "

@@ -1,0 +1,85 @@
+"""Per-feature scales of an exported dataset: the unit of ``--attack-magnitude``.
+
+The scale of a feature is a robust spread of its values over the real entries (padding
+candidates left out): half the distance between the 16th and 84th percentiles (the standard
+deviation of a Gaussian, insensitive to tails and default values). A feature whose real
+entries are mostly at one value (e.g. 0 for "no track above charm") gets the spread of its
+other values; a constant feature gets 0 (attacks leave it alone). The export computes the
+scales from the first chunks (the rows are uniformly shuffled, so they are a random sample)
+and stores them as ``feature_scales.json`` with the dataset; :func:`dataset_scales` reads
+them, or computes them from the chunks of a dataset exported before they were stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.dataset.chunk_format import read_chunk
+from utils.dataset.layout import ColumnLayout
+
+SAMPLE_JETS = 100_000  # jets the scales are computed from
+QUANTILES = (16.0, 84.0)
+METHOD = ("half the 16-84 percentile range over real (non-padding) entries; over the non-zero "
+          "entries where that is 0; 0 for constant features")
+
+
+def robust_spread(values: np.ndarray) -> float:
+    """Half the 16-84 percentile range of ``values`` (0 if there are none)."""
+    if values.size == 0:
+        return 0.0
+    low, high = np.percentile(values, QUANTILES)
+    return float(high - low) / 2
+
+
+def group_scales(block: np.ndarray, length: int | None) -> list[float]:
+    """Scales of the features of one group from its columns ``(jets, length * features)``
+    (candidate-major; ``length`` None for per-jet groups)."""
+    n_features = block.shape[1] // (length or 1)
+    values = block.reshape(len(block), length or 1, n_features).astype(np.float64)
+    real = (values != 0).any(axis=2) if length else np.ones(values.shape[:2], dtype=bool)
+    entries = values[real]  # (real candidates, features)
+    scales = []
+    for column in entries.T:
+        spread = robust_spread(column)
+        if spread == 0:
+            spread = robust_spread(column[column != 0])
+        scales.append(spread)
+    return scales
+
+
+def compute_scales(files: Iterable[str | Path], sample: int = SAMPLE_JETS) -> dict[str, Any]:
+    """``{"groups": {group: {feature: scale}}, "jets": n, "method": ...}`` from the first
+    ``sample`` jets of the chunk ``files``."""
+    parts: list[np.ndarray] = []
+    layout: ColumnLayout | None = None
+    taken = 0
+    for path in files:
+        rows, layout = read_chunk(path)
+        parts.append(rows[:sample - taken])
+        taken += len(parts[-1])
+        if taken >= sample:
+            break
+    if layout is None:
+        return {"groups": {}, "jets": 0, "method": METHOD}
+    rows = np.concatenate(parts)
+    groups = {}
+    for block in layout.feature_blocks:
+        scales = group_scales(rows[:, layout.slice(block.name)], block.length)
+        groups[block.name] = dict(zip(block.features, scales, strict=True))
+    return {"groups": groups, "jets": int(len(rows)), "method": METHOD}
+
+
+def dataset_scales(directory: str | Path) -> dict[str, dict[str, float]]:
+    """``{group: {feature: scale}}`` of an exported dataset: the stored scales, else (a
+    dataset exported before they were stored) computed from its chunks."""
+    from utils.dataset.directory import DatasetDirectory
+
+    dataset = DatasetDirectory(directory)
+    stored = dataset.feature_scales()
+    if stored is None:
+        stored = compute_scales(dataset.files())
+    return stored["groups"]

@@ -25,7 +25,7 @@ from utils.config import load_config
 from utils.dataset.directory import DatasetDirectory
 from utils.dataset.scales import compute_scales, dataset_scales, group_scales
 from utils.models import get_model
-from utils.settings import AttackSettings, SettingsError, EvaluationSettings, TrainSettings
+from utils.settings import AttackSettings, EvaluationSettings, SettingsError, TrainSettings
 
 BOUNDED = ("fgsm", "pgd", "jetfool", "minimizer")  # the attacks that stay in the epsilon box
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from utils.attacks import ATTACKS, MULTI_STEP, ITERATIONS_DEFAULT
+from utils.attacks import ATTACKS, ITERATIONS_DEFAULT, MULTI_STEP
 from utils.errors import BHiveError
 
 PARAMETERS_FILE = "parameters.json"  # a version's record of its parameters

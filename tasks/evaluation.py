@@ -9,9 +9,12 @@ from typing import Any
 import law
 import luigi
 
-from tasks.base import ConfigTask, DatasetDependency
+from tasks.base import ConfigTask, DatasetDependency, setting
 from tasks.dataset import DatasetConstructorTask
 from tasks.inference import InferenceTask, TestDatasetDependency
+from utils.attacks import MULTI_STEP
+from utils.evaluation.report import file_tag
+from utils.settings import EvaluationSettings, SettingsError
 
 SUMMARY = "summary.json"
 
@@ -219,3 +222,158 @@ class CompareTrainingsTask(ConfigTask):
             self.write_parameters(work)
         console.print(table)
         console.print(f"  plots in {self.local_path()}")
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+class RobustnessTask(ConfigTask):
+    """Robustness of one or several trainings: each evaluated on the test jets nominally and
+    under every ``--test-attacks`` attack at every ``--test-magnitudes`` magnitude (one
+    InferenceTask each).
+
+    The trainings are given like CompareTrainingsTask's, plus their training attacks:
+    ``--training-versions``, ``--model-names``, ``--attacks``, ``--attack-magnitudes`` are
+    comma-separated lists of equal length (or single values, used for all). Outputs in
+    ``RobustnessTask/<config>/<dataset_version>/<test_dataset_version>/<comparison>/
+    epochs_<N>/``: ``roc_<training>_<process>_<disc>_<attack>`` (nominal and every
+    magnitude overlaid), ``robustness_<process>_<disc>`` (AUC and b-efficiency at 1 % light
+    mis-id vs magnitude, every training and attack), ``robustness.json`` (the figures'
+    numbers and the mean |change| per input group of every attack), ``table.txt``.
+    """
+
+    dataset_version = luigi.Parameter(default="dataset_version_01",
+                                      description="dataset the models were trained on")
+    test_dataset_version = luigi.Parameter(default="test_dataset_version_01",
+                                           description="test dataset to evaluate on")
+    test_filelist = luigi.Parameter(default="", significant=False,
+                                    description="file list of the test ROOT files")
+    training_versions = luigi.Parameter(default="training_version_01",
+                                        description="comma-separated training versions")
+    model_names = luigi.Parameter(description="comma-separated model names")
+    attacks = luigi.Parameter(default="nominal", description="comma-separated training "
+                              "attacks of the trainings (e.g. nominal,fgsm); default: nominal")
+    attack_magnitudes = luigi.Parameter(default="0", description="comma-separated training "
+                                        "attack magnitudes (e.g. 0,0.01); default: 0")
+    epochs = luigi.IntParameter(default=1, description="epochs of the trainings; default: 1")
+    test_attacks = luigi.Parameter(default="fgsm,pgd", description="comma-separated test "
+                                   "attacks; default: fgsm,pgd")
+    test_magnitudes = luigi.Parameter(default="0.005,0.01,0.02,0.05", description="comma-"
+                                      "separated test attack magnitudes (in units of each "
+                                      "feature's spread); default: 0.005,0.01,0.02,0.05")
+    test_attack_iterations = setting(EvaluationSettings, "test_attack_iterations")
+    test_attack_individual_factors = setting(EvaluationSettings,
+                                             "test_attack_individual_factors")
+    test_attack_reduce = setting(EvaluationSettings, "test_attack_reduce")
+    test_attack_restrict_impact = setting(EvaluationSettings, "test_attack_restrict_impact")
+    test_attack_overshoot = setting(EvaluationSettings, "test_attack_overshoot")
+    test_attack_uncertainty = setting(EvaluationSettings, "test_attack_uncertainty")
+    comparison = luigi.Parameter(default="", description="name of the output directory; "
+                                 "default: built from the trainings")
+
+    def validate_parameters(self) -> None:
+        from utils.attacks import ATTACKS
+
+        self.entries()
+        for name in _split(self.test_attacks):
+            if name not in ATTACKS or name == "nominal":
+                raise SettingsError(f"--test-attacks: {name!r} is not an attack; attacks are "
+                                    f"{', '.join(a for a in ATTACKS if a != 'nominal')}")
+        if not _split(self.test_attacks):
+            raise SettingsError("--test-attacks must name at least one attack")
+        self.magnitudes()
+
+    def magnitudes(self) -> list[float]:
+        try:
+            values = [float(m) for m in _split(self.test_magnitudes)]
+        except ValueError:
+            raise SettingsError(f"--test-magnitudes must be comma-separated numbers; got "
+                                f"{self.test_magnitudes!r}") from None
+        if not values or not all(0 < m < float("inf") for m in values):
+            raise SettingsError(f"--test-magnitudes must be numbers > 0 (the nominal "
+                                f"evaluation is always included); got {self.test_magnitudes!r}")
+        return sorted(set(values))
+
+    def entries(self) -> list[tuple[str, str, str, float]]:
+        """``(training_version, model_name, attack, attack_magnitude)`` per training."""
+        lists = [_split(self.training_versions), _split(self.model_names),
+                 _split(self.attacks), _split(self.attack_magnitudes)]
+        n = max(len(v) for v in lists)
+        if any(len(v) not in (1, n) for v in lists) or not all(lists):
+            raise SettingsError("--training-versions, --model-names, --attacks and "
+                                "--attack-magnitudes must have equal lengths (or be single "
+                                f"values); got {self.training_versions!r}, "
+                                f"{self.model_names!r}, {self.attacks!r}, "
+                                f"{self.attack_magnitudes!r}")
+        lists = [v * n if len(v) == 1 else v for v in lists]
+        try:
+            magnitudes = [float(m) for m in lists[3]]
+        except ValueError:
+            raise SettingsError(f"--attack-magnitudes must be numbers; got "
+                                f"{self.attack_magnitudes!r}") from None
+        return list(zip(lists[0], lists[1], lists[2], magnitudes, strict=True))
+
+    @staticmethod
+    def entry_label(version: str, model: str, attack: str, magnitude: float) -> str:
+        trained = "" if attack == "nominal" else f", {attack}-trained {magnitude:g}"
+        return f"{model} ({version}{trained})"
+
+    def store_parts(self) -> tuple[str, ...]:
+        name = self.comparison or "__".join(
+            file_tag(self.entry_label(*entry)) for entry in self.entries())
+        return super().store_parts() + (self.dataset_version, self.test_dataset_version,
+                                        name, f"epochs_{self.epochs}")
+
+    def runs(self) -> list[tuple[str, str, float, dict[str, Any]]]:
+        """``(entry label, test attack, magnitude, InferenceTask parameters)`` of every
+        evaluation (the nominal one with attack ``nominal`` and magnitude 0)."""
+        out = []
+        points = [("nominal", 0.0)] + [(a, m) for a in _split(self.test_attacks)
+                                       for m in self.magnitudes()]
+        for version, model, attack, magnitude in self.entries():
+            label = self.entry_label(version, model, attack, magnitude)
+            for test_attack, test_magnitude in points:
+                params = dict(training_version=version, model_name=model, attack=attack,
+                              attack_magnitude=magnitude, test_attack=test_attack,
+                              test_attack_magnitude=test_magnitude)
+                if test_attack not in MULTI_STEP:
+                    params["test_attack_iterations"] = None
+                out.append((label, test_attack, test_magnitude, params))
+        return out
+
+    def requires(self) -> list[InferenceTask]:
+        return [InferenceTask.req(self, **params) for *_, params in self.runs()]
+
+    def output(self) -> dict[str, Any]:
+        outputs: dict[str, Any] = {"report": self.local_target("robustness.json"),
+                                   "table": self.local_target("table.txt"),
+                                   "parameters": self.parameters_target()}
+        listed = _listed_outputs(self, "files.json", "files")
+        if listed is not None:
+            outputs["figures"] = listed
+        return outputs
+
+    def run(self) -> None:
+        from utils.evaluation.report import Predictions
+        from utils.evaluation.robustness import AttackedRun, robustness_report, robustness_table
+        from utils.io import write_json, write_text
+        from utils.progress import console
+
+        config = self.load_config()
+        runs = []
+        for (label, attack, magnitude, _), inputs in zip(self.runs(), self.input(),
+                                                          strict=True):
+            directory = Path(inputs["prediction"].path).parent
+            changes = json.loads((directory / "attack.json").read_text()).get("changes", {})
+            runs.append(AttackedRun(label, attack, magnitude,
+                                    Predictions.load(directory, label=label), changes))
+        with self.publishing("robustness.json") as work:
+            report = robustness_report(config, runs, work)
+            table = robustness_table(report, title=f"Robustness on {self.test_dataset_version}")
+            write_text(work / "table.txt", table)
+            write_json(work / "files.json", {"files": sorted(
+                p.name for p in work.iterdir() if p.suffix in (".pdf", ".png"))})
+            self.write_parameters(work)
+        console.print(table)
+        console.print(f"  robustness figures and robustness.json in {self.local_path()}")

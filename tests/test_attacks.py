@@ -411,3 +411,52 @@ def test_scales_of_a_dataset_exported_before_they_were_stored(demo_dataset, tmp_
         f"{copy / p.name}\n" for p in DatasetDirectory(directory).files()))
     assert dataset_scales(copy) == dataset_scales(directory)
     assert not (copy / "feature_scales.json").exists()  # a published dataset is not modified
+
+
+# -- training and inference under attack ----------------------------------------------------
+def test_training_attacks_every_training_batch_and_inference_reports_the_changes(
+        demo_dataset, tmp_path, monkeypatch):
+    from utils.torch.inference import run_inference
+    from utils.torch.run import build_model, run_training
+
+    config, directory = demo_dataset
+    settings = TrainSettings(epochs=1, batch_size=128, n_threads=0, attack="fgsm",
+                             attack_magnitude=0.02)
+    modes, changed = [], []
+    original = Attack.__call__
+
+    def spy(self, model, inputs, truth, loss=cross_entropy):
+        modes.append(model.__self__.model.training)  # Trainer.logits of the bare model
+        out = original(self, model, inputs, truth, loss)
+        changed.append(any(not torch.equal(out[g], inputs[g]) for g in inputs))
+        return out
+
+    monkeypatch.setattr(Attack, "__call__", spy)
+    trainer = run_training(config, "DeepJet", directory, tmp_path / "train", settings)
+    assert len(modes) == trainer.batches_per_epoch  # every training batch, no validation one
+    assert modes == [False] * len(modes) and all(changed)
+    monkeypatch.setattr(Attack, "__call__", original)
+
+    model, classes = build_model(config, "DeepJet")
+    checkpoint = tmp_path / "train" / "best_model.pt"
+    attack = Attack.from_config(AttackSettings("fgsm", 0.05), config, model.input_groups,
+                                dataset_scales(directory))
+    nominal = run_inference(config, model, classes, checkpoint, directory, _mkdir(tmp_path /
+                                                                                  "nominal"))
+    attacked = run_inference(config, model, classes, checkpoint, directory,
+                             _mkdir(tmp_path / "fgsm"), attack=attack)
+    np.testing.assert_array_equal(nominal["target"], attacked["target"])  # jets in == out
+    assert not np.array_equal(nominal["logits"], attacked["logits"])
+    report = json.loads((tmp_path / "fgsm" / "attack.json").read_text())
+    assert report["attack"] == "fgsm" and report["settings"]["magnitude"] == 0.05
+    assert set(report["changes"]) == set(model.input_groups)
+    for group, values in report["changes"].items():
+        # within the budget up to the float32 rounding of x + change (large x, small spread)
+        assert 0 < values["mean_abs_change"] <= values["max_abs_change"] <= 0.05 * 1.01, group
+    assert json.loads((tmp_path / "nominal" / "attack.json").read_text()) == {
+        "attack": "nominal", "settings": {}, "changes": {}}
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path

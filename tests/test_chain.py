@@ -47,8 +47,9 @@ def chain(law_env, tmp_path_factory):
     return run
 
 
-def _dir(chain, task):
-    parts = ("demo", "small", "test_small", "small", "DeepJet", "epochs_2")
+def _dir(chain, task, *attack_parts):
+    parts = ("demo", "small", "test_small", "small", "DeepJet", "epochs_2", "nominal",
+             *(attack_parts or ("test_attack_nominal",)))
     return chain.data / task / Path(*parts)
 
 
@@ -171,3 +172,54 @@ def test_compare_trainings_and_input_histograms(chain):
     index = (plots / "plots.txt").read_text().split()
     assert any(p.endswith("TT/Cpfcan_BtagPf_trackSip2dSig.png") for p in index)
     assert all(Path(p).exists() for p in index)
+
+
+def test_adversarial_training_and_robustness(chain):
+    adversarial = chain("TrainingTask", "--config", "demo", "--dataset-version", "small",
+                        "--training-version", "small", "--model-name", "DeepJet", "--epochs", 2,
+                        "--batch-size", 256, "--attack", "fgsm", "--attack-magnitude", 0.02,
+                        *SMALL)
+    assert "Training attack: fgsm, magnitude 0.02 (in units of each feature's spread)" in \
+        adversarial.stdout
+    trained = chain.data / "TrainingTask" / "demo" / "small" / "small" / "DeepJet" / "epochs_2"
+    assert (trained / "fgsm" / "epsilon_0.02" / "iterations_1" / "best_model.pt").exists()
+    assert (trained / "nominal" / "best_model.pt").exists()
+
+    robustness = ("RobustnessTask", "--config", "demo", "--dataset-version", "small",
+                  "--test-dataset-version", "test_small", "--training-versions", "small",
+                  "--model-names", "DeepJet", "--attacks", "nominal,fgsm",
+                  "--attack-magnitudes", "0,0.02", "--epochs", 2, "--test-attacks", "fgsm,pgd",
+                  "--test-magnitudes", "0.05", "--test-attack-iterations", 2, *SMALL)
+    status = chain(*robustness, "--print-status", "-1").stdout
+    for part in ("fgsm/epsilon_0.02/iterations_1/test_attack_pgd/test_epsilon_0.05/"
+                 "test_iterations_2", "nominal/test_attack_fgsm/test_epsilon_0.05/"
+                 "test_iterations_1", "test_attack_magnitude=0.05", "attack_magnitude=0.02"):
+        assert part in status, part
+    run = chain(*robustness, "--workers", 2)
+    assert "Robustness on test_small" in run.stdout
+    out = next((chain.data / "RobustnessTask").rglob("robustness.json"))
+    report = json.loads(out.read_text())
+    nominal, adversarial = "DeepJet (small)", "DeepJet (small, fgsm-trained 0.02)"
+    assert report["entries"] == [nominal, adversarial]
+    assert report["attacks"] == ["fgsm", "pgd"] and report["magnitudes"] == [0.05]
+    tt = report["results"][nominal]["TT"]["BvsL"]
+    # the nominal evaluation is the ROCCurveTask's, and the attacks lower the AUC
+    roc = json.loads((_dir(chain, "ROCCurveTask") / "summary.json").read_text())
+    assert tt["nominal"]["0"]["auc"] == pytest.approx(roc["TT"]["BvsL"]["DeepJet"]["auc"],
+                                                      abs=1e-12)
+    assert tt["fgsm"]["0"] == tt["nominal"]["0"]
+    assert tt["fgsm"]["0.05"]["auc"] < tt["nominal"]["0"]["auc"]
+    assert tt["pgd"]["0.05"]["auc"] < tt["nominal"]["0"]["auc"]
+    for entry in report["entries"]:
+        for attack in ("fgsm", "pgd"):
+            changes = report["input_changes"][entry][attack]["0.05"]
+            assert set(changes) == {"global", "cpf", "npf", "vtx"}
+            assert all(c["max_abs_change"] <= 0.05 * 1.01 for c in changes.values())
+    inference = _dir(chain, "InferenceTask", "test_attack_pgd", "test_epsilon_0.05",
+                     "test_iterations_2")
+    np.testing.assert_array_equal(np.load(inference / "truth.npy"),
+                                  np.load(_dir(chain, "InferenceTask") / "truth.npy"))
+    for name in ("robustness_TT_BvsL.png", "robustness_QCD_BvsAll.pdf",
+                 "roc_DeepJet_small_TT_BvsL_pgd.png",
+                 "roc_DeepJet_small_fgsm_trained_0_02_TT_BvsL_fgsm.png", "table.txt"):
+        assert (out.parent / name).exists(), name

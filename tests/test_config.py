@@ -186,3 +186,24 @@ def test_figure_labels_say_what_the_sample_is():
     assert custom.figure_text == "CMS Phase-2 Simulation"
     with pytest.raises(ConfigError, match="key 'figure_label': must be a string"):
         load_config("offline_run3").replace(figure_label=3)
+
+
+def test_integer_features_for_attacks(offline_config):
+    from utils.config import FeatureGroup
+
+    cpf = offline_config.group("cpf")
+    assert cpf.frozen_features(reduce=True) == ("Cpfcan_VTX_ass", "Cpfcan_quality")
+    assert cpf.frozen_features(reduce=False) == ()
+    hlt = load_config("hlt_run3").group("global")
+    assert "nCpfcan" in hlt.integer_features and "n_Cpfcand" not in hlt.integer_features
+    pnet = load_config("hlt_run3_pnet").group("cpf")  # 4-vectors stay nominal by default
+    assert set(pnet.frozen_features(reduce=False)) == {"Cpfcan_pt", "Cpfcan_eta",
+                                                        "Cpfcan_phi", "Cpfcan_e"}
+    free = load_config("hlt_run3_pnet").replace_group("cpf", attack_four_vector=True)
+    assert free.group("cpf").frozen_features(reduce=False) == ()
+    with pytest.raises(ConfigError, match=r"groups.cpf.integer_features.*\['nope'\] are not "
+                                          "features of the group"):
+        FeatureGroup("cpf", ("a", "b"), length=2, integer_features=("nope",))
+    # attack declarations do not change what is exported
+    assert offline_config.replace_group("cpf", integer_features=()).fingerprint() == \
+        offline_config.fingerprint()

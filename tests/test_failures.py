@@ -74,7 +74,7 @@ TRAINING = training()
 
 
 def training_dir(law) -> Path:
-    return law.data / "TrainingTask" / "demo" / "d1" / "t1" / "DeepJet" / "epochs_3"
+    return law.data / "TrainingTask" / "demo" / "d1" / "t1" / "DeepJet" / "epochs_3" / "nominal"
 
 
 def export(law, demo_files, *extra: object) -> subprocess.CompletedProcess:

@@ -269,7 +269,8 @@ def test_resume_after_kill_and_parameter_errors(run_law, law_env):
     run_law("DatasetConstructorTask", *DEMO, "--workers", 2)
     train = ("TrainingTask", *DEMO, "--training-version", "t1", "--model-name", "DeepJet",
              "--epochs", 3, "--batch-size", 32, "--n-threads", 1)
-    out = (run_law.data_path / "TrainingTask" / "demo" / "d1" / "t1" / "DeepJet" / "epochs_3")
+    out = (run_law.data_path / "TrainingTask" / "demo" / "d1" / "t1" / "DeepJet" / "epochs_3" /
+           "nominal")
     # SIGKILL when epoch 2 starts (deterministic: tests/faults.py)
     env = dict(law_env, DATA_PATH=str(run_law.data_path))
     killed = subprocess.run([sys.executable, "-m", "tests.faults", "signal-at-epoch:KILL:1",
@@ -358,3 +359,39 @@ def test_distributed_training_matches_single_process(demo_dataset, tmp_path):
                tmp_path / "bad")
     assert str(info.value).startswith("ModelInputError: --model-name 'NoSuchModel' is unknown")
     assert not list((tmp_path / "bad").iterdir())
+
+
+def test_attack_path_parts_and_trainings_made_before_attacks(tmp_path, monkeypatch):
+    import luigi
+
+    from tasks.inference import InferenceTask
+    from tasks.training import TrainingTask
+
+    monkeypatch.setenv("DATA_PATH", str(tmp_path))
+    luigi.task_register.Register.clear_instance_cache()
+    common = dict(config="demo", dataset_version="d", training_version="t",
+                  model_name="DeepJet", epochs=2)
+    base = tmp_path / "TrainingTask" / "demo" / "d" / "t" / "DeepJet" / "epochs_2"
+    assert TrainingTask(**common).local_path() == base / "nominal"
+    attacked = TrainingTask(**common, attack="pgd", attack_magnitude=0.01,
+                            attack_iterations=4)
+    assert attacked.local_path() == base / "pgd" / "epsilon_0.01" / "iterations_4"
+    jetfool = TrainingTask(**common, attack="jetfool", attack_magnitude=0.05)
+    assert jetfool.local_path() == base / "jetfool" / "epsilon_0.05" / "iterations_10" / \
+        "overshoot_0.02"
+    inference = InferenceTask(**common, test_dataset_version="td", test_attack="minimizer",
+                              test_attack_magnitude=0.02, test_attack_uncertainty=2.0)
+    assert inference.local_path().relative_to(tmp_path).parts[-5:] == (
+        "nominal", "test_attack_minimizer", "test_epsilon_0.02", "test_iterations_10",
+        "test_uncertainty_2")
+    # a nominal training made before attacks existed keeps being found in epochs_<N>/
+    base.mkdir(parents=True)
+    (base / "model_0.pt").write_bytes(b"")
+    luigi.task_register.Register.clear_instance_cache()
+    assert TrainingTask(**common).local_path() == base
+    assert attacked.local_path() == base / "pgd" / "epsilon_0.01" / "iterations_4"
+    # ... unless the new layout holds a training too
+    (base / "nominal").mkdir()
+    (base / "nominal" / "model_0.pt").write_bytes(b"")
+    luigi.task_register.Register.clear_instance_cache()
+    assert TrainingTask(**common).local_path() == base / "nominal"

@@ -28,6 +28,14 @@ def _listed_outputs(task: ConfigTask, listing: str, key: str) -> law.TargetColle
     return law.TargetCollection([task.local_target(n) for n in names]) if names else None
 
 
+def _with_figures(task: ConfigTask, outputs: dict[str, Any]) -> dict[str, Any]:
+    """``outputs`` plus the figures listed in the task's ``files.json`` (once it exists)."""
+    listed = _listed_outputs(task, "files.json", "files")
+    if listed is not None:
+        outputs["figures"] = listed
+    return outputs
+
+
 class ROCCurveTask(TestDatasetDependency):
     """ROC curves of every discriminant the model provides, per process in its pT/eta window,
     with the config's reference taggers; efficiency and mis-id vs pT and eta at the L/M/T
@@ -46,15 +54,9 @@ class ROCCurveTask(TestDatasetDependency):
         return InferenceTask.req(self)
 
     def output(self) -> dict[str, Any]:
-        outputs: dict[str, Any] = {
-            "summary": self.local_target(SUMMARY),
-            "files": self.local_target("files.json"),
-            "parameters": self.parameters_target(),
-        }
-        listed = _listed_outputs(self, "files.json", "files")
-        if listed is not None:
-            outputs["figures"] = listed
-        return outputs
+        return _with_figures(self, {"summary": self.local_target(SUMMARY),
+                                    "files": self.local_target("files.json"),
+                                    "parameters": self.parameters_target()})
 
     def run(self) -> None:
         from utils.evaluation.report import Predictions, roc_report
@@ -71,9 +73,11 @@ class ROCCurveTask(TestDatasetDependency):
                 p.name for p in work.iterdir() if p.name not in (SUMMARY, "files.json"))})
             self.write_parameters(work)
         if not self.quiet:
+            attack = self.settings.attack_settings("test_")
+            under = f" under {attack.describe()}" if attack.active else ""
             console.print(summary_table(_flat(summary), title=f"ROC summary: {self.model_name} "
                                         f"({self.training_version}) on "
-                                        f"{self.test_dataset_version}"))
+                                        f"{self.test_dataset_version}{under}", width=140))
         console.print(f"  ROC curves and summary.json in {self.local_path()}")
 
 
@@ -158,25 +162,42 @@ class ReferenceROCTask(DatasetDependency):
         console.print(f"  plots in {self.local_path()}")
 
 
-class CompareTrainingsTask(ConfigTask):
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+class SeveralTrainings(ConfigTask):
+    """Parameters of tasks that evaluate several trainings on one test sample; outputs in
+    ``<Task>/<config>/<dataset_version>/<test_dataset_version>/<comparison>/epochs_<N>/``."""
+
+    dataset_version = luigi.Parameter(default="dataset_version_01",
+                                      description="dataset the models were trained on")
+    test_dataset_version = luigi.Parameter(default="test_dataset_version_01",
+                                           description="test dataset to evaluate on")
+    test_filelist = luigi.Parameter(default="", significant=False,
+                                    description="file list of the test ROOT files")
+    training_versions = luigi.Parameter(description="comma-separated training versions")
+    model_names = luigi.Parameter(description="comma-separated model names")
+    epochs = luigi.IntParameter(default=1, description="epochs of the trainings; default: 1")
+    comparison = luigi.Parameter(default="", description="name of the output directory; "
+                                 "default: built from the trainings")
+
+    def default_name(self) -> str:
+        raise NotImplementedError
+
+    def store_parts(self) -> tuple[str, ...]:
+        return super().store_parts() + (self.dataset_version, self.test_dataset_version,
+                                        self.comparison or self.default_name(),
+                                        f"epochs_{self.epochs}")
+
+
+class CompareTrainingsTask(SeveralTrainings):
     """Overlay the ROC curves of several trainings on one test sample, with a table of AUC
     and efficiencies (what users otherwise write ad-hoc scripts for).
 
     ``--training-versions`` and ``--model-names`` are comma-separated lists of equal length
     (or one of them a single value, used for all entries).
     """
-
-    dataset_version = luigi.Parameter(default="dataset_version_01",
-                                      description="dataset the models were trained on")
-    test_dataset_version = luigi.Parameter(default="test_dataset_version_01",
-                                           description="test dataset to compare on")
-    test_filelist = luigi.Parameter(default="", significant=False,
-                                    description="file list of the test ROOT files")
-    training_versions = luigi.Parameter(description="comma-separated training versions")
-    model_names = luigi.Parameter(description="comma-separated model names")
-    epochs = luigi.IntParameter(default=1, description="epochs of the trainings; default: 1")
-    comparison = luigi.Parameter(default="", description="name of the comparison directory; "
-                                 "default: built from the entries")
 
     def entries(self) -> list[tuple[str, str]]:
         versions = [v.strip() for v in self.training_versions.split(",") if v.strip()]
@@ -191,10 +212,8 @@ class CompareTrainingsTask(ConfigTask):
                              f"{self.training_versions!r} and {self.model_names!r}")
         return list(zip(versions, models, strict=True))
 
-    def store_parts(self) -> tuple[str, ...]:
-        name = self.comparison or "__".join(f"{v}-{m}" for v, m in self.entries())
-        return super().store_parts() + (self.dataset_version, self.test_dataset_version,
-                                        name, f"epochs_{self.epochs}")
+    def default_name(self) -> str:
+        return "__".join(f"{v}-{m}" for v, m in self.entries())
 
     def requires(self) -> list[InferenceTask]:
         return [InferenceTask.req(self, training_version=v, model_name=m)
@@ -224,11 +243,7 @@ class CompareTrainingsTask(ConfigTask):
         console.print(f"  plots in {self.local_path()}")
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in str(text).split(",") if part.strip()]
-
-
-class RobustnessTask(ConfigTask):
+class RobustnessTask(SeveralTrainings):
     """Robustness of one or several trainings: each evaluated on the test jets nominally and
     under every ``--test-attacks`` attack at every ``--test-magnitudes`` magnitude (one
     InferenceTask each).
@@ -243,20 +258,10 @@ class RobustnessTask(ConfigTask):
     numbers and the mean |change| per input group of every attack), ``table.txt``.
     """
 
-    dataset_version = luigi.Parameter(default="dataset_version_01",
-                                      description="dataset the models were trained on")
-    test_dataset_version = luigi.Parameter(default="test_dataset_version_01",
-                                           description="test dataset to evaluate on")
-    test_filelist = luigi.Parameter(default="", significant=False,
-                                    description="file list of the test ROOT files")
-    training_versions = luigi.Parameter(default="training_version_01",
-                                        description="comma-separated training versions")
-    model_names = luigi.Parameter(description="comma-separated model names")
     attacks = luigi.Parameter(default="nominal", description="comma-separated training "
                               "attacks of the trainings (e.g. nominal,fgsm); default: nominal")
     attack_magnitudes = luigi.Parameter(default="0", description="comma-separated training "
                                         "attack magnitudes (e.g. 0,0.01); default: 0")
-    epochs = luigi.IntParameter(default=1, description="epochs of the trainings; default: 1")
     test_attacks = luigi.Parameter(default="fgsm,pgd", description="comma-separated test "
                                    "attacks; default: fgsm,pgd")
     test_magnitudes = luigi.Parameter(default="0.005,0.01,0.02,0.05", description="comma-"
@@ -269,8 +274,6 @@ class RobustnessTask(ConfigTask):
     test_attack_restrict_impact = setting(EvaluationSettings, "test_attack_restrict_impact")
     test_attack_overshoot = setting(EvaluationSettings, "test_attack_overshoot")
     test_attack_uncertainty = setting(EvaluationSettings, "test_attack_uncertainty")
-    comparison = luigi.Parameter(default="", description="name of the output directory; "
-                                 "default: built from the trainings")
 
     def validate_parameters(self) -> None:
         from utils.attacks import ATTACKS
@@ -319,11 +322,8 @@ class RobustnessTask(ConfigTask):
         trained = "" if attack == "nominal" else f", {attack}-trained {magnitude:g}"
         return f"{model} ({version}{trained})"
 
-    def store_parts(self) -> tuple[str, ...]:
-        name = self.comparison or "__".join(
-            file_tag(self.entry_label(*entry)) for entry in self.entries())
-        return super().store_parts() + (self.dataset_version, self.test_dataset_version,
-                                        name, f"epochs_{self.epochs}")
+    def default_name(self) -> str:
+        return "__".join(file_tag(self.entry_label(*entry)) for entry in self.entries())
 
     def runs(self) -> list[tuple[str, str, float, dict[str, Any]]]:
         """``(entry label, test attack, magnitude, InferenceTask parameters)`` of every
@@ -346,13 +346,10 @@ class RobustnessTask(ConfigTask):
         return [InferenceTask.req(self, **params) for *_, params in self.runs()]
 
     def output(self) -> dict[str, Any]:
-        outputs: dict[str, Any] = {"report": self.local_target("robustness.json"),
-                                   "table": self.local_target("table.txt"),
-                                   "parameters": self.parameters_target()}
-        listed = _listed_outputs(self, "files.json", "files")
-        if listed is not None:
-            outputs["figures"] = listed
-        return outputs
+        return _with_figures(self, {"report": self.local_target("robustness.json"),
+                                    "files": self.local_target("files.json"),
+                                    "table": self.local_target("table.txt"),
+                                    "parameters": self.parameters_target()})
 
     def run(self) -> None:
         from utils.evaluation.report import Predictions

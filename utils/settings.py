@@ -210,7 +210,8 @@ def _attack_fields(prefix: str, target: str) -> list[tuple[str, Any, Any]]:
     p = f"{prefix}attack"
     return [
         (p, str, option("nominal", f"adversarial attack on {target}: "
-                        + ", ".join(ATTACKS) + " (see README 'Adversarial attacks')",
+                        + ", ".join(ATTACKS)
+                        + " (see README 'Adversarial attacks and robustness')",
                         choices=ATTACKS, stored=False)),
         (f"{p}_magnitude", float, option(
             0.0, "attack size (epsilon) in units of each feature's spread (with "

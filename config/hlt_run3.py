@@ -10,4 +10,5 @@ config = offline.replace(
     tree_name="DeepJetNTupler/DeepJetvars",
     pt_bins=tuple(edge for edge in offline.pt_bins if edge >= 30),
 ).replace_group("global", branches=HLT_GLOBAL.branches,
-                 integer_features=HLT_GLOBAL.integer_features)
+                 integer_features=HLT_GLOBAL.integer_features,
+                 default_values=HLT_GLOBAL.default_values)

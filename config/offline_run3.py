@@ -36,6 +36,11 @@ GLOBAL_INTEGERS = ("n_Cpfcand", "n_Npfcand", "nsv", "npv", "TagVarCSV_vertexCate
 CPF_INTEGERS = ("Cpfcan_VTX_ass", "Cpfcan_quality")
 NPF_INTEGERS = ("Npfcan_isGamma",)
 VTX_INTEGERS = ("sv_ntracks",)
+# values written when there is nothing to measure (attacks keep them; 0 always counts)
+GLOBAL_DEFAULTS = {f"TagVarCSV_trackSip{d}{kind}AboveCharm": -1.0
+                   for d in ("2d", "3d") for kind in ("Val", "Sig")}  # no track above charm
+CPF_DEFAULTS = {"Cpfcan_drminsv": 0.4}  # no secondary vertex within the jet radius
+NPF_DEFAULTS = {"Npfcan_drminsv": 0.4}
 TRUTHS = (
     "isB", "isBB", "isGBB", "isLeptonicB", "isLeptonicB_C", "isC", "isCC", "isGCC",
     "isUD", "isS", "isG",
@@ -62,9 +67,12 @@ config = Config(
     pt_bins=PT_BINS,
     eta_bins=ETA_BINS,
     groups=(
-        FeatureGroup("global", GLOBAL_FEATURES, integer_features=GLOBAL_INTEGERS),
-        FeatureGroup("cpf", CPF_FEATURES, length=25, integer_features=CPF_INTEGERS),
-        FeatureGroup("npf", NPF_FEATURES, length=25, integer_features=NPF_INTEGERS),
+        FeatureGroup("global", GLOBAL_FEATURES, integer_features=GLOBAL_INTEGERS,
+                     default_values=GLOBAL_DEFAULTS),
+        FeatureGroup("cpf", CPF_FEATURES, length=25, integer_features=CPF_INTEGERS,
+                     default_values=CPF_DEFAULTS),
+        FeatureGroup("npf", NPF_FEATURES, length=25, integer_features=NPF_INTEGERS,
+                     default_values=NPF_DEFAULTS),
         FeatureGroup("vtx", VTX_FEATURES, length=4, integer_features=VTX_INTEGERS),
     ),
     truths=TRUTHS,

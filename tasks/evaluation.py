@@ -12,9 +12,13 @@ import luigi
 from tasks.base import ConfigTask, DatasetDependency, setting
 from tasks.dataset import DatasetConstructorTask
 from tasks.inference import InferenceTask, TestDatasetDependency
-from utils.attacks import MULTI_STEP
+from utils.attacks import ATTACKS, MULTI_STEP
 from utils.evaluation.report import file_tag
-from utils.settings import EvaluationSettings, SettingsError
+from utils.settings import EvaluationSettings, SettingsError, options
+
+# the attack options besides the attack and its magnitude
+ATTACK_KNOBS = ("attack_iterations", "attack_individual_factors", "attack_reduce",
+                "attack_restrict_impact", "attack_overshoot", "attack_uncertainty")
 
 SUMMARY = "summary.json"
 
@@ -250,7 +254,9 @@ class RobustnessTask(SeveralTrainings):
 
     The trainings are given like CompareTrainingsTask's, plus their training attacks:
     ``--training-versions``, ``--model-names``, ``--attacks``, ``--attack-magnitudes`` are
-    comma-separated lists of equal length (or single values, used for all). Outputs in
+    comma-separated lists of equal length (or single values, used for all); the other
+    ``--attack-*`` options apply to every attacked training, the ``--test-attack-*``
+    options to every test attack (each only where it applies). Outputs in
     ``RobustnessTask/<config>/<dataset_version>/<test_dataset_version>/<comparison>/
     epochs_<N>/``: ``roc_<training>_<process>_<disc>_<attack>`` (nominal and every
     magnitude overlaid), ``robustness_<process>_<disc>`` (AUC and b-efficiency at 1 % light
@@ -267,18 +273,32 @@ class RobustnessTask(SeveralTrainings):
     test_magnitudes = luigi.Parameter(default="0.005,0.01,0.02,0.05", description="comma-"
                                       "separated test attack magnitudes (in units of each "
                                       "feature's spread); default: 0.005,0.01,0.02,0.05")
+    attack_iterations = setting(EvaluationSettings, "attack_iterations")
+    attack_individual_factors = setting(EvaluationSettings, "attack_individual_factors")
+    attack_reduce = setting(EvaluationSettings, "attack_reduce")
+    attack_restrict_impact = setting(EvaluationSettings, "attack_restrict_impact")
+    attack_overshoot = setting(EvaluationSettings, "attack_overshoot")
+    attack_uncertainty = setting(EvaluationSettings, "attack_uncertainty")
     test_attack_iterations = setting(EvaluationSettings, "test_attack_iterations")
-    test_attack_individual_factors = setting(EvaluationSettings,
-                                             "test_attack_individual_factors")
+    test_attack_individual_factors = setting(EvaluationSettings, "test_attack_individual_factors")
     test_attack_reduce = setting(EvaluationSettings, "test_attack_reduce")
     test_attack_restrict_impact = setting(EvaluationSettings, "test_attack_restrict_impact")
     test_attack_overshoot = setting(EvaluationSettings, "test_attack_overshoot")
     test_attack_uncertainty = setting(EvaluationSettings, "test_attack_uncertainty")
 
     def validate_parameters(self) -> None:
-        from utils.attacks import ATTACKS
-
-        self.entries()
+        entries = self.entries()
+        labels = [self.entry_label(*entry) for entry in entries]
+        if len(set(labels)) < len(labels):
+            raise SettingsError(f"the trainings {labels} are not all different")
+        for _, _, attack, magnitude in entries:
+            if attack not in ATTACKS:
+                raise SettingsError(f"--attacks: {attack!r} is not an attack; attacks are "
+                                    f"{', '.join(ATTACKS)}")
+            if (attack == "nominal") != (magnitude == 0):
+                raise SettingsError(f"--attacks / --attack-magnitudes: {attack} with "
+                                    f"magnitude {magnitude:g}; nominal takes 0, every other "
+                                    "attack a magnitude > 0")
         for name in _split(self.test_attacks):
             if name not in ATTACKS or name == "nominal":
                 raise SettingsError(f"--test-attacks: {name!r} is not an attack; attacks are "
@@ -286,6 +306,9 @@ class RobustnessTask(SeveralTrainings):
         if not _split(self.test_attacks):
             raise SettingsError("--test-attacks must name at least one attack")
         self.magnitudes()
+        for *_, params in self.runs():  # the knobs fit every attack they are passed to
+            EvaluationSettings(**{k: v for k, v in params.items() if k.startswith(
+                ("attack", "test_attack"))})
 
     def magnitudes(self) -> list[float]:
         try:
@@ -336,11 +359,23 @@ class RobustnessTask(SeveralTrainings):
             for test_attack, test_magnitude in points:
                 params = dict(training_version=version, model_name=model, attack=attack,
                               attack_magnitude=magnitude, test_attack=test_attack,
-                              test_attack_magnitude=test_magnitude)
-                if test_attack not in MULTI_STEP:
-                    params["test_attack_iterations"] = None
+                              test_attack_magnitude=test_magnitude,
+                              **self.knobs("", attack), **self.knobs("test_", test_attack))
                 out.append((label, test_attack, test_magnitude, params))
         return out
+
+    def knobs(self, prefix: str, attack: str) -> dict[str, Any]:
+        """This task's ``--<prefix>attack-*`` options that apply to ``attack`` (the others
+        at their defaults)."""
+        used = {"iterations": attack in MULTI_STEP, "overshoot": attack == "jetfool",
+                "uncertainty": attack == "minimizer"}
+        values = {}
+        for knob in ATTACK_KNOBS:
+            name = f"{prefix}{knob}"
+            applies = used.get(knob.removeprefix("attack_"), attack != "nominal")
+            values[name] = getattr(self, name) if applies else \
+                options(EvaluationSettings)[name][1]
+        return values
 
     def requires(self) -> list[InferenceTask]:
         return [InferenceTask.req(self, **params) for *_, params in self.runs()]

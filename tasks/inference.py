@@ -56,6 +56,9 @@ class TestDatasetDependency(TrainingDependency):
             self.dataset_version, self.test_dataset_version, *self.training_parts(),
             *make_attack_settings(self.param_kwargs, "test_").path_parts("test_"))
 
+    def parameters_record(self) -> dict[str, Any]:
+        return {**super().parameters_record(), **self.attack_record("test_")}
+
     def test_dataset_task(self) -> DatasetConstructorTask:
         return DatasetConstructorTask.req(self, dataset_version=self.test_dataset_version,
                                           filelist=self.test_filelist,
@@ -89,20 +92,12 @@ class InferenceTask(TestDatasetDependency):
         model, classes = build_model(config, self.model_name)
         checkpoint = Path(self.input()["training"]["best_model"].path)
         test_dir = Path(self.input()["test_dataset"]["processed_files"].path).parent
-        attack = None
-        attack_settings = self.settings.attack_settings("test_")
-        if attack_settings.active:
-            from utils.attacks.methods import Attack
-            from utils.dataset.scales import dataset_scales
-
-            # magnitudes are in units of the training dataset's spreads
-            dataset_dir = Path(self.requires()["training"].input()["processed_files"].path)
-            attack = Attack.from_config(attack_settings, config, model.input_groups,
-                                        dataset_scales(dataset_dir.parent))
+        dataset_dir = Path(self.requires()["training"].input()["processed_files"].path).parent
         with self.publishing() as work:
             run_inference(config, model, classes, checkpoint, test_dir, work,
                           batch_size=self.settings.batch_size,
                           workers=self.settings.n_threads,
                           precision=self.settings.training_precision, verbose=self.verbose,
-                          attack=attack, seed=self.settings.seed)
+                          attack_settings=self.settings.attack_settings("test_"),
+                          dataset_dir=dataset_dir, seed=self.settings.seed)
             self.write_parameters(work)

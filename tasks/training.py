@@ -71,6 +71,19 @@ class TrainingDependency(DatasetDependency):
     attack_overshoot = _train("attack_overshoot")
     attack_uncertainty = _train("attack_uncertainty")
 
+    def attack_record(self, prefix: str = "") -> dict[str, Any]:
+        """What the ``--<prefix>attack`` keeps nominal (config edits there change results
+        without changing the exported data), for parameters.json; {} without an attack."""
+        from utils.attacks import kept_nominal
+
+        attack = self.settings.attack_settings(prefix)
+        if not attack.active:
+            return {}
+        return {f"{prefix}attack_kept_nominal": kept_nominal(self.load_config(), attack.reduce)}
+
+    def parameters_record(self) -> dict[str, Any]:
+        return {**super().parameters_record(), **self.attack_record()}
+
     def training_parts(self) -> tuple[str, ...]:
         """``<training_version>/<model_name>/epochs_<N>/<attack>[/epsilon_<e>/...]``."""
         from utils.settings import make_attack_settings

@@ -5,6 +5,7 @@ every model under every attack, and the per-feature scales stored with a dataset
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -23,9 +24,10 @@ from utils.attacks.methods import (
 )
 from utils.config import load_config
 from utils.dataset.directory import DatasetDirectory
-from utils.dataset.scales import compute_scales, dataset_scales, group_scales
+from utils.dataset.scales import compute_scales, config_defaults, dataset_scales, group_scales
 from utils.models import get_model
 from utils.settings import AttackSettings, EvaluationSettings, SettingsError, TrainSettings
+from utils.torch.checkpoint import load_checkpoint
 
 BOUNDED = ("fgsm", "pgd", "jetfool", "minimizer")  # the attacks that stay in the epsilon box
 
@@ -95,9 +97,11 @@ def nominal_entries(config, batch, attack_settings: AttackSettings) -> dict[str,
         config = PLAIN
     out = {}
     for group, x in batch.items():
-        frozen = config.group(group).frozen_features(attack_settings.reduce)
-        column = torch.tensor([f in frozen for f in config.group(group).features])
-        keep = column.expand_as(x) | (x == 0)
+        spec = config.group(group)
+        frozen = spec.frozen_features(attack_settings.reduce)
+        column = torch.tensor([f in frozen for f in spec.features])
+        default = torch.tensor([spec.default_values.get(f, math.nan) for f in spec.features])
+        keep = column.expand_as(x) | (x == 0) | (x == default)
         if x.ndim == 3:
             keep = keep | ~(x != 0).any(-1, keepdim=True)
         out[group] = keep
@@ -133,6 +137,25 @@ def test_attack_settings_errors_name_the_option():
     assert AttackSettings().path_parts() == ("nominal",)
 
 
+def test_settings_record_what_they_do_and_refuse_what_does_not_apply():
+    # the effective number of steps is recorded: leaving it out and giving it are the same
+    assert TrainSettings(attack="pgd", attack_magnitude=0.1).attack_iterations == 10
+    assert TrainSettings(attack="fgsm", attack_magnitude=0.1).attack_iterations == 1
+    assert TrainSettings().attack_iterations == 1
+    with pytest.raises(SettingsError, match="--attack-overshoot do.es. not apply to --attack "
+                                            "fgsm"):
+        TrainSettings(attack="fgsm", attack_magnitude=0.1, attack_overshoot=0.5)
+    with pytest.raises(SettingsError, match="--test-attack-reduce, "
+                                            "--test-attack-restrict-impact do.es. not apply"):
+        EvaluationSettings(test_attack_reduce=False, test_attack_restrict_impact=0.5)
+    # settings that change the result and are not in the original's path get their own part
+    parts = AttackSettings("fgsm", 0.1, reduce=False, restrict_impact=0.25,
+                           individual_factors=False).path_parts("test_")
+    assert parts == ("test_attack_fgsm", "test_epsilon_0.1", "test_iterations_1",
+                     "test_individual_factors_off", "test_reduce_off",
+                     "test_restrict_impact_0.25")
+
+
 def test_missing_scales_are_an_error(config, specs):
     with pytest.raises(AttackError, match="no per-feature scales for global features"):
         Attack.from_config(AttackSettings("fgsm", 0.1), config, ["global"], {})
@@ -152,6 +175,32 @@ def test_magnitude_zero_is_nominal(name, config, trained):
         assert torch.equal(moved[group], batch[group])
     with torch.no_grad():
         assert torch.equal(model(moved), model(batch))
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_the_attack_functions_at_magnitude_zero_change_nothing(name, config, trained):
+    model, batch, target = trained
+    attack = make_attack(config, model.spec, name, 0.0, batch, iterations=3)
+    torch.manual_seed(0)
+    moved = registered_attacks()[name](model, batch, target, cross_entropy,
+                                       attack.budget(batch))  # no early return
+    for group in batch:
+        assert torch.equal(moved[group], batch[group]), (name, group)
+
+
+def test_projection_clamps_to_the_box_and_resets_what_may_not_move(config, trained):
+    model, batch, target = trained
+    attack = make_attack(config, model.spec, "pgd", 0.1, batch, restrict_impact=0.05)
+    budget = attack.budget(batch)
+    far = {g: x + 1e6 for g, x in batch.items()}
+    projected = budget.project(batch, far)
+    for group, x in batch.items():
+        allowed = budget.allowed[group]
+        expected = torch.minimum(0.1 * budget.scale[group], 0.05 * x.abs())
+        # (x + change) - x equals the change up to the float32 rounding of x + change
+        torch.testing.assert_close((projected[group] - x)[allowed], expected[allowed],
+                                   rtol=1e-4, atol=1e-6)
+        assert torch.equal(projected[group][~allowed], x[~allowed])
 
 
 def test_fgsm_and_pgd_increase_the_loss_of_a_trained_model(config, trained):
@@ -355,6 +404,48 @@ def test_mixed_precision_attacks_keep_their_masks(config, specs):
         assert any(not torch.equal(moved[g], batch[g]) for g in batch), name
 
 
+def test_declared_default_values_stay_nominal(config, specs):
+    spec = specs["plain"]
+    model = get_model("DeepJet")(spec).eval()
+    batch = make_batch(spec, 32, seed=6)
+    above_charm = PLAIN.group("global").features.index("TagVarCSV_trackSip2dSigAboveCharm")
+    drminsv = PLAIN.group("cpf").features.index("Cpfcan_drminsv")
+    batch["global"][::2, above_charm] = -1.0  # "no track above charm"
+    batch["cpf"][:, :3, drminsv] = 0.4  # "no secondary vertex" on real candidates
+    target = torch.zeros(32, dtype=torch.long)
+    moved = make_attack(config, spec, "fgsm", 0.5, batch)(model, batch, target)
+    assert torch.equal(moved["global"][::2, above_charm], batch["global"][::2, above_charm])
+    assert not torch.equal(moved["global"][1::2, above_charm],
+                           batch["global"][1::2, above_charm])
+    real = (batch["cpf"][:, :3] != 0).any(-1)
+    assert torch.equal(moved["cpf"][:, :3, drminsv][real], batch["cpf"][:, :3, drminsv][real])
+    free = make_attack(config, spec, "fgsm", 0.5, batch, reduce=False)(model, batch, target)
+    assert not torch.equal(free["global"][::2, above_charm], batch["global"][::2, above_charm])
+
+
+def test_trainer_attacks_in_float32_under_float16_mixed_precision(demo_dataset, tmp_path):
+    from utils.torch.data import TRAIN, ChunkDataset, dataset_shards
+    from utils.torch.run import build_model
+    from utils.torch.training import Trainer
+
+    config, directory = demo_dataset
+    model, classes = build_model(config, "MLP")
+    data = ChunkDataset(dataset_shards(directory), model.input_groups,
+                        {label: i for i, labels in enumerate(classes.values())
+                         for label in labels}, 64, TRAIN)
+    trainer = Trainer(model, data, data, tmp_path, TrainSettings(mixed_precision=True))
+    inputs = {"global": torch.randn(8, len(config.group("global").features))}
+    assert trainer.amp_dtype == torch.bfloat16  # CPU: the attack runs under autocast
+    with torch.no_grad():
+        assert trainer.attack_logits(inputs).dtype == torch.float32
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    trainer.attack_logits(inputs)
+    trainer.amp_dtype = torch.float16  # as on CUDA: float16 input gradients would underflow
+    trainer.attack_logits(inputs)
+    assert seen == [True, False]
+
+
 def test_attack_mode_keeps_recurrent_layers_differentiable():
     model = nn.Sequential(nn.LSTM(3, 4, batch_first=True), nn.Dropout(0.5))
     model.train()
@@ -384,6 +475,11 @@ def test_scales_over_real_entries():
     assert scales[2] == 0.0
     flat = rng.normal(0, 3, (n, 2)).astype(np.float32)
     assert group_scales(flat, None) == pytest.approx([3.0, 3.0], rel=0.03)
+    # half the jets at a declared default of -1: left out, the spread is the other half's
+    flat[::2, 1] = -1.0
+    with_default = group_scales(flat, None, [None, -1.0])
+    assert with_default[1] == pytest.approx(3.0, rel=0.05)
+    assert group_scales(flat, None)[1] < 0.8 * with_default[1]
 
 
 def test_export_stores_the_scales(demo_dataset):
@@ -393,7 +489,9 @@ def test_export_stores_the_scales(demo_dataset):
     for group in config.groups:
         assert list(stored["groups"][group.name]) == list(group.features)
     files = DatasetDirectory(directory).files()
-    assert stored == json.loads(json.dumps(compute_scales(files)))
+    assert stored == json.loads(json.dumps(compute_scales(files, config_defaults(config))))
+    # the declared defaults are left out of the spreads
+    assert stored != json.loads(json.dumps(compute_scales(files)))
     assert stored["jets"] == min(DatasetDirectory(directory).n_jets, 100_000)
     scales = stored["groups"]["cpf"]
     assert scales["Cpfcan_BtagPf_trackSip2dSig"] > 0
@@ -409,7 +507,8 @@ def test_scales_of_a_dataset_exported_before_they_were_stored(demo_dataset, tmp_
             (copy / path.name).write_bytes(path.read_bytes())
     (copy / "processed_files.txt").write_text("".join(
         f"{copy / p.name}\n" for p in DatasetDirectory(directory).files()))
-    assert dataset_scales(copy) == dataset_scales(directory)
+    config, _ = demo_dataset
+    assert dataset_scales(copy, config) == dataset_scales(directory)
     assert not (copy / "feature_scales.json").exists()  # a published dataset is not modified
 
 
@@ -444,7 +543,7 @@ def test_training_attacks_every_training_batch_and_inference_reports_the_changes
     nominal = run_inference(config, model, classes, checkpoint, directory, _mkdir(tmp_path /
                                                                                   "nominal"))
     attacked = run_inference(config, model, classes, checkpoint, directory,
-                             _mkdir(tmp_path / "fgsm"), attack=attack)
+                             _mkdir(tmp_path / "fgsm"), attack_settings=attack.settings)
     np.testing.assert_array_equal(nominal["target"], attacked["target"])  # jets in == out
     assert not np.array_equal(nominal["logits"], attacked["logits"])
     report = json.loads((tmp_path / "fgsm" / "attack.json").read_text())
@@ -453,10 +552,48 @@ def test_training_attacks_every_training_batch_and_inference_reports_the_changes
     for group, values in report["changes"].items():
         # within the budget up to the float32 rounding of x + change (large x, small spread)
         assert 0 < values["mean_abs_change"] <= values["max_abs_change"] <= 0.05 * 1.01, group
+    assert report["kept_nominal"]["cpf"]["frozen"] == ["Cpfcan_VTX_ass", "Cpfcan_quality"] + \
+        ["Cpfcan_pt", "Cpfcan_eta", "Cpfcan_phi", "Cpfcan_e"]  # demo_part: 4-vectors too
     assert json.loads((tmp_path / "nominal" / "attack.json").read_text()) == {
-        "attack": "nominal", "settings": {}, "changes": {}}
+        "attack": "nominal", "settings": {}, "kept_nominal": {}, "changes": {}}
+    # the training keeps its dataset's spreads: evaluation magnitudes mean the same later
+    assert load_checkpoint(checkpoint)["feature_scales"] == dataset_scales(directory)
 
 
 def _mkdir(path):
     path.mkdir()
     return path
+
+
+def test_robustness_task_checks_its_lists(tmp_path, monkeypatch):
+    import luigi
+
+    from tasks.evaluation import RobustnessTask
+
+    monkeypatch.setenv("DATA_PATH", str(tmp_path))
+    luigi.task_register.Register.clear_instance_cache()
+    base = dict(config="demo", model_names="DeepJet", training_versions="s1")
+    with pytest.raises(SettingsError, match="--attacks: 'fgm' is not an attack"):
+        RobustnessTask(**base, attacks="nominal,fgm", attack_magnitudes="0,0.1")
+    with pytest.raises(SettingsError, match="fgsm with magnitude 0; nominal takes 0"):
+        RobustnessTask(**base, attacks="nominal,fgsm", attack_magnitudes="0,0")
+    with pytest.raises(SettingsError, match="are not all different"):
+        RobustnessTask(**base, attacks="fgsm,fgsm", attack_magnitudes="0.1")
+    with pytest.raises(SettingsError, match="--test-magnitudes must be numbers > 0"):
+        RobustnessTask(**base, test_magnitudes="0,0.1")
+    with pytest.raises(SettingsError, match="--test-attacks: 'nominal' is not an attack"):
+        RobustnessTask(**base, test_attacks="nominal")
+    task = RobustnessTask(**base, attacks="nominal,pgd", attack_magnitudes="0,0.01",
+                          attack_iterations=4, test_attacks="fgsm,jetfool",
+                          test_magnitudes="0.1", test_attack_overshoot=0.1,
+                          test_attack_restrict_impact=0.5)
+    paths = [str(t.local_path().relative_to(tmp_path)) for t in task.requires()]
+    assert len(paths) == 2 * 3 and len(set(paths)) == 6
+    # each option only where it applies: iterations for the pgd training, the overshoot for
+    # jetfool, restrict-impact for every test attack but the nominal evaluation
+    assert paths[0].endswith("epochs_1/nominal/test_attack_nominal")
+    assert paths[1].endswith("nominal/test_attack_fgsm/test_epsilon_0.1/test_iterations_1/"
+                             "test_restrict_impact_0.5")
+    assert paths[5].endswith("pgd/epsilon_0.01/iterations_4/test_attack_jetfool/"
+                             "test_epsilon_0.1/test_iterations_10/test_overshoot_0.1/"
+                             "test_restrict_impact_0.5")

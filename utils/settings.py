@@ -166,7 +166,9 @@ class AttackSettings:
     def path_parts(self, prefix: str = "") -> tuple[str, ...]:
         """Output-path parts as in the original b-hive: ``<name>``, then, for a magnitude
         > 0, ``epsilon_<e>``, ``iterations_<i>`` and ``overshoot_<x>`` (jetfool) or
-        ``uncertainty_<x>`` (minimizer); ``prefix`` is ``test_`` for test attacks."""
+        ``uncertainty_<x>`` (minimizer); ``prefix`` is ``test_`` for test attacks. Settings
+        off their defaults add ``individual_factors_off``, ``reduce_off`` and
+        ``restrict_impact_<r>``, so every setting that changes the result is in the path."""
         head = f"{prefix}attack_{self.name}" if prefix else self.name
         if self.magnitude <= 0:
             return (head,)
@@ -176,6 +178,12 @@ class AttackSettings:
             parts.append(f"{prefix}overshoot_{_number(self.overshoot)}")
         if self.name == "minimizer":
             parts.append(f"{prefix}uncertainty_{_number(self.uncertainty)}")
+        if not self.individual_factors:
+            parts.append(f"{prefix}individual_factors_off")
+        if not self.reduce:
+            parts.append(f"{prefix}reduce_off")
+        if self.restrict_impact > 0:
+            parts.append(f"{prefix}restrict_impact_{_number(self.restrict_impact)}")
         return tuple(parts)
 
     def describe(self) -> str:
@@ -224,13 +232,16 @@ def _attack_fields(prefix: str, target: str) -> list[tuple[str, Any, Any]]:
             at_least(1), ">= 1", stored=False)),
         (f"{p}_individual_factors", bool, option(
             True, "scale the magnitude by each feature's spread (stored with the dataset); "
-            "off: the same absolute size for every feature")),
+            "off: the same absolute size for every feature (path part "
+            f"{prefix}individual_factors_off)", stored=False)),
         (f"{p}_reduce", bool, option(
-            True, "keep integer-valued and categorical features (declared in the config) and "
-            "entries at their default (0) value at their nominal value")),
+            True, "keep integer-valued and categorical features and entries at their default "
+            f"value (0, or as the config declares) nominal; off: path part {prefix}reduce_off",
+            stored=False)),
         (f"{p}_restrict_impact", float, option(
             -1.0, "clamp every change to this fraction of the entry's absolute value (-1: "
-            "off)", _restrict, "-1 or a number > 0")),
+            f"off; else path part {prefix}restrict_impact_<r>)", _restrict,
+            "-1 or a number > 0", stored=False)),
         (f"{p}_overshoot", float, option(
             0.02, "jetfool: overshoot beyond the estimated class boundary", at_least(0),
             ">= 0", stored=False)),
@@ -337,7 +348,9 @@ class TrainSettings(_TrainingAttack, _Validated):
     def __post_init__(self) -> None:
         super().__post_init__()
         for prefix in self.attack_prefixes:
-            self.attack_settings(prefix)  # raises for values that do not fit together
+            # raises for values that do not fit together; records the effective steps
+            steps = self.attack_settings(prefix).iterations
+            object.__setattr__(self, f"{prefix}attack_iterations", steps)
 
     @property
     def beta_pair(self) -> tuple[float, float]:
@@ -375,13 +388,24 @@ def make_attack_settings(values: Mapping[str, Any], prefix: str = "") -> AttackS
                             f"{name} takes one step; got {iterations}")
     if iterations is None:
         iterations = ITERATIONS_DEFAULT if name in MULTI_STEP else 1
-    return AttackSettings(
+    settings = AttackSettings(
         name, magnitude, int(iterations),
         bool(get("individual_factors", defaults.individual_factors)),
         bool(get("reduce", defaults.reduce)),
         float(get("restrict_impact", defaults.restrict_impact)),
         float(get("overshoot", defaults.overshoot)),
         float(get("uncertainty", defaults.uncertainty)))
+    # an option the attack does not use would be recorded without changing anything
+    unused = [key for key, used in (("overshoot", name == "jetfool"),
+                                    ("uncertainty", name == "minimizer"),
+                                    ("individual_factors", name != "nominal"),
+                                    ("reduce", name != "nominal"),
+                                    ("restrict_impact", name != "nominal"))
+              if not used and getattr(settings, key) != getattr(defaults, key)]
+    if unused:
+        raise SettingsError(", ".join(f"{option_name}-{k.replace('_', '-')}" for k in unused)
+                            + f" do(es) not apply to {option_name} {name}")
+    return settings
 
 
 EvaluationSettings = dataclasses.make_dataclass(

@@ -9,7 +9,8 @@ changed. What may move (:class:`Budget`):
 
 - only real entries: padded candidates (all features 0) stay padded;
 - with ``reduce``: not the config's ``integer_features`` and not entries at their default
-  value 0; never the 4-vector features unless the config's ``attack_four_vector``;
+  value (0, or the group's ``default_values``); never the 4-vector features unless the
+  config's ``attack_four_vector``;
 - every change at most ``restrict_impact * |x|`` when that is > 0;
 - fgsm, pgd, jetfool and minimizer stay in the box ``|change| <= magnitude * scale`` (the
   "epsilon ball"); noise and ngm are not bounded per entry (see README).
@@ -68,16 +69,22 @@ def cross_entropy(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def attack_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode while an attack runs (restored afterwards). Recurrent layers without
-    dropout stay in training mode, which computes the same outputs but lets cuDNN
-    differentiate them."""
+    """Eval mode while an attack runs (restored afterwards). cuDNN differentiates recurrent
+    layers only in training mode: those without dropout stay in training mode (the same
+    outputs); for others cuDNN is switched off during the attack."""
     was_training = model.training
     model.eval()
+    needs_eval = False
     for module in model.modules():
-        if isinstance(module, nn.RNNBase) and (module.num_layers == 1 or module.dropout == 0):
-            module.train()
+        if isinstance(module, nn.RNNBase):
+            if module.num_layers == 1 or module.dropout == 0:
+                module.train()
+            else:
+                needs_eval = True
     try:
-        yield
+        with torch.backends.cudnn.flags(enabled=False) if needs_eval else \
+                contextlib.nullcontext():
+            yield
     finally:
         model.train(was_training)
 
@@ -114,20 +121,21 @@ class Budget:
 class Attack:
     """An attack ready to be applied: ``attack(model, inputs, truth, loss)``.
 
-    ``groups``: ``{group: (features, frozen features, is_candidates)}``; ``scales``:
-    ``{group: {feature: scale}}`` (needed with ``individual_factors``).
+    ``groups``: ``{group: (features, frozen features, is_candidates, {feature: default})}``;
+    ``scales``: ``{group: {feature: scale}}`` (needed with ``individual_factors``).
     """
 
     def __init__(self, settings: AttackSettings,
-                 groups: Mapping[str, tuple[Sequence[str], Sequence[str], bool]],
+                 groups: Mapping[str, tuple[Sequence[str], Sequence[str], bool,
+                                            Mapping[str, float]]],
                  scales: Mapping[str, Mapping[str, float]] | None = None) -> None:
         if settings.name not in _REGISTRY:
             raise AttackError(f"unknown attack {settings.name!r}; attacks are {sorted(_REGISTRY)}")
         self.settings = settings
-        self.groups = {g: (tuple(f), tuple(frozen), candidates)
-                       for g, (f, frozen, candidates) in groups.items()}
+        self.groups = {g: (tuple(f), tuple(frozen), candidates, dict(defaults))
+                       for g, (f, frozen, candidates, defaults) in groups.items()}
         self.scales: dict[str, list[float]] = {}
-        for group, (features, _, _) in self.groups.items():
+        for group, (features, *_) in self.groups.items():
             if not settings.individual_factors:
                 self.scales[group] = [1.0] * len(features)
                 continue
@@ -138,7 +146,7 @@ class Attack:
                                   "the dataset's feature_scales.json does not match the config "
                                   "(re-export, or use --attack-individual-factors False)")
             self.scales[group] = [float(known[f]) for f in features]
-        self._tensors: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tensors: dict[tuple[str, str], tuple[torch.Tensor, ...]] = {}
 
     @classmethod
     def from_config(cls, settings: AttackSettings, config: Any, group_names: Sequence[str],
@@ -148,22 +156,30 @@ class Attack:
         for name in group_names:
             group = config.group(name)
             groups[name] = (group.features, group.frozen_features(settings.reduce),
-                            group.is_candidates)
+                            group.is_candidates, group.default_values)
         return cls(settings, groups, scales)
+
+    def record(self) -> dict[str, Any]:
+        """What the attack keeps nominal (as :func:`utils.attacks.kept_nominal`)."""
+        return {g: {"frozen": list(frozen), "defaults": defaults if self.settings.reduce
+                    else {}} for g, (_, frozen, _, defaults) in self.groups.items()}
 
     @property
     def active(self) -> bool:
         return self.settings.active
 
     def feature_tensors(self, group: str, device: torch.device
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scale, movable)`` per feature of ``group`` on ``device``."""
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(scale, movable, default)`` per feature of ``group`` on ``device`` (default NaN
+        where none is declared)."""
         key = (group, str(device))
         if key not in self._tensors:
-            features, frozen, _ = self.groups[group]
+            features, frozen, _, defaults = self.groups[group]
             scale = torch.tensor(self.scales[group], dtype=torch.float32, device=device)
             movable = torch.tensor([f not in frozen for f in features], device=device)
-            self._tensors[key] = (scale, movable & (scale > 0))
+            default = torch.tensor([defaults.get(f, math.nan) for f in features],
+                                   dtype=torch.float32, device=device)
+            self._tensors[key] = (scale, movable & (scale > 0), default)
         return self._tensors[key]
 
     def budget(self, inputs: Inputs) -> Budget:
@@ -171,12 +187,12 @@ class Attack:
         s = self.settings
         allowed, scale, step, ball, impact = {}, {}, {}, {}, {}
         for group, x in inputs.items():
-            unit, movable = self.feature_tensors(group, x.device)
+            unit, movable, default = self.feature_tensors(group, x.device)
             mask = movable.expand_as(x)
             if self.groups[group][2]:  # candidates: padded ones stay padded
                 mask = mask & (x != 0).any(dim=-1, keepdim=True)
-            if s.reduce:
-                mask = mask & (x != 0)
+            if s.reduce:  # NaN (no declared default) differs from everything
+                mask = mask & (x != 0) & (x != default)
             allowed[group] = mask
             scale[group] = unit.expand_as(x)
             step[group] = (s.magnitude * unit).expand_as(x)
@@ -348,11 +364,10 @@ def minimizer(model: Model, inputs: Inputs, truth: torch.Tensor, loss: Loss,
                 g: torch.where(budget.allowed[g], u / width, 0).square()
                 for g, u in shifts.items()}) / (2 * count.clamp_min(1))
             objective = (prior - drop.squeeze(1)).sum()
-            optimiser.zero_grad(set_to_none=True)
-            objective.backward()
-        for u in shifts.values():
-            if u.grad is not None:
-                u.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            # gradients of the shifts only: the model's parameter gradients stay untouched
+            grads = torch.autograd.grad(objective, list(shifts.values()))
+        for u, grad in zip(shifts.values(), grads, strict=True):
+            u.grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         optimiser.step()
     with torch.no_grad():
         return budget.project(inputs, {g: inputs[g] + shifts[g] * budget.scale[g]
@@ -372,7 +387,7 @@ class ChangeMonitor:
     @torch.no_grad()
     def add(self, nominal: Inputs, moved: Inputs) -> None:
         for group, x0 in nominal.items():
-            scale, _ = self.attack.feature_tensors(group, x0.device)
+            scale = self.attack.feature_tensors(group, x0.device)[0]
             delta = (moved[group] - x0).abs()
             units = torch.where(scale > 0, delta / scale.clamp_min(1e-30), 0)
             changed = delta > 0

@@ -98,6 +98,9 @@ class FeatureGroup:
     For adversarial attacks (README "Adversarial attacks and robustness"):
     ``integer_features`` names the integer-valued or categorical features (multiplicities,
     categories, flags), which attacks leave at their nominal value (``--attack-reduce``);
+    ``default_values`` maps features to the value the ntupliser writes when there is nothing
+    to measure (e.g. -1 for "no track above charm"; 0, the padding value, is always a
+    default): attacks leave such entries nominal too, and the feature spreads leave them out;
     ``attack_four_vector`` lets attacks move the ``four_vector`` features too (by default
     they stay nominal, so pair features and neighbour graphs built from them are unchanged).
     """
@@ -109,6 +112,7 @@ class FeatureGroup:
     four_vector: tuple[str, str, str, str] | None = None
     sort_by: str | None = None
     integer_features: tuple[str, ...] = ()
+    default_values: Mapping[str, float] | None = None
     attack_four_vector: bool = False
 
     def __post_init__(self) -> None:
@@ -147,6 +151,13 @@ class FeatureGroup:
         if unknown:
             _fail(f"{key}.integer_features", f"{unknown} are not features of the group; its "
                   f"features are {list(self.features)}")
+        defaults = dict(self.default_values or {})
+        object.__setattr__(self, "default_values", defaults)
+        unknown = [f for f in defaults if f not in self.features]
+        bad = [f for f, v in defaults.items() if not _is_number(v) or not math.isfinite(v)]
+        if unknown or bad:
+            _fail(f"{key}.default_values", f"must map features of the group to finite numbers; "
+                  f"not features: {unknown}, not finite numbers: {bad}")
         if not isinstance(self.attack_four_vector, bool):
             _fail(f"{key}.attack_four_vector", f"must be True or False, got "
                   f"{self.attack_four_vector!r}")
@@ -168,7 +179,8 @@ class FeatureGroup:
         """Return a copy with branches renamed (e.g. HLT counter names)."""
         return dataclasses.replace(
             self, branches=tuple(mapping.get(b, b) for b in self.branches),
-            integer_features=tuple(mapping.get(f, f) for f in self.integer_features))
+            integer_features=tuple(mapping.get(f, f) for f in self.integer_features),
+            default_values={mapping.get(f, f): v for f, v in self.default_values.items()})
 
     def frozen_features(self, reduce: bool) -> tuple[str, ...]:
         """Features an attack leaves at their nominal value: the 4-vector (unless

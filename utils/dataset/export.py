@@ -29,7 +29,7 @@ from utils.dataset.inputs import assign_processes, inspect_files, is_remote
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.merge import merge_staged
 from utils.dataset.reweighting import config_weights, reference_labels, reweighting_table
-from utils.dataset.scales import compute_scales
+from utils.dataset.scales import compute_scales, config_defaults
 from utils.errors import BHiveError
 from utils.io import disk_full, owned_directory, remove_stale
 from utils.progress import console, progress_bar
@@ -321,7 +321,7 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
     seconds = time.perf_counter() - start
     timing["total"] = seconds
     scales_start = time.perf_counter()
-    scales = compute_scales(merged.files)
+    scales = compute_scales(merged.files, config_defaults(config))
     timing["feature_scales"] = time.perf_counter() - scales_start
     reweighting = {**dataclasses.asdict(config.reweighting),
                    "reference": config.reweighting_reference, **weights.to_dict()}

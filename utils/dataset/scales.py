@@ -1,10 +1,11 @@
 """Per-feature scales of an exported dataset: the unit of ``--attack-magnitude``.
 
 The scale of a feature is a robust spread of its values over the real entries (padding
-candidates left out): half the distance between the 16th and 84th percentiles (the standard
-deviation of a Gaussian, insensitive to tails and default values). A feature whose real
-entries are mostly at one value (e.g. 0 for "no track above charm") gets the spread of its
-other values; a constant feature gets 0 (attacks leave it alone). The export computes the
+candidates and the config's ``default_values`` left out): half the distance between the
+16th and 84th percentiles (the standard deviation of a Gaussian, insensitive to tails). A
+feature whose real entries are mostly 0 (e.g. an impact parameter of tracks without hits)
+gets the spread of its other values; a constant feature gets 0 (attacks leave it alone).
+The export computes the
 scales from the first chunks (the rows are uniformly shuffled, so they are a random sample)
 and stores them as ``feature_scales.json`` with the dataset; :func:`dataset_scales` reads
 them, or computes them from the chunks of a dataset exported before they were stored.
@@ -12,7 +13,7 @@ them, or computes them from the chunks of a dataset exported before they were st
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from utils.dataset.layout import ColumnLayout
 
 SAMPLE_JETS = 100_000  # jets the scales are computed from
 QUANTILES = (16.0, 84.0)
-METHOD = ("half the 16-84 percentile range over real (non-padding) entries; over the non-zero "
-          "entries where that is 0; 0 for constant features")
+METHOD = ("half the 16-84 percentile range over real (non-padding) entries that are not at "
+          "a declared default value; over the non-zero ones where that is 0; 0 for constant "
+          "features")
 
 
 def robust_spread(values: np.ndarray) -> float:
@@ -35,15 +37,20 @@ def robust_spread(values: np.ndarray) -> float:
     return float(high - low) / 2
 
 
-def group_scales(block: np.ndarray, length: int | None) -> list[float]:
+def group_scales(block: np.ndarray, length: int | None,
+                 defaults: Sequence[float | None] = ()) -> list[float]:
     """Scales of the features of one group from its columns ``(jets, length * features)``
-    (candidate-major; ``length`` None for per-jet groups)."""
+    (candidate-major; ``length`` None for per-jet groups); entries equal to a feature's
+    default (``defaults[i]``, None: none declared) are left out."""
     n_features = block.shape[1] // (length or 1)
     values = block.reshape(len(block), length or 1, n_features).astype(np.float64)
     real = (values != 0).any(axis=2) if length else np.ones(values.shape[:2], dtype=bool)
     entries = values[real]  # (real candidates, features)
     scales = []
-    for column in entries.T:
+    for i, column in enumerate(entries.T):
+        default = defaults[i] if i < len(defaults) else None
+        if default is not None:
+            column = column[column != np.float32(default)]
         spread = robust_spread(column)
         if spread == 0:
             spread = robust_spread(column[column != 0])
@@ -51,9 +58,11 @@ def group_scales(block: np.ndarray, length: int | None) -> list[float]:
     return scales
 
 
-def compute_scales(files: Iterable[str | Path], sample: int = SAMPLE_JETS) -> dict[str, Any]:
+def compute_scales(files: Iterable[str | Path], defaults: Mapping[str, Mapping[str, float]]
+                   | None = None, sample: int = SAMPLE_JETS) -> dict[str, Any]:
     """``{"groups": {group: {feature: scale}}, "jets": n, "method": ...}`` from the first
-    ``sample`` jets of the chunk ``files``."""
+    ``sample`` jets of the chunk ``files``, leaving out entries at the ``defaults``
+    (``{group: {feature: value}}``, the config's ``default_values``)."""
     parts: list[np.ndarray] = []
     layout: ColumnLayout | None = None
     taken = 0
@@ -68,18 +77,27 @@ def compute_scales(files: Iterable[str | Path], sample: int = SAMPLE_JETS) -> di
     rows = np.concatenate(parts)
     groups = {}
     for block in layout.feature_blocks:
-        scales = group_scales(rows[:, layout.slice(block.name)], block.length)
+        declared = (defaults or {}).get(block.name, {})
+        scales = group_scales(rows[:, layout.slice(block.name)], block.length,
+                              [declared.get(f) for f in block.features])
         groups[block.name] = dict(zip(block.features, scales, strict=True))
     return {"groups": groups, "jets": int(len(rows)), "method": METHOD}
 
 
-def dataset_scales(directory: str | Path) -> dict[str, dict[str, float]]:
+def config_defaults(config: Any) -> dict[str, dict[str, float]]:
+    """``{group: {feature: default value}}`` declared by ``config``."""
+    return {g.name: dict(g.default_values) for g in config.groups}
+
+
+def dataset_scales(directory: str | Path, config: Any = None) -> dict[str, dict[str, float]]:
     """``{group: {feature: scale}}`` of an exported dataset: the stored scales, else (a
-    dataset exported before they were stored) computed from its chunks."""
+    dataset exported before they were stored) computed from its chunks (leaving out the
+    default values ``config`` declares)."""
     from utils.dataset.directory import DatasetDirectory
 
     dataset = DatasetDirectory(directory)
     stored = dataset.feature_scales()
     if stored is None:
-        stored = compute_scales(dataset.files())
+        stored = compute_scales(dataset.files(),
+                                config_defaults(config) if config is not None else None)
     return stored["groups"]

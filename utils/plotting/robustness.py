@@ -11,14 +11,15 @@ import matplotlib.pyplot as plt
 from utils.plotting.roc import MARKERS
 from utils.plotting.style import experiment_label, save
 
-PANELS = (("auc", "AUC"), ("eff_at_1pc", "b-jet eff. at 1% light mis-id"))
+PANELS = (("auc", "AUC"), ("eff_at_1pc", "b-jet eff. at 1% mis-id"))
 LINESTYLES = ("-", "--", ":", "-.")
 
 
 def plot_metric_vs_magnitude(
         series: Mapping[tuple[str, str], Sequence[tuple[float, Mapping[str, Any]]]],
         path: str | Path, title: str, discriminant: str) -> list[Path]:
-    """Two panels (AUC, b-efficiency at 1 % light mis-id) vs magnitude, one line per
+    """Two panels (AUC, b-efficiency at 1 % mis-id of the discriminant's background: light
+    jets for BvsL, all other jets for BvsAll) vs magnitude, one line per
     ``(training, attack)`` series of ``(magnitude, summary)`` points (magnitude 0: the
     nominal evaluation); one colour per training, one line style per attack."""
     trainings = list(dict.fromkeys(t for t, _ in series))

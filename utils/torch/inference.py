@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.attacks.methods import Attack, ChangeMonitor, attack_mode
+from utils.attacks.methods import Attack, AttackError, ChangeMonitor, attack_mode
 from utils.config import label_to_class
 from utils.io import atomic_path, save_npy, write_json
 from utils.models import BaseModel
 from utils.progress import console, progress_bar
-from utils.settings import TrainSettings
+from utils.settings import AttackSettings, TrainSettings
 from utils.torch.checkpoint import check_classes, load_checkpoint, pick_device
 from utils.torch.data import TEST, ChunkDataset, dataset_shards, make_loader
 
@@ -81,16 +81,31 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
                   workers: int = TrainSettings.n_threads,
                   precision: str = TrainSettings.training_precision,
                   device: torch.device | None = None, verbose: bool = False,
-                  attack: Attack | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Predict every jet of the test dataset (under ``attack`` if given) and write the
-    inference outputs to ``out_dir``: prediction.npy (logits), truth.npy (class index),
-    kinematics.npy (pt, eta), process.npy, output.root, classes.json (class names and their
-    truth labels), inference_time.json and attack.json (the attack and the changes it
-    made per input group, in units of the feature scales)."""
-    torch.manual_seed(seed)  # random attacks (noise, minimizer) are reproducible
+                  attack_settings: AttackSettings | None = None,
+                  dataset_dir: Path | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Predict every jet of the test dataset (under the test attack ``attack_settings`` if
+    given) and write the inference outputs to ``out_dir``: prediction.npy (logits),
+    truth.npy (class index), kinematics.npy (pt, eta), process.npy, output.root,
+    classes.json (class names and their truth labels), inference_time.json and attack.json
+    (the attack and the changes it made per input group, in units of the feature scales).
+
+    Attack magnitudes are in units of the training dataset's feature spreads: those kept in
+    the checkpoint, else (checkpoints written before) those of ``dataset_dir``."""
+    torch.manual_seed(seed)  # the noise attack is reproducible
     device = device or pick_device()
     model.to(device)
-    load_trained_model(model, checkpoint, device, classes)
+    state = load_trained_model(model, checkpoint, device, classes)
+    attack = None
+    if attack_settings is not None and attack_settings.active:
+        from utils.dataset.scales import dataset_scales
+
+        scales = state.get("feature_scales")
+        if scales is None and attack_settings.individual_factors:
+            if dataset_dir is None:
+                raise AttackError(f"{checkpoint} holds no feature scales; give the training "
+                                  "dataset directory")
+            scales = dataset_scales(dataset_dir, config)
+        attack = Attack.from_config(attack_settings, config, model.input_groups, scales)
     shards = dataset_shards(test_dir)
     data = ChunkDataset(shards, model.input_groups, label_to_class(classes), batch_size, TEST,
                         precision=precision, columns=(config.pt_key, config.eta_key),
@@ -124,6 +139,7 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
     write_json(out_dir / "attack.json", {
         "attack": settings.name if settings is not None else "nominal",
         "settings": dataclasses.asdict(settings) if settings is not None else {},
+        "kept_nominal": attack.record() if attack is not None else {},
         "changes": monitor.report() if monitor is not None else {}})
     console.print(f"  {n:,} jets in {seconds:.1f} s ({timing['jets_per_second']:,.0f} jets/s)")
     if verbose:

@@ -153,14 +153,16 @@ def _run(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
                 "model_name": model_name, "class_names": list(classes),
                 "classes": {k: list(v) for k, v in classes.items()},
                 "parameters": dict(parameters or {})}
-    attack = None
+    attack, scales = None, DatasetDirectory(dataset_dir).feature_scales()
     attack_settings = settings.attack_settings()
     if attack_settings.active:
         from utils.attacks.methods import Attack
         from utils.dataset.scales import dataset_scales
 
-        attack = Attack.from_config(attack_settings, config, groups,
-                                    dataset_scales(dataset_dir))
+        scales = {"groups": dataset_scales(dataset_dir, config)}
+        attack = Attack.from_config(attack_settings, config, groups, scales["groups"])
+    if scales is not None:  # the unit of test-attack magnitudes, kept with the model
+        metadata["feature_scales"] = scales["groups"]
     trainer = Trainer(model, train, val, out_dir, settings, device, attack=attack,
                       metadata=metadata,
                       epoch_callback=_terminal_roc(list(classes)) if terminal_plot else None,

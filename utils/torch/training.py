@@ -170,10 +170,14 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Float32 logits of the bare model (not the DDP/compiled wrapper: attacks need no
-        gradient synchronisation), under autocast with mixed precision."""
-        with self._autocast():
+    def attack_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits for the training attack: of the bare model (not the DDP/compiled wrapper:
+        attacks need no gradient synchronisation), under bfloat16 autocast with mixed
+        precision on CPU, but in float32 under float16 mixed precision (CUDA), where the
+        input gradients of confidently classified jets underflow to zero."""
+        context = self._autocast() if self.amp_dtype == torch.bfloat16 else \
+            contextlib.nullcontext()
+        with context:
             return self.model(inputs).float()
 
     def compute_loss(self, inputs: dict[str, torch.Tensor], target: torch.Tensor,
@@ -189,7 +193,7 @@ class Trainer:
         weight = weight if self.settings.loss_weighting else None
         if self.attack is not None:
             with attack_mode(self.model):
-                inputs = self.attack(self.logits, inputs, target, self.criterion)
+                inputs = self.attack(self.attack_logits, inputs, target, self.criterion)
         loss, logits = self.compute_loss(inputs, target, weight)
         if not torch.isfinite(loss):
             raise TrainingError(f"training loss is {loss.item()} at epoch {self.epoch + 1}; "

@@ -10,7 +10,9 @@ import luigi
 
 from tasks.base import ConfigTask, setting
 from tasks.dataset import DatasetConstructorTask
+from tasks.deploy import ExportONNXTask
 from tasks.training import TrainingDependency, TrainingTask
+from utils.deploy import BACKENDS, DeployError
 from utils.settings import EvaluationSettings, TrainSettings, make_attack_settings, stored_defaults
 
 TEST_SAMPLE_VERSION = "test"
@@ -38,6 +40,11 @@ class TestDatasetDependency(TrainingDependency):
         "samples (demo) and no list, a test sample is generated with other seeds",
     )
 
+    backend = luigi.ChoiceParameter(
+        choices=BACKENDS, default="torch",
+        description="what evaluates the model: torch (best_model.pt in PyTorch) or onnx "
+        "(the graph of ExportONNXTask in onnxruntime, as CMSSW runs it; its outputs go to a "
+        "backend_onnx subdirectory); default: torch")
     test_attack = _test("test_attack")
     test_attack_magnitude = _test("test_attack_magnitude")
     test_attack_iterations = _test("test_attack_iterations")
@@ -54,7 +61,13 @@ class TestDatasetDependency(TrainingDependency):
         """``.../<training parts>/test_attack_<t>[/test_epsilon_<e>/test_iterations_<i>]``."""
         return ConfigTask.store_parts(self) + (
             self.dataset_version, self.test_dataset_version, *self.training_parts(),
-            *make_attack_settings(self.param_kwargs, "test_").path_parts("test_"))
+            *make_attack_settings(self.param_kwargs, "test_").path_parts("test_"),
+            *(() if self.backend == "torch" else (f"backend_{self.backend}",)))
+
+    def validate_parameters(self) -> None:
+        if self.backend == "onnx" and self.settings.attack_settings("test_").active:
+            raise DeployError("--backend onnx cannot run --test-attack: attacks need the "
+                              "input gradients of the PyTorch model; use --backend torch")
 
     def parameters_record(self) -> dict[str, Any]:
         return {**super().parameters_record(), **self.attack_record("test_")}
@@ -71,11 +84,16 @@ class InferenceTask(TestDatasetDependency):
     Outputs: ``prediction.npy`` (logits), ``truth.npy`` (class index), ``kinematics.npy``
     (pT, eta), ``process.npy``, ``output.root`` (tree ``tree``: jet_pt, jet_eta, process,
     prob_<class>, truth flags, observers), ``inference_time.json`` and ``attack.json`` (the
-    test attack and the input changes it made per group).
+    test attack and the input changes it made per group). With ``--backend onnx`` the
+    exported graph (ExportONNXTask, best checkpoint, default opset) predicts in
+    onnxruntime instead, into ``.../backend_onnx/``.
     """
 
     def requires(self) -> dict[str, Any]:
-        return {"training": TrainingTask.req(self), "test_dataset": self.test_dataset_task()}
+        required = {"training": TrainingTask.req(self), "test_dataset": self.test_dataset_task()}
+        if self.backend == "onnx":
+            required["onnx"] = ExportONNXTask.req(self)
+        return required
 
     def output(self) -> dict[str, law.LocalFileTarget]:
         from utils.torch.inference import PREDICTION_FILES
@@ -93,8 +111,10 @@ class InferenceTask(TestDatasetDependency):
         checkpoint = Path(self.input()["training"]["best_model"].path)
         test_dir = Path(self.input()["test_dataset"]["processed_files"].path).parent
         dataset_dir = Path(self.requires()["training"].input()["processed_files"].path).parent
+        onnx_model = Path(self.input()["onnx"]["model"].path) if self.backend == "onnx" else None
         with self.publishing() as work:
             run_inference(config, model, classes, checkpoint, test_dir, work,
+                          onnx_model=onnx_model,
                           batch_size=self.settings.batch_size,
                           workers=self.settings.n_threads,
                           precision=self.settings.training_precision, verbose=self.verbose,

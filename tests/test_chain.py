@@ -223,3 +223,61 @@ def test_adversarial_training_and_robustness(chain):
                  "roc_DeepJet_small_TT_BvsL_pgd.png",
                  "roc_DeepJet_small_fgsm_trained_0_02_TT_BvsL_fgsm.png", "table.txt"):
         assert (out.parent / name).exists(), name
+
+
+def test_onnx_export_and_onnx_backend(chain):
+    """ExportONNXTask on the nominal and the fgsm-trained DeepJet, then inference through
+    onnxruntime: the same predictions (1e-5) and ROC AUCs (1e-6) as PyTorch."""
+    training = ("--config", "demo", "--dataset-version", "small", "--training-version", "small",
+                "--model-name", "DeepJet", "--epochs", 2, "--batch-size", 256)
+    exported = chain("ExportONNXTask", *training, *SMALL)
+    assert "onnxruntime agrees with PyTorch to" in exported.stdout
+    base = chain.data / "ExportONNXTask" / "demo" / "small" / "small" / "DeepJet" / "epochs_2"
+    card = json.loads((base / "nominal" / "model_card.json").read_text())
+    assert card["validation"]["passed"] and card["validation"]["max_abs_difference"] <= 1e-5
+    assert card["versions"]["training_path"] == "small/DeepJet/epochs_2/nominal"
+    assert card["training"]["checkpoint"] == "best_model.pt"
+    chain("ExportONNXTask", *training, "--attack", "fgsm", "--attack-magnitude", 0.02,
+          "--checkpoint", "last", *SMALL)
+    attacked = base / "fgsm" / "epsilon_0.02" / "iterations_1" / "checkpoint_last"
+    assert json.loads((attacked / "model_card.json").read_text())["training"]["checkpoint"] \
+        == "model_1.pt"
+
+    test = ("--test-dataset-version", "test_small", *SMALL)
+    status = chain("InferenceTask", *training, *test, "--backend", "onnx", "--print-status",
+                   "-1").stdout
+    assert "ExportONNXTask" in status and "backend_onnx" in status
+    chain("InferenceTask", *training, *test, "--backend", "onnx")
+    torch_dir = _dir(chain, "InferenceTask")
+    onnx_dir = _dir(chain, "InferenceTask", "test_attack_nominal", "backend_onnx")
+    torch_pred, onnx_pred = np.load(torch_dir / "prediction.npy"), \
+        np.load(onnx_dir / "prediction.npy")
+    assert torch_pred.shape == onnx_pred.shape
+    assert np.abs(torch_pred - onnx_pred).max() <= 1e-5
+    for name in ("truth.npy", "kinematics.npy", "process.npy"):
+        np.testing.assert_array_equal(np.load(torch_dir / name), np.load(onnx_dir / name))
+    assert json.loads((onnx_dir / "inference_time.json").read_text())["backend"] == "onnx"
+    with uproot.open(onnx_dir / "output.root") as f:
+        assert f["tree"].num_entries == len(onnx_pred)
+
+    # AUCs: the 2-epoch DeepJet scores all lie within 1e-3 of each other, so that 1e-8
+    # differences reorder jets; a trained MLP separates b from light jets
+    mlp = ("--config", "demo", "--dataset-version", "small", "--training-version", "mlp",
+           "--model-name", "MLP", "--epochs", 4, "--batch-size", 256, "--learning-rate", 0.01,
+           *test)
+    chain("ROCCurveTask", *mlp)
+    chain("ROCCurveTask", *mlp, "--backend", "onnx")
+    roc = chain.data / "ROCCurveTask" / "demo" / "small" / "test_small" / "mlp" / "MLP" / \
+        "epochs_4" / "nominal" / "test_attack_nominal"
+    nominal = json.loads((roc / "summary.json").read_text())
+    onnx = json.loads((roc / "backend_onnx" / "summary.json").read_text())
+    assert nominal["TT"]["BvsL"]["MLP"]["auc"] > 0.8
+    for process, discriminants in nominal.items():
+        for disc, taggers in discriminants.items():
+            assert onnx[process][disc]["MLP"]["auc"] == pytest.approx(
+                taggers["MLP"]["auc"], abs=1e-6), (process, disc)
+
+    refused = chain("InferenceTask", *training, *test, "--backend", "onnx", "--test-attack",
+                    "fgsm", "--test-attack-magnitude", 0.05, check=False)
+    assert refused.returncode != 0
+    assert "--backend onnx cannot run --test-attack" in refused.stdout + refused.stderr

@@ -69,6 +69,18 @@ def by_name(name: str) -> Discriminant:
     raise KeyError(f"unknown discriminant {name!r}; known: {[d.name for d in DISCRIMINANTS]}")
 
 
+def formula(disc: Discriminant, class_names: Sequence[str]) -> str:
+    """The discriminant in terms of the model's class probabilities, e.g.
+    ``(p_b + p_bb) / (p_b + p_bb + p_uds + p_g)``."""
+    def total(flavours: Sequence[str]) -> list[str]:
+        return [f"p_{class_names[i]}" for i in _classes(flavours, class_names)]
+
+    signal = total(disc.signal)
+    numerator = " + ".join(signal)
+    numerator = f"({numerator})" if len(signal) > 1 else numerator
+    return f"{numerator} / ({' + '.join(signal + total(disc.background))})"
+
+
 def _classes(flavours: Sequence[str], class_names: Sequence[str]) -> list[int]:
     return sorted({i for f in flavours for i in flavour_classes(f, class_names)})
 

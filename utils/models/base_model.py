@@ -80,12 +80,16 @@ class BaseModel(nn.Module):
     - ``input_groups``: groups consumed by ``forward`` (others are not passed).
     - ``classes``: class name -> truth labels, or None to use the configuration's classes.
     - ``needs_four_vectors``: groups whose (pt, eta, phi, energy) the model needs.
+    - ``onnx_variable_length``: the exported ONNX graph accepts any number of candidate
+      slots per group (dynamic candidate axes); otherwise they are fixed at the config
+      lengths.
     """
 
     name: ClassVar[str] = ""
     input_groups: ClassVar[tuple[str, ...]] = ("global", "cpf", "npf", "vtx")
     classes: ClassVar[Mapping[str, tuple[str, ...]] | None] = None
     needs_four_vectors: ClassVar[tuple[str, ...]] = ()
+    onnx_variable_length: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

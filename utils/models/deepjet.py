@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from utils.models.base_model import BaseModel, InputSpec
-from utils.models.layers import BatchNorm, CandidateEncoder, dense_stack
+from utils.models.layers import BatchNorm, CandidateEncoder, dense_stack, exporting
 
 CONV_WIDTHS = {"cpf": (64, 32, 32, 8), "npf": (32, 16, 4), "vtx": (64, 32, 32, 8)}
 LSTM_WIDTHS = {"cpf": 150, "npf": 50, "vtx": 50}
@@ -19,7 +19,11 @@ LSTM_WIDTHS = {"cpf": 150, "npf": 50, "vtx": 50}
 class SequenceSummary(nn.Module):
     """LSTM over the real candidates of each jet, read backwards (last real candidate first,
     so the leading candidates, which the ntupliser sorts first, are read last); returns the
-    final hidden state, zero for jets without candidates."""
+    final hidden state, zero for jets without candidates.
+
+    The LSTM runs on a packed sequence; for the ONNX export it runs densely over all slots
+    and is read at the last real step (padding comes after it, so the output is the same).
+    """
 
     def __init__(self, in_features: int, hidden: int) -> None:
         super().__init__()
@@ -30,6 +34,10 @@ class SequenceSummary(nn.Module):
         positions = torch.arange(x.shape[1], device=x.device)
         backwards = (n_real.unsqueeze(1) - 1 - positions).clamp_min(0)
         x = x.gather(1, backwards.unsqueeze(-1).expand_as(x))
+        if exporting():
+            out, _ = self.lstm(x)
+            last = (n_real - 1).clamp_min(0).view(-1, 1, 1).expand(-1, 1, out.shape[-1])
+            return out.gather(1, last).squeeze(1) * (n_real > 0).unsqueeze(1).to(x.dtype)
         # empty jets are run over one (padding) step and their summary zeroed afterwards
         packed = pack_padded_sequence(x, n_real.clamp_min(1).cpu(), batch_first=True,
                                       enforce_sorted=False)

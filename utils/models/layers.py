@@ -7,12 +7,17 @@ boolean ``mask`` ``(batch, candidates)`` that is True for real candidates (see
 the last dimension and run on the packed real entries only (:func:`on_real`), so padding
 never enters batch statistics and comes back as zeros; pooling and attention are masked.
 Appending padding therefore never changes a real output.
+
+Under :func:`export_mode` (and always while ``torch.onnx.export`` traces a model) the
+layers with data-dependent shapes take dense, traceable code paths that compute the same
+function in eval mode (see :func:`exporting`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,14 +25,48 @@ from torch import nn
 
 from utils.models.base_model import BaseModel, InputSpec
 
+_EXPORT_MODE = [False]
+
+
+@contextlib.contextmanager
+def export_mode() -> Iterator[None]:
+    """Use the traceable (dense, fixed-shape) code paths inside the block: what the ONNX
+    export traces. They give the same eval-mode outputs as the packed default paths."""
+    previous = _EXPORT_MODE[0]
+    _EXPORT_MODE[0] = True
+    try:
+        yield
+    finally:
+        _EXPORT_MODE[0] = previous
+
+
+def exporting() -> bool:
+    """True inside :func:`export_mode` or while ``torch.onnx.export`` traces."""
+    return _EXPORT_MODE[0] or torch.onnx.is_in_onnx_export()
+
+
+def identity(n: int, device: torch.device) -> torch.Tensor:
+    """Boolean identity matrix ``(n, n)`` (written without ``torch.eye``: ONNX Runtime has
+    no boolean EyeLike)."""
+    r = torch.arange(n, device=device)
+    return r.unsqueeze(1) == r.unsqueeze(0)
+
 
 class BatchNorm(nn.BatchNorm1d):
     """``BatchNorm1d`` over rows ``(rows, channels)`` that also accepts a training batch of
     fewer than two rows (e.g. no secondary vertex in a small batch): such a batch is
-    normalised with the running statistics and leaves them unchanged."""
+    normalised with the running statistics and leaves them unchanged.
+
+    In eval mode it computes ``(x - mean) * (weight / sqrt(var + eps)) + bias``: subtracting
+    the mean first keeps float32 precise for raw inputs whose mean is large compared with
+    their spread (the fused ``x * scale + shift`` loses up to 1e-4 there), in PyTorch and in
+    the exported ONNX graph alike."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.shape[0] < 2:
+        if not self.training:
+            scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+            return (x - self.running_mean) * scale + self.bias
+        if x.shape[0] < 2:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
         return super().forward(x)
@@ -118,7 +157,7 @@ def self_attention_mask(mask: torch.Tensor) -> torch.Tensor:
     one finite logit and no NaN appears, even for jets without any candidate.
     """
     n = mask.shape[1]
-    allowed = mask.unsqueeze(1) | torch.eye(n, dtype=torch.bool, device=mask.device)
+    allowed = mask.unsqueeze(1) | identity(n, mask.device)
     return key_padding_bias(allowed).unsqueeze(1)
 
 

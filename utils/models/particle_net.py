@@ -15,6 +15,8 @@ from utils.models.layers import (
     axis_offsets,
     candidate_four_vectors,
     encode_groups,
+    exporting,
+    identity,
     masked_mean,
     on_real,
 )
@@ -34,7 +36,7 @@ def knn(distances: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tens
     such edges, and all edges of padded points, are invalid.
     """
     n = distances.shape[-1]
-    far = ~mask.unsqueeze(1) | torch.eye(n, dtype=torch.bool, device=mask.device)
+    far = ~mask.unsqueeze(1) | identity(n, mask.device)
     distances = distances.masked_fill(far, float("inf"))
     nearest = distances.topk(min(k, n - 1), dim=-1, largest=False)
     valid = nearest.values.isfinite() & mask.unsqueeze(-1)
@@ -46,7 +48,9 @@ class EdgeConv(nn.Module):
     mean over the valid neighbours, plus a Linear/BN shortcut of ``x_i``; then ReLU.
 
     Only valid edges (real point, real neighbour) are computed, as a packed list, so the
-    batch statistics never see padding. The first layer acts on the concatenation as
+    batch statistics never see padding (for the ONNX export, eval mode computes all
+    ``N * k`` edges of every jet and masks the invalid ones: the same function, because
+    ONNX scatters cannot sum duplicate indices). The first layer acts on the concatenation as
     ``W_c x_i + W_d (x_j - x_i)``; both terms are computed per point and then gathered,
     which is the same function at a fraction of the cost.
     """
@@ -68,6 +72,8 @@ class EdgeConv(nn.Module):
         """``x`` ``(B, N, C)`` point features; neighbours are found in ``coordinates``."""
         b, n, _ = x.shape
         idx, valid = knn(squared_distances(coordinates), mask, self.k)
+        if exporting() and not self.training:
+            return self._dense(x, mask, idx, valid)
         edge = valid.reshape(-1).nonzero().squeeze(1)  # flat (jet, point, neighbour) index
         centre = edge // idx.shape[-1]  # flat (jet, point) index
         neighbour = idx.reshape(-1)[edge] + centre // n * n
@@ -77,6 +83,19 @@ class EdgeConv(nn.Module):
                                  + diff.index_select(0, neighbour))
         summed = edges.new_zeros(b * n, edges.shape[-1]).index_add(0, centre, edges)
         mean = summed.view(b, n, -1) / valid.sum(-1, keepdim=True).clamp_min(1)
+        return torch.relu(mean + on_real(self.shortcut, x, mask)) * mask.unsqueeze(-1)
+
+    def _dense(self, x: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor,
+               valid: torch.Tensor) -> torch.Tensor:
+        """Eval-mode forward over all ``N * k`` edges, invalid ones masked (traceable)."""
+        b, n, k = idx.shape
+        diff = self.difference(x)
+        centre_term = self.centre(x) - diff
+        neighbours = diff.gather(1, idx.reshape(b, n * k, 1).expand(-1, -1, diff.shape[-1]))
+        edges = self.edge_layers((centre_term.unsqueeze(2) + neighbours.view(b, n, k, -1))
+                                 .reshape(b * n * k, -1)).view(b, n, k, -1)
+        edges = torch.where(valid.unsqueeze(-1), edges, torch.zeros((), dtype=edges.dtype))
+        mean = edges.sum(2) / valid.sum(-1, keepdim=True).clamp_min(1)
         return torch.relu(mean + on_real(self.shortcut, x, mask)) * mask.unsqueeze(-1)
 
 
@@ -95,6 +114,7 @@ class ParticleNet(BaseModel):
     name = "ParticleNet"
     input_groups = ("global", "cpf", "npf", "vtx")
     needs_four_vectors = ("cpf", "npf")
+    onnx_variable_length = False  # the traced graph has a fixed number of neighbours
 
     def __init__(self, spec: InputSpec, k: int = 16,
                  blocks: Sequence[Sequence[int]] = ((64, 64, 64), (128, 128, 128),

@@ -33,9 +33,13 @@ def pairwise_features(p4: torch.Tensor) -> torch.Tensor:
     delta R = sqrt(dy^2 + dphi^2) (dphi wrapped into [-pi, pi)), kT = min(pt_i, pt_j) delta R,
     z = min(pt_i, pt_j) / (pt_i + pt_j) and m^2 the invariant mass squared of the pair.
     """
-    pt, eta, phi, energy = p4.unbind(-1)
+    dtype = p4.dtype
+    # float64: m^2 and delta R of (nearly) collinear, light pairs cancel catastrophically in
+    # float32, where their logs would be rounding noise (and differ between PyTorch and ONNX)
+    pt, eta, phi, energy = p4.double().unbind(-1)
+    # sinh through exp: ONNX Runtime has no float64 Sinh
     momentum = torch.stack((energy, pt * torch.cos(phi), pt * torch.sin(phi),
-                            pt * torch.sinh(eta)), -1)
+                            0.5 * pt * (torch.exp(eta) - torch.exp(-eta))), -1)
     pz = momentum[..., 3]
     rapidity = 0.5 * torch.log((energy + pz).clamp_min(EPS) / (energy - pz).clamp_min(EPS))
     delta2 = (rapidity.unsqueeze(2) - rapidity.unsqueeze(1)).square() + \
@@ -51,7 +55,7 @@ def pairwise_features(p4: torch.Tensor) -> torch.Tensor:
         torch.log((pt_min / (pt_i + pt_j).clamp_min(EPS)).clamp_min(EPS)),
         torch.log(delta.clamp_min(EPS)),
         torch.log(mass2.clamp_min(EPS)),
-    ), -1)
+    ), -1).to(dtype)
 
 
 class ParticleTransformer(BaseModel):

@@ -19,7 +19,7 @@ from utils.io import atomic_path, save_npy, write_json
 from utils.models import BaseModel
 from utils.progress import console, progress_bar
 from utils.settings import AttackSettings, TrainSettings
-from utils.torch.checkpoint import check_classes, load_checkpoint, pick_device
+from utils.torch.checkpoint import CheckpointError, check_classes, load_checkpoint, pick_device
 from utils.torch.data import TEST, ChunkDataset, dataset_shards, make_loader
 
 PREDICTION_FILES = ("prediction.npy", "truth.npy", "kinematics.npy", "process.npy",
@@ -27,13 +27,14 @@ PREDICTION_FILES = ("prediction.npy", "truth.npy", "kinematics.npy", "process.np
 
 
 @torch.no_grad()
-def predict(model: BaseModel, data: ChunkDataset, device: torch.device, workers: int = 0,
+def predict(model: BaseModel | Any, data: ChunkDataset, device: torch.device, workers: int = 0,
             description: str = "Inference", autocast_dtype: torch.dtype | None = None,
             quiet: bool = False, attack: Attack | None = None,
             monitor: ChangeMonitor | None = None) -> dict[str, np.ndarray]:
     """Logits and the batch fields (target, weight, process, truth_label, columns) of every
     jet of ``data`` in the order the dataset yields them; with ``attack``, of the attacked
-    inputs (the changes are added to ``monitor``)."""
+    inputs (the changes are added to ``monitor``). ``model`` may also be an
+    :class:`utils.deploy.onnx.OnnxTagger`."""
     model.eval()
     attacking = attack is not None and attack.active
 
@@ -82,7 +83,8 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
                   precision: str = TrainSettings.training_precision,
                   device: torch.device | None = None, verbose: bool = False,
                   attack_settings: AttackSettings | None = None,
-                  dataset_dir: Path | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+                  dataset_dir: Path | None = None, seed: int = 0,
+                  onnx_model: Path | None = None) -> dict[str, np.ndarray]:
     """Predict every jet of the test dataset (under the test attack ``attack_settings`` if
     given) and write the inference outputs to ``out_dir``: prediction.npy (logits),
     truth.npy (class index), kinematics.npy (pt, eta), process.npy, output.root,
@@ -90,11 +92,21 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
     (the attack and the changes it made per input group, in units of the feature scales).
 
     Attack magnitudes are in units of the training dataset's feature spreads: those kept in
-    the checkpoint, else (checkpoints written before) those of ``dataset_dir``."""
+    the checkpoint, else (checkpoints written before) those of ``dataset_dir``.
+
+    With ``onnx_model`` (an ExportONNXTask graph, its model card next to it) onnxruntime
+    predicts instead of ``model``, which only names the inputs."""
     torch.manual_seed(seed)  # the noise attack is reproducible
     device = device or pick_device()
-    model.to(device)
-    state = load_trained_model(model, checkpoint, device, classes)
+    tagger: Any = model
+    if onnx_model is not None:
+        if attack_settings is not None and attack_settings.active:
+            raise AttackError("test attacks need the PyTorch model: use --backend torch")
+        tagger = onnx_tagger(onnx_model, model, classes, device)
+        state: dict[str, Any] = {}
+    else:
+        model.to(device)
+        state = load_trained_model(model, checkpoint, device, classes)
     attack = None
     if attack_settings is not None and attack_settings.active:
         from utils.dataset.scales import dataset_scales
@@ -110,13 +122,15 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
     data = ChunkDataset(shards, model.input_groups, label_to_class(classes), batch_size, TEST,
                         precision=precision, columns=(config.pt_key, config.eta_key),
                         observers=True)
+    where = f"onnxruntime ({', '.join(tagger.providers)})" if onnx_model is not None else \
+        str(device)
     console.print(f"[bold]Inference[/] of {model.name} on {len(shards)} file(s) "
-                  f"({sum(s.rows for s in shards):,} jets) on {device}")
+                  f"({sum(s.rows for s in shards):,} jets) on {where}")
     monitor = ChangeMonitor(attack) if attack is not None and attack.active else None
     if monitor is not None:
         console.print(f"  under attack: {attack.settings.describe()}")
     start = time.perf_counter()
-    pred = predict(model, data, device, workers, attack=attack, monitor=monitor)
+    pred = predict(tagger, data, device, workers, attack=attack, monitor=monitor)
     seconds = time.perf_counter() - start
     n = len(pred["logits"])
     save = {
@@ -133,7 +147,8 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
         "model_name": model.name, "config": config.name, "class_names": list(classes),
         "classes": {k: list(v) for k, v in classes.items()}})
     timing = {"seconds": seconds, "jets": n, "jets_per_second": n / max(seconds, 1e-9),
-              "device": str(device), "batch_size": batch_size}
+              "device": where, "batch_size": batch_size,
+              "backend": "torch" if onnx_model is None else "onnx"}
     write_json(out_dir / "inference_time.json", timing)
     settings = attack.settings if attack is not None else None
     write_json(out_dir / "attack.json", {
@@ -149,6 +164,24 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
         console.print(f"  time: prediction {seconds:.1f} s, writing the outputs "
                       f"{time.perf_counter() - writing:.1f} s")
     return pred
+
+
+def onnx_tagger(path: Path, model: BaseModel, classes: Mapping[str, Sequence[str]],
+                device: torch.device) -> Any:
+    """The exported graph at ``path`` in onnxruntime (CUDA when ``device`` is), refused when
+    its model card records another label -> class mapping than ``classes``."""
+    import json
+
+    from utils.deploy import CARD_FILE
+    from utils.deploy.onnx import OnnxTagger
+
+    card = path.with_name(CARD_FILE)
+    try:
+        recorded = json.loads(card.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{card}: cannot read the model card of {path}: {exc}") from None
+    check_classes({"classes": recorded.get("classes")}, classes, path)
+    return OnnxTagger(path, model, device=device.type)
 
 
 def write_output_root(path: Path, config: Any, class_names: Sequence[str],

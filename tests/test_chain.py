@@ -281,3 +281,36 @@ def test_onnx_export_and_onnx_backend(chain):
                     "fgsm", "--test-attack-magnitude", 0.05, check=False)
     assert refused.returncode != 0
     assert "--backend onnx cannot run --test-attack" in refused.stdout + refused.stderr
+
+
+def test_readme_onnx_example_runs(chain, monkeypatch, capsys):
+    """The README's example evaluates model.onnx on one ntuple jet as PyTorch does."""
+    import torch
+
+    from utils.torch.inference import load_trained_model
+    from utils.torch.run import build_model
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("<!-- onnx-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    export = chain.data / "ExportONNXTask" / "demo" / "small" / "small" / "DeepJet" / \
+        "epochs_2" / "nominal"
+    if not (export / "model.onnx").exists():  # run alone: export first
+        chain("ExportONNXTask", "--config", "demo", "--dataset-version", "small",
+              "--training-version", "small", "--model-name", "DeepJet", "--epochs", 2,
+              "--batch-size", 256, *SMALL)
+    ntuple = next((chain.data / "GenerateSamplesTask").rglob("TT_*.root"))
+    monkeypatch.chdir(export)
+    namespace = {"ntuple": str(ntuple)}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert "(p_b + p_bb + p_lepb) / (p_b + p_bb + p_lepb + p_c + p_uds + p_g) =" in \
+        capsys.readouterr().out
+    feeds, probabilities = namespace["feeds"], namespace["probabilities"]
+    assert feeds["cpf"].shape == (1, 25, 16) and feeds["global"].shape == (1, 15)
+    config = load_config("demo")
+    model, classes = build_model(config, "DeepJet")
+    trained = chain.data / "TrainingTask" / "demo" / "small" / "small" / "DeepJet" / \
+        "epochs_2" / "nominal" / "best_model.pt"
+    load_trained_model(model, trained, torch.device("cpu"), classes)
+    with torch.no_grad():
+        expected = model.eval()({g: torch.from_numpy(x) for g, x in feeds.items()})
+    assert np.abs(probabilities - expected.softmax(-1).numpy()).max() <= 1e-5

@@ -233,6 +233,8 @@ def test_opset_and_graph_mismatch_errors(exported):
     model, _, out, _ = exported("MLP")
     with pytest.raises(DeployError, match="--opset 12 is not supported: choose 14 to 20"):
         export_bytes(model, 12)
+    export_bytes(model, 20)
+    assert not model.training  # the export leaves the model in eval mode
     deepjet, _, _, _ = exported("DeepJet")
     with pytest.raises(DeployError, match=r"takes inputs \['global'\] .* DeepJet on this "
                        r"config needs inputs \['global', 'cpf', 'npf', 'vtx'\]"):

@@ -90,7 +90,8 @@ def export_bytes(model: BaseModel, opset: int) -> bytes:
     buffer = io.BytesIO()
     with export_mode(), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and exporter deprecation chatter
-        torch.onnx.export(ExportedTagger(model), sample, buffer, dynamo=False,
+        # an eval-mode wrapper: the exporter restores the wrapper's mode, and with it the model's
+        torch.onnx.export(ExportedTagger(model).eval(), sample, buffer, dynamo=False,
                           input_names=list(model.input_groups), output_names=list(OUTPUTS),
                           dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True)
     data = buffer.getvalue()

@@ -15,8 +15,9 @@ from utils.deploy import (
     MODEL_FILE,
     OPSET_DEFAULT,
     OPSET_RANGE,
-    DeployError,
+    check_opset,
 )
+from utils.settings import TrainSettings, stored_defaults
 
 
 class ExportONNXTask(TrainingDependency):
@@ -38,12 +39,13 @@ class ExportONNXTask(TrainingDependency):
     checkpoint = luigi.ChoiceParameter(
         choices=CHECKPOINTS, default="best",
         description="checkpoint to export: best (lowest validation loss, best_model.pt) or "
-        "last (the state after the last epoch); default: best")
+        "last (the state after --epochs epochs); default: best")
+
+    # the training's hyper-parameters are checked by TrainingTask, not recorded again here
+    exclude_from_consistency = frozenset(stored_defaults(TrainSettings))
 
     def validate_parameters(self) -> None:
-        low, high = OPSET_RANGE
-        if not low <= self.opset <= high:
-            raise DeployError(f"--opset {self.opset} is not supported: choose {low} to {high}")
+        check_opset(self.opset)
 
     def store_parts(self) -> tuple[str, ...]:
         extra = () if self.opset == OPSET_DEFAULT else (f"opset_{self.opset}",)
@@ -70,8 +72,9 @@ class ExportONNXTask(TrainingDependency):
         checkpoint = Path(training["best_model" if self.checkpoint == "best" else "model"].path)
         dataset_dir = Path(self.requires().input()["processed_files"].path).parent
         with self.publishing(CARD_FILE) as work:
+            # the training's settings (its split gives the validation jets)
             run_export(self.load_config(), self.model_name, checkpoint, dataset_dir, work,
-                       self.settings, self.opset, self.versions())
+                       self.requires().settings, self.opset, self.versions())
             self.write_parameters(work)
         from utils.progress import console
 

@@ -12,7 +12,7 @@ from tasks.base import ConfigTask, setting
 from tasks.dataset import DatasetConstructorTask
 from tasks.deploy import ExportONNXTask
 from tasks.training import TrainingDependency, TrainingTask
-from utils.deploy import BACKENDS, DeployError
+from utils.deploy import BACKENDS, check_backend
 from utils.settings import EvaluationSettings, TrainSettings, make_attack_settings, stored_defaults
 
 TEST_SAMPLE_VERSION = "test"
@@ -65,9 +65,7 @@ class TestDatasetDependency(TrainingDependency):
             *(() if self.backend == "torch" else (f"backend_{self.backend}",)))
 
     def validate_parameters(self) -> None:
-        if self.backend == "onnx" and self.settings.attack_settings("test_").active:
-            raise DeployError("--backend onnx cannot run --test-attack: attacks need the "
-                              "input gradients of the PyTorch model; use --backend torch")
+        check_backend(self.backend, self.settings.attack_settings("test_").active)
 
     def parameters_record(self) -> dict[str, Any]:
         return {**super().parameters_record(), **self.attack_record("test_")}

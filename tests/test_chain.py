@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from utils.config import load_config
 from utils.dataset.chunk_format import read_chunk
 from utils.dataset.directory import DatasetDirectory
+from utils.evaluation.discriminants import by_name, evaluate, softmax
 
 pytestmark = pytest.mark.slow
 
@@ -260,22 +261,44 @@ def test_onnx_export_and_onnx_backend(chain):
     with uproot.open(onnx_dir / "output.root") as f:
         assert f["tree"].num_entries == len(onnx_pred)
 
-    # AUCs: the 2-epoch DeepJet scores all lie within 1e-3 of each other, so that 1e-8
-    # differences reorder jets; a trained MLP separates b from light jets
-    mlp = ("--config", "demo", "--dataset-version", "small", "--training-version", "mlp",
-           "--model-name", "MLP", "--epochs", 4, "--batch-size", 256, "--learning-rate", 0.01,
-           *test)
-    chain("ROCCurveTask", *mlp)
-    chain("ROCCurveTask", *mlp, "--backend", "onnx")
-    roc = chain.data / "ROCCurveTask" / "demo" / "small" / "test_small" / "mlp" / "MLP" / \
-        "epochs_4" / "nominal" / "test_attack_nominal"
+    # AUCs of a DeepJet that separates the flavours (the 2-epoch one's scores all lie within
+    # 1e-3). With ~1,000 jets one reordered (signal, background) pair moves an AUC by more
+    # than 1e-6, and jets whose float32 scores are closer than the backends' difference can
+    # swap; so each AUC must agree to 1e-6 or, at most, by the pairs that close.
+    trained = ("--config", "demo", "--dataset-version", "small", "--training-version", "fast",
+               "--model-name", "DeepJet", "--epochs", 3, "--batch-size", 256,
+               "--learning-rate", 0.005, *test)
+    chain("ROCCurveTask", *trained)
+    chain("ROCCurveTask", *trained, "--backend", "onnx")
+    roc = chain.data / "ROCCurveTask" / "demo" / "small" / "test_small" / "fast" / \
+        "DeepJet" / "epochs_3" / "nominal" / "test_attack_nominal"
     nominal = json.loads((roc / "summary.json").read_text())
     onnx = json.loads((roc / "backend_onnx" / "summary.json").read_text())
-    assert nominal["TT"]["BvsL"]["MLP"]["auc"] > 0.8
-    for process, discriminants in nominal.items():
-        for disc, taggers in discriminants.items():
-            assert onnx[process][disc]["MLP"]["auc"] == pytest.approx(
-                taggers["MLP"]["auc"], abs=1e-6), (process, disc)
+    assert nominal["TT"]["BvsL"]["DeepJet"]["auc"] > 0.8
+    inference = chain.data / "InferenceTask" / "demo" / "small" / "test_small" / "fast" / \
+        "DeepJet" / "epochs_3" / "nominal" / "test_attack_nominal"
+    scores = {backend: softmax(np.load(directory / "prediction.npy"))
+              for backend, directory in (("torch", inference),
+                                         ("onnx", inference / "backend_onnx"))}
+    truth, process = np.load(inference / "truth.npy"), np.load(inference / "process.npy")
+    pt, eta = np.load(inference / "kinematics.npy").T
+    config = load_config("demo")
+    window = (pt >= 30) & (pt < 1000) & (np.abs(eta) < 2.5)
+    for p, name in enumerate(config.process_names):
+        for disc, taggers in nominal[name].items():
+            jets = window & (process == p)
+            mask, s_torch, signal = evaluate(by_name(disc), scores["torch"][jets], truth[jets],
+                                             list(config.classes))
+            s_onnx = evaluate(by_name(disc), scores["onnx"][jets], truth[jets],
+                              list(config.classes))[1]
+            close = 2 * np.abs(s_torch - s_onnx).max() + 1e-12
+            background = np.sort(s_torch[~signal])
+            pairs = (np.searchsorted(background, s_torch[signal] + close, "right")
+                     - np.searchsorted(background, s_torch[signal] - close, "left")).sum()
+            n_pairs = signal.sum() * (~signal).sum()
+            difference = abs(onnx[name][disc]["DeepJet"]["auc"] - taggers["DeepJet"]["auc"])
+            assert difference <= max(1e-6, pairs / n_pairs) + 1e-12, (name, disc, difference)
+            assert pairs <= max(3, 1e-4 * n_pairs), (name, disc, pairs, n_pairs)
 
     refused = chain("InferenceTask", *training, *test, "--backend", "onnx", "--test-attack",
                     "fgsm", "--test-attack-magnitude", 0.05, check=False)

@@ -12,14 +12,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 
 from utils.config import Derived, FeatureGroup, label_to_class
 from utils.deploy import CARD_FILE, MODEL_FILE, OPSET_DEFAULT, OUTPUTS, DeployError
 from utils.deploy.card import inputs_section
 from utils.deploy.export import run_export
 from utils.deploy.onnx import OnnxTagger, export_bytes, input_shapes, validate
-from utils.evaluation.discriminants import available, formula
+from utils.evaluation.discriminants import available
+from utils.io import file_sha256
 from utils.models import available_models, get_model
 from utils.models.layers import BatchNorm, export_mode
 from utils.settings import TrainSettings
@@ -99,6 +99,7 @@ def test_every_model_exports_and_agrees_with_pytorch(exported, demo_dataset, nam
             assert entry["dynamic_length"] == get_model(name).onnx_variable_length
             assert entry["shape"][1] == (f"n_{group.name}" if entry["dynamic_length"]
                                          else group.length)
+            assert entry.get("min_length") == (1 if entry["dynamic_length"] else None)
     assert [o.name for o in graph.graph.output] == list(OUTPUTS)
     assert card["outputs"][0]["classes"] == list(classes)
     # the validation: every check within 1e-5, at batch sizes 1, 7 and 1024 of real jets
@@ -181,16 +182,14 @@ def test_export_paths_compute_the_same_function(exported):
 
 def test_batchnorm_eval_subtracts_the_mean_first():
     """Raw inputs with a large mean and a small spread: the eval-mode normalisation stays
-    float32-precise (the fused scale-and-shift is off by ~1e-3 here)."""
+    float32-precise (a fused scale-and-shift can be off by ~1e-3 here)."""
     norm = BatchNorm(1).eval()
     norm.running_mean.fill_(1000.0)
     norm.running_var.fill_(1e-4)
     x = 1000.0 + 0.01 * torch.linspace(-3, 3, 101).unsqueeze(1)
     exact = (x.double() - 1000.0) / math.sqrt(1e-4 + norm.eps)
     assert (norm(x).double() - exact).abs().max() < 1e-4
-    fused = F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias,
-                         False, 0.0, norm.eps)
-    assert (fused.double() - exact).abs().max() > 1e-3  # what the fused form would give
+    assert norm(x.bfloat16()).dtype == torch.bfloat16  # the input's dtype is kept
 
 
 def test_validation_refuses_a_graph_that_differs(demo_dataset, tmp_path, monkeypatch):
@@ -247,20 +246,20 @@ def test_model_card_classes_discriminants_and_versions(exported, demo_dataset):
     assert card["classes"] == {k: list(v) for k, v in config.classes.items()}
     assert card["config"]["name"] == config.name
     assert card["config"]["fingerprint"] == config.fingerprint()
-    names = list(classes)
-    assert card["discriminants"] == {
-        d.name: {"formula": formula(d, names), "signal": list(d.signal),
-                 "background": list(d.background),
-                 **({"cms_branch_suffix": {"BvsAll": "B", "CvsL": "CvL", "CvsB": "CvB",
-                                           "UDSvsG": "QvG"}[d.name]}
-                    if d.name in ("BvsAll", "CvsL", "CvsB", "UDSvsG") else {})}
-        for d in available(names)}
-    assert card["discriminants"]["BvsL"]["formula"] == \
-        "(p_b + p_bb + p_lepb) / (p_b + p_bb + p_lepb + p_uds + p_g)"
+    assert set(card["discriminants"]) == {d.name for d in available(list(classes))}
+    assert card["discriminants"]["BvsL"] == {
+        "formula": "(p_b + p_bb + p_lepb) / (p_b + p_bb + p_lepb + p_uds + p_g)",
+        "signal": ["b"], "background": ["l"]}
+    assert card["discriminants"]["BvsAll"] == {
+        "formula": "(p_b + p_bb + p_lepb) / (p_b + p_bb + p_lepb + p_c + p_uds + p_g)",
+        "signal": ["b"], "background": ["c", "l"], "cms_branch_suffix": "B"}
+    assert card["discriminants"]["CvsL"]["formula"] == "p_c / (p_c + p_uds + p_g)"
+    assert card["discriminants"]["UDSvsG"]["cms_branch_suffix"] == "QvG"
     assert card["export"]["opset"] == 17 and card["export"]["torch"] == torch.__version__
     assert card["export"]["onnx"] == onnx.__version__
     assert card["versions"] == {"dataset_version": "v1", "training_version": "t1"}
     assert card["training"]["epoch"] == 3 and card["training"]["checkpoint"] == "best_model.pt"
+    assert card["training"]["checkpoint_sha256"] == file_sha256(out.parent / "best_model.pt")
     assert card["model"]["parameters"] == model.n_parameters()
     import hashlib
 
@@ -294,3 +293,48 @@ def test_card_lists_derived_features_and_candidate_order():
     assert derived["definition"].startswith("def ratio(a, b):") and "a / b" in \
         derived["definition"]
     assert entries[1]["per"] == "jet" and "length" not in entries[1]
+
+
+def test_onnx_backend_refuses_a_stale_graph_or_other_classes(exported, demo_dataset, tmp_path):
+    from utils.torch.checkpoint import CheckpointError
+    from utils.torch.inference import onnx_tagger
+
+    config, dataset_dir = demo_dataset
+    model, classes, out, _ = exported("MLP")
+    checkpoint = out.parent / "best_model.pt"
+    cpu = torch.device("cpu")
+    assert onnx_tagger(out / MODEL_FILE, model, classes, checkpoint, cpu).input_groups == \
+        ("global",)
+    retrained, _ = warmed_model(config, dataset_dir, "MLP", seed=1)
+    newer = checkpoint_of(retrained, classes, tmp_path / "best_model.pt")
+    with pytest.raises(DeployError, match="was exported from another best_model.pt than the "
+                       "one in .*: export it again"):
+        onnx_tagger(out / MODEL_FILE, model, classes, newer, cpu)
+    swapped = dict(reversed(list(classes.items())))
+    with pytest.raises(CheckpointError, match="label -> class mapping"):
+        onnx_tagger(out / MODEL_FILE, model, swapped, checkpoint, cpu)
+
+
+def test_export_task_validates_on_the_trainings_split(tmp_path, monkeypatch):
+    """ExportONNXTask takes the split (hence the validation jets) from the training it
+    exports, and does not record the training's settings again."""
+    import luigi
+
+    from tasks.deploy import ExportONNXTask
+    from tasks.training import TrainingTask
+
+    monkeypatch.setenv("DATA_PATH", str(tmp_path))
+    luigi.task_register.Register.clear_instance_cache()
+    training = TrainingTask(config="demo", model_name="MLP", training_version="split",
+                            train_val_split=0.5)
+    training.local_path().mkdir(parents=True)
+    (training.local_path() / "parameters.json").write_text(
+        json.dumps(training.parameters_record()))
+    (training.local_path() / "model_0.pt").write_bytes(b"")
+    luigi.task_register.Register.clear_instance_cache()
+    export = ExportONNXTask(config="demo", model_name="MLP", training_version="split")
+    assert export.requires().settings.train_val_split == 0.5
+    assert "train_val_split" not in export.parameters_record()["parameters"]
+    assert export.parameters_record()["parameters"]["opset"] == "17"
+    with pytest.raises(DeployError, match="--opset 21 is not supported"):
+        ExportONNXTask(config="demo", model_name="MLP", training_version="split", opset=21)

@@ -22,3 +22,19 @@ CARD_FILE = "model_card.json"
 
 class DeployError(BHiveError, ValueError):
     """The export or its validation failed, or an exported graph does not fit."""
+
+
+def check_opset(opset: int) -> None:
+    """Raise :class:`DeployError` unless the exporter supports ``opset``."""
+    low, high = OPSET_RANGE
+    if not low <= opset <= high:
+        raise DeployError(f"--opset {opset} is not supported: choose {low} to {high}")
+
+
+def check_backend(backend: str, attacking: bool) -> None:
+    """Raise :class:`DeployError` for a backend that cannot do what is asked."""
+    if backend not in BACKENDS:
+        raise DeployError(f"--backend {backend!r} is unknown; backends are {list(BACKENDS)}")
+    if backend == "onnx" and attacking:
+        raise DeployError("--backend onnx cannot run --test-attack: attacks need the input "
+                          "gradients of the PyTorch model; use --backend torch")

@@ -67,8 +67,11 @@ def inputs_section(config: Any, groups: Sequence[str],
             "padding_value": 0.0,
             "features": [_feature(group, f, i) for i, f in enumerate(group.features)]}
         if group.is_candidates:
-            entry.update(length=group.length, dynamic_length=isinstance(shapes[name][1], str),
+            dynamic = isinstance(shapes[name][1], str)
+            entry.update(length=group.length, dynamic_length=dynamic,
                          order=candidate_order(group))
+            if dynamic:  # ONNX Reshape cannot take an empty axis: one all-zero slot at least
+                entry["min_length"] = 1
         if group.four_vector is not None:
             entry["four_vector"] = list(group.four_vector)
         entries.append(entry)

@@ -13,7 +13,7 @@ from utils.config import label_to_class
 from utils.deploy import CARD_FILE, MODEL_FILE, TOLERANCE, VALIDATION_BATCH_SIZES, DeployError
 from utils.deploy.card import model_card
 from utils.deploy.onnx import OnnxTagger, export_bytes, input_shapes, validate
-from utils.io import write_bytes, write_json
+from utils.io import file_sha256, write_bytes, write_json
 from utils.progress import console
 from utils.settings import TrainSettings
 from utils.torch.data import VALIDATION, ChunkDataset, dataset_shards, split_shards
@@ -66,7 +66,8 @@ def run_export(config: Any, model_name: str, checkpoint: Path, dataset_dir: Path
     console.print(f"  onnxruntime agrees with PyTorch to {report.max_difference:.1e} "
                   f"(tolerance {tolerance:g}) on {source}")
     validation = {**report.as_dict(), "jets": source}
-    training = {"checkpoint": checkpoint.name, "epoch": state.get("epoch"),
+    training = {"checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint),
+                "epoch": state.get("epoch"),
                 "best_validation_loss": state.get("best_loss"),
                 "parameters": dict(state.get("parameters", {}))}
     card = model_card(config=config, model=model, classes=classes,

@@ -21,8 +21,8 @@ class SequenceSummary(nn.Module):
     so the leading candidates, which the ntupliser sorts first, are read last); returns the
     final hidden state, zero for jets without candidates.
 
-    The LSTM runs on a packed sequence; for the ONNX export it runs densely over all slots
-    and is read at the last real step (padding comes after it, so the output is the same).
+    The LSTM runs on a packed sequence; for the ONNX export (eval mode) it runs densely over
+    all slots and is read at the last real step (padding comes after it: the same output).
     """
 
     def __init__(self, in_features: int, hidden: int) -> None:
@@ -34,7 +34,7 @@ class SequenceSummary(nn.Module):
         positions = torch.arange(x.shape[1], device=x.device)
         backwards = (n_real.unsqueeze(1) - 1 - positions).clamp_min(0)
         x = x.gather(1, backwards.unsqueeze(-1).expand_as(x))
-        if exporting():
+        if exporting() and not self.training:
             out, _ = self.lstm(x)
             last = (n_real - 1).clamp_min(0).view(-1, 1, 1).expand(-1, 1, out.shape[-1])
             return out.gather(1, last).squeeze(1) * (n_real > 0).unsqueeze(1).to(x.dtype)

@@ -64,8 +64,13 @@ class BatchNorm(nn.BatchNorm1d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            scale = self.weight * torch.rsqrt(self.running_var + self.eps)
-            return (x - self.running_mean) * scale + self.bias
+            scale = torch.rsqrt(self.running_var + self.eps)
+            if self.weight is not None:
+                scale = scale * self.weight
+            out = (x - self.running_mean) * scale
+            if self.bias is not None:
+                out = out + self.bias
+            return out.to(x.dtype)  # the input's dtype under autocast too
         if x.shape[0] < 2:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)

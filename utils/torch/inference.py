@@ -15,7 +15,7 @@ import torch
 
 from utils.attacks.methods import Attack, AttackError, ChangeMonitor, attack_mode
 from utils.config import label_to_class
-from utils.io import atomic_path, save_npy, write_json
+from utils.io import atomic_path, file_sha256, save_npy, write_json
 from utils.models import BaseModel
 from utils.progress import console, progress_bar
 from utils.settings import AttackSettings, TrainSettings
@@ -100,9 +100,10 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
     device = device or pick_device()
     tagger: Any = model
     if onnx_model is not None:
-        if attack_settings is not None and attack_settings.active:
-            raise AttackError("test attacks need the PyTorch model: use --backend torch")
-        tagger = onnx_tagger(onnx_model, model, classes, device)
+        from utils.deploy import check_backend
+
+        check_backend("onnx", attack_settings is not None and attack_settings.active)
+        tagger = onnx_tagger(onnx_model, model, classes, checkpoint, device)
         state: dict[str, Any] = {}
     else:
         model.to(device)
@@ -167,12 +168,13 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
 
 
 def onnx_tagger(path: Path, model: BaseModel, classes: Mapping[str, Sequence[str]],
-                device: torch.device) -> Any:
+                checkpoint: Path, device: torch.device) -> Any:
     """The exported graph at ``path`` in onnxruntime (CUDA when ``device`` is), refused when
-    its model card records another label -> class mapping than ``classes``."""
+    its model card records another label -> class mapping than ``classes`` or another
+    checkpoint than ``checkpoint`` (e.g. one replaced by --extend-training since)."""
     import json
 
-    from utils.deploy import CARD_FILE
+    from utils.deploy import CARD_FILE, DeployError
     from utils.deploy.onnx import OnnxTagger
 
     card = path.with_name(CARD_FILE)
@@ -181,6 +183,12 @@ def onnx_tagger(path: Path, model: BaseModel, classes: Mapping[str, Sequence[str
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{card}: cannot read the model card of {path}: {exc}") from None
     check_classes({"classes": recorded.get("classes")}, classes, path)
+    exported_from = recorded.get("training", {}).get("checkpoint_sha256")
+    if exported_from is not None and exported_from != file_sha256(checkpoint):
+        raise DeployError(
+            f"{path} was exported from another {checkpoint.name} than the one in "
+            f"{checkpoint.parent} (the training changed since): export it again, e.g. with "
+            "ExportONNXTask ... --remove-output 0,a,y")
     return OnnxTagger(path, model, device=device.type)
 
 

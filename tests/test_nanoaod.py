@@ -163,3 +163,48 @@ def test_dy_without_b_jets_reports_instead_of_crashing(run_law, tmp_path):
     out = run_law.data_path / "ReferenceROCTask" / "nano_dy_config" / "dy"
     summary = json.loads((out / "summary.json").read_text())
     assert "0 signal" in summary["DY"]["BvsAll"]["error"]
+
+
+def v15_like(path, tmp_path):
+    """The v12 file as NanoAOD v15 has it: no Jet_jetId, Jet_chMultiplicity and
+    Jet_neMultiplicity (v12 has neither: chM = 1 where chHEF > 0, the rest neutral), and the
+    RobustParTAK4 scores under UParTAK4 names."""
+    with uproot.open(path) as f:
+        tree = f["Events"]
+        jets = tree.arrays([k for k in tree.keys() if k.startswith("Jet_")
+                            and k != "Jet_jetId"])
+        event = tree["event"].array()
+    fields = {k[len("Jet_"):].replace("RobustParTAK4QG", "UParTAK4QvG")
+              .replace("RobustParTAK4", "UParTAK4"): jets[k] for k in jets.fields}
+    charged = ak.values_astype(fields["chHEF"] > 0, np.int32)
+    fields["chMultiplicity"] = charged
+    fields["neMultiplicity"] = ak.values_astype(fields["nConstituents"], np.int32) - charged
+    out = tmp_path / "nano_tt_v15like.root"
+    with uproot.recreate(out) as f:
+        f.mktree("Events", {"Jet": ak.type(ak.zip(fields)), "event": event.type.content})
+        f["Events"].extend({"Jet": ak.zip(fields), "event": event})
+    return out
+
+
+def test_jet_id_is_computed_where_the_file_has_none(tmp_path):
+    """v15 files: the selection's Jet_jetId comes from the fractions and multiplicities; on
+    the v12 jets it reproduces the stored tight flag on every jet but one (a fraction
+    stored rounded at the cut, see tests/test_jet_id.py)."""
+    config = load_config("nanoaod_run3")
+    v15 = v15_like(TT, tmp_path)
+    with uproot.open(v15) as f:
+        assert "Jet_jetId" not in f["Events"] and "Jet_chMultiplicity" in f["Events"]
+    needed, missing = NanoAODProcessor.source_branches(
+        config, set(uproot.open(v15)["Events"].keys()))
+    assert "Jet_jetId" not in needed and "Jet_neMultiplicity" in needed
+    assert [m for m in missing if "jetId" in m] == []
+    computed = np.asarray(_processor(config, tmp_path).jet_source(_events(v15))[1]("Jet_jetId"))
+    stored = np.asarray(_processor(config, tmp_path).jet_source(_events(TT))[1]("Jet_jetId"))
+    eta = np.abs(ak.to_numpy(ak.flatten(uproot.open(TT)["Events"]["Jet_eta"].array())))
+    central = eta <= 2.7
+    assert ((computed[central] & 2) != (stored[central] & 2)).sum() == 1
+    # without the stored flag and the multiplicities, the pre-flight check names both
+    _, missing = NanoAODProcessor.source_branches(
+        config, set(uproot.open(v15)["Events"].keys()) - {"Jet_chMultiplicity"})
+    assert any(m.startswith("Jet_jetId (or, to compute it, Jet_eta, Jet_chHEF") and
+               "Jet_chMultiplicity, Jet_neMultiplicity)" in m for m in missing)

@@ -13,6 +13,10 @@ the config is provided from the event data, vectorised over the whole chunk:
   ``processor_options["sv_delta_r"]`` (default 0.4) of the jet axis, ordered by
   decreasing ``SV_dlenSig``.
 
+- ``<jets>_jetId`` where the file has none (NanoAOD v15): the Run 3 tight / tight-lepton-veto
+  flags computed from the jet's energy fractions and multiplicities
+  (:func:`utils.processors.jet_id.run3_jet_id`), with the stored flag's bits.
+
 Candidate groups are then sorted (``FeatureGroup.sort_by``), padded and clipped exactly as
 for flat jet tuples. Truth labels are config conditions, e.g. on ``Jet_hadronFlavour``.
 """
@@ -26,11 +30,15 @@ import awkward as ak
 import numpy as np
 
 from utils.config import Config
+from utils.processors.jet_id import run3_jet_id
 from utils.processors.jet_tuple import ColumnError, JetTupleProcessor
 
 CANDIDATE_PREFIXES = {"Cpfcan_": "charged", "Npfcan_": "neutral"}
 SV_PREFIX = "sv_"
 MAX_JETS_PER_EVENT = 10_000  # jet id = entry * MAX_JETS_PER_EVENT + jet index
+# what the jet ID is computed from where a file has no <jets>_jetId (the run3_jet_id order)
+JET_ID_INPUTS = ("eta", "chHEF", "neHEF", "chEmEF", "neEmEF", "muEF", "chMultiplicity",
+                 "neMultiplicity")
 
 
 def _options(config: Config) -> dict[str, Any]:
@@ -53,6 +61,9 @@ def _source_branches(config: Config, name: str, available: set[str]) -> list[str
     if name.startswith(SV_PREFIX):
         field = name[len(SV_PREFIX):]
         needed = [f"SV_{field}", "SV_eta", "SV_phi", "SV_dlenSig", f"{jets}_eta", f"{jets}_phi"]
+        return needed if all(b in available for b in needed) else None
+    if name == f"{jets}_jetId" and name not in available:
+        needed = [f"{jets}_{field}" for field in JET_ID_INPUTS]
         return needed if all(b in available for b in needed) else None
     return [name] if name in available else None
 
@@ -85,6 +96,10 @@ class NanoAODProcessor(JetTupleProcessor):
             elif name.startswith(SV_PREFIX):
                 missing.append(f"{name} (from SV_{name[len(SV_PREFIX):]}, SV_eta, SV_phi, "
                                "SV_dlenSig)")
+            elif name == f"{_options(config)['jets']}_jetId":
+                prefix = _options(config)["jets"]
+                missing.append(f"{name} (or, to compute it, "
+                               f"{', '.join(f'{prefix}_{f}' for f in JET_ID_INPUTS)})")
             else:
                 missing.append(name)
         return list(dict.fromkeys(needed)), missing
@@ -163,6 +178,9 @@ class NanoAODProcessor(JetTupleProcessor):
                 jet, sv = sv_links()
                 values = _flat(events[f"SV_{name[len(SV_PREFIX):]}"])[sv]
                 return ak.unflatten(values, np.bincount(jet, minlength=n))
+            if name == f"{jets}_jetId" and name not in events.fields:
+                return run3_jet_id(*(_flat(events[f"{jets}_{field}"])
+                                     for field in JET_ID_INPUTS))
             values = events[name]
             if name.startswith(f"{jets}_"):
                 return _flat(values)

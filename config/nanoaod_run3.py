@@ -1,6 +1,18 @@
-"""CMS NanoAOD (v12, Run 3): jets of the ``Events`` tree with the per-jet features NanoAOD
-provides, truth from Jet_hadronFlavour / Jet_partonFlavour (classes b, c, uds, g) and the
-CMS taggers stored in the files (DeepJet, ParticleNet, RobustParTAK4) as references."""
+"""CMS NanoAOD (v12-v15, Run 3): jets of the ``Events`` tree with the per-jet features
+NanoAOD provides, truth from Jet_hadronFlavour / Jet_partonFlavour (classes b, c, uds, g) and
+the CMS taggers stored in the files as references.
+
+Versions: v12-v14 files store DeepJet, ParticleNet and RobustParTAK4 scores, v15 files
+DeepJet, ParticleNet and UParTAK4. All four are declared; a tagger whose branches a file
+lacks is named once by the export, stored as NaN and left out of the evaluation.
+
+Jet selection: the tight Run 3 jet ID (bit 1 of ``Jet_jetId``). v15 files have no
+``Jet_jetId``: the ``nanoaod`` processor computes it from ``Jet_chHEF``, ``Jet_neHEF``,
+``Jet_chEmEF``, ``Jet_neEmEF``, ``Jet_muEF``, ``Jet_chMultiplicity`` and
+``Jet_neMultiplicity`` with the JME Run 3 AK4 PUPPI criteria per eta region (JME twiki
+JetID13p6TeV; the criteria and their regions are listed in utils/processors/jet_id.py).
+Within the config's window (abs(eta) < 2.5) the stored v12 flag is the one JME calls
+correct, and the computation reproduces it (tests/test_jet_id.py)."""
 
 import numpy as np
 
@@ -51,6 +63,8 @@ DEEPJET = ("Jet_btagDeepFlavB", "Jet_btagDeepFlavCvL", "Jet_btagDeepFlavCvB",
 PNET = ("Jet_btagPNetB", "Jet_btagPNetCvL", "Jet_btagPNetCvB", "Jet_btagPNetQvG")
 PART = ("Jet_btagRobustParTAK4B", "Jet_btagRobustParTAK4CvL", "Jet_btagRobustParTAK4CvB",
         "Jet_btagRobustParTAK4QG")
+UPART = ("Jet_btagUParTAK4B", "Jet_btagUParTAK4CvL", "Jet_btagUParTAK4CvB",
+         "Jet_btagUParTAK4QvG")  # NanoAOD v15; QvG is quark-vs-gluon, as PNet's
 
 
 def reference_taggers(taggers):
@@ -66,7 +80,7 @@ def reference_taggers(taggers):
 
 
 config = Config(
-    description="CMS NanoAOD v12 jets with the stored CMS taggers as references",
+    description="CMS NanoAOD v12-v15 jets with the stored CMS taggers as references",
     tree_name="Events",
     processor="nanoaod",
     processes=PROCESSES,
@@ -81,11 +95,12 @@ config = Config(
     reference_flavour="label_b",
     selection=TIGHT_JET_ID,
     observers=("Jet_phi", "event", "Jet_hadronFlavour", "Jet_partonFlavour",
-               *DEEPJET[:3], *PNET, *PART[:3], _one_minus("Jet_btagDeepFlavQG"),
+               *DEEPJET[:3], *PNET, *PART[:3], *UPART, _one_minus("Jet_btagDeepFlavQG"),
                _one_minus("Jet_btagRobustParTAK4QG")),
     reference_taggers=reference_taggers((
         ("DeepJet", (*DEEPJET[:3], "Jet_btagDeepFlavQG_UDSvsG")),
         ("ParticleNet", PNET),
         ("RobustParTAK4", (*PART[:3], "Jet_btagRobustParTAK4QG_UDSvsG")),
+        ("UParTAK4", UPART),
     )),
 )

@@ -207,3 +207,17 @@ def test_integer_features_for_attacks(offline_config):
     # attack declarations do not change what is exported
     assert offline_config.replace_group("cpf", integer_features=()).fingerprint() == \
         offline_config.fingerprint()
+
+
+def test_reference_tagger_branches_are_optional_only_if_nothing_else_reads_them():
+    config = load_config("nanoaod_run3")
+    assert config.tagger_branches["UParTAK4"] == (
+        "Jet_btagUParTAK4B", "Jet_btagUParTAK4CvL", "Jet_btagUParTAK4CvB", "Jet_btagUParTAK4QvG")
+    assert config.tagger_branches["RobustParTAK4"][-1] == "Jet_btagRobustParTAK4QG"  # via 1 - x
+    optional = config.optional_branches
+    assert {"Jet_btagUParTAK4B", "Jet_btagRobustParTAK4QG", "Jet_btagDeepFlavB"} <= optional
+    assert not optional & {"Jet_pt", "Jet_jetId", "Jet_hadronFlavour", "event", "Jet_phi"}
+    assert "Jet_btagRobustParTAK4QG_UDSvsG" in config.optional_observers
+    assert "Jet_phi" not in config.optional_observers
+    # demo's track-counting reference is computed from an input feature: nothing optional
+    assert load_config("demo").optional_branches == frozenset()

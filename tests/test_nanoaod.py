@@ -208,3 +208,28 @@ def test_jet_id_is_computed_where_the_file_has_none(tmp_path):
         config, set(uproot.open(v15)["Events"].keys()) - {"Jet_chMultiplicity"})
     assert any(m.startswith("Jet_jetId (or, to compute it, Jet_eta, Jet_chHEF") and
                "Jet_chMultiplicity, Jet_neMultiplicity)" in m for m in missing)
+
+
+def test_v15_file_exports_with_the_taggers_it_has(run_law, tmp_path):
+    """A v15-like file: the export names RobustParTAK4 as absent instead of failing; the
+    reference ROCs and working points show DeepJet, ParticleNet and UParTAK4, the latter with
+    the scores RobustParTAK4 has on the same jets of the v12 file."""
+    v15 = v15_like(TT, tmp_path)
+    results = {}
+    for name, path in (("v12", TT), ("v15", v15)):
+        filelist = tmp_path / f"{name}.txt"
+        filelist.write_text(f"{path}\n")
+        run = run_law("ReferenceROCTask", "--config", "nanoaod_run3", "--dataset-version", name,
+                      "--filelist", filelist, "--DatasetConstructorTask-executor", "iterative")
+        out = run_law.data_path / "ReferenceROCTask" / "nanoaod_run3" / name
+        results[name] = run.stdout + run.stderr, json.loads((out / "summary.json").read_text())
+    text, v15_summary = results["v15"]
+    assert "Reference tagger RobustParTAK4: 1 of 1 input file(s) lack" in text
+    assert "Reference tagger UParTAK4" not in text
+    assert set(v15_summary["TT"]["BvsL"]) == {"DeepJet", "ParticleNet", "UParTAK4"}
+    v12_text, v12_summary = results["v12"]
+    assert "Reference tagger UParTAK4: 1 of 1 input file(s) lack" in v12_text
+    assert set(v12_summary["TT"]["BvsL"]) == {"DeepJet", "ParticleNet", "RobustParTAK4"}
+    for disc in ("BvsL", "BvsAll", "CvsL", "CvsB"):
+        assert v15_summary["TT"][disc]["UParTAK4"] == v12_summary["TT"][disc]["RobustParTAK4"]
+        assert v15_summary["TT"][disc]["DeepJet"] == v12_summary["TT"][disc]["DeepJet"]

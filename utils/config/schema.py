@@ -581,6 +581,38 @@ class Config:
         computed = {d.name for d in derived}  # a Derived may use another Derived
         return tuple(n for n in dict.fromkeys(names) if n not in computed)
 
+    @property
+    def tagger_branches(self) -> dict[str, tuple[str, ...]]:
+        """Reference tagger label -> the branches its observers are read or computed from."""
+        derived = {o.name: o for o in self.observers if isinstance(o, Derived)}
+        out: dict[str, list[str]] = {}
+        for taggers in (self.reference_taggers or {}).values():
+            for label, observer in taggers.items():
+                sources = derived[observer].uses if observer in derived else (observer,)
+                out.setdefault(label, []).extend(sources)
+        return {label: tuple(dict.fromkeys(names)) for label, names in out.items()}
+
+    @property
+    def optional_branches(self) -> frozenset[str]:
+        """Branches only reference taggers read: a file without them is exported with the
+        taggers' scores as NaN, and the evaluation leaves those taggers out."""
+        tagger_observers = {o for taggers in (self.reference_taggers or {}).values()
+                            for o in taggers.values()}
+        if not tagger_observers:
+            return frozenset()
+        required = self.replace(reference_taggers=None, observers=tuple(
+            o for o, name in zip(self.observers, self.observer_names, strict=True)
+            if name not in tagger_observers))
+        return frozenset(self.branches) - frozenset(required.branches)
+
+    @property
+    def optional_observers(self) -> frozenset[str]:
+        """Observers computed from optional branches only (NaN where a file lacks them)."""
+        optional = self.optional_branches
+        return frozenset(
+            (o if isinstance(o, str) else o.name) for o in self.observers
+            if (o in optional if isinstance(o, str) else set(o.uses) <= optional))
+
     def fingerprint(self) -> str:
         """Hash of everything that determines the exported data and its training classes
         (the label -> class mapping included), for version checks."""

@@ -128,9 +128,24 @@ def check_inputs(config: Config, files: Sequence[str], workers: int = 4) -> dict
     from utils.processors import get_processor
 
     processor_cls = get_processor(config.processor)
-    return inspect_files(files, config.tree_name,
-                         lambda available: processor_cls.source_branches(config, available),
-                         workers=max(4, workers))
+    optional = config.optional_branches
+    absent: dict[str, int] = {}  # optional branch -> files without it
+
+    def branches(available: set[str]) -> tuple[list[str], list[str]]:
+        needed, missing = processor_cls.source_branches(config, available)
+        for name in (m for m in missing if m in optional):
+            absent[name] = absent.get(name, 0) + 1
+        return needed, [m for m in missing if m not in optional]
+
+    entries = inspect_files(files, config.tree_name, branches, workers=max(4, workers))
+    for label, names in config.tagger_branches.items():
+        lacking = [b for b in names if b in absent]
+        if lacking:
+            n = max(absent[b] for b in lacking)
+            console.print(f"[yellow]Reference tagger {label}: {n} of {len(files)} input "
+                          f"file(s) lack {lacking}; its scores are left empty (NaN) there and "
+                          "the evaluation leaves it out[/]")
+    return entries
 
 
 class _Guarded:

@@ -119,12 +119,33 @@ def process_windows(config: Any, pred: Predictions) -> dict[str, Predictions]:
     return out
 
 
-def reference_rocs(config: Any, disc: Discriminant, pred: Predictions) -> dict[str, Roc]:
-    """ROCs of the config's reference taggers of ``disc`` on the same jets as the model."""
+def usable_taggers(config: Any, pred: Predictions) -> dict[str, dict[str, str]]:
+    """The config's reference taggers (``{discriminant: {label: observer}}``) without those
+    whose scores some of ``pred``'s jets lack (NaN: input files without the tagger's
+    branches, e.g. RobustParTAK4 in NanoAOD v15); one line names each tagger left out."""
+    taggers = config.reference_taggers or {}
+    lacking: dict[str, int] = {}
+    for entries in taggers.values():
+        for label, observer in entries.items():
+            values = pred.observers.get(observer)
+            n = 0 if values is None else int((~np.isfinite(values)).sum())
+            if n:
+                lacking[label] = max(lacking.get(label, 0), n)
+    for label, n in lacking.items():
+        console.print(f"[yellow]Reference tagger {label}: no score for {n:,} of "
+                      f"{len(pred.truth):,} jets (input files without its branches); left "
+                      "out[/]")
+    return {disc: {label: observer for label, observer in entries.items()
+                   if label not in lacking} for disc, entries in taggers.items()}
+
+
+def reference_rocs(taggers: Mapping[str, Mapping[str, str]], disc: Discriminant,
+                   pred: Predictions) -> dict[str, Roc]:
+    """ROCs of the reference ``taggers`` of ``disc`` on the same jets as the model."""
     from utils.evaluation.discriminants import jets
 
     out = {}
-    for label, observer in (config.reference_taggers or {}).get(disc.name, {}).items():
+    for label, observer in taggers.get(disc.name, {}).items():
         mask, is_signal = jets(disc, pred.truth, pred.class_names)
         fpr, tpr, thresholds = roc_curve(pred.observers[observer][mask], is_signal)
         n_signal = int(is_signal.sum())
@@ -145,6 +166,7 @@ def roc_report(config: Any, preds: Sequence[Predictions], out_dir: Path,
     set_figure_label(config.figure_text)
     summary: dict[str, Any] = {}
     windows = [process_windows(config, p) for p in preds]
+    taggers = usable_taggers(config, preds[0])
     for process in config.processes:
         if process.name not in windows[0]:
             continue
@@ -170,10 +192,9 @@ def roc_report(config: Any, preds: Sequence[Predictions], out_dir: Path,
                              tpr=roc.tpr, thresholds=roc.thresholds, auc=roc.auc)
             if curves or preds[0].probs is None:
                 try:
-                    refs = reference_rocs(config, disc, windows[0][process.name])
+                    refs = reference_rocs(taggers, disc, windows[0][process.name])
                 except EvaluationError as exc:
-                    if preds[0].probs is None and (config.reference_taggers or {}).get(
-                            disc.name):
+                    if preds[0].probs is None and taggers.get(disc.name):
                         console.print(f"[yellow]{process.name} {disc.name}: {exc}; no "
                                       "curve[/]")
                         entry = {"error": str(exc)}
@@ -228,6 +249,7 @@ def working_point_report(config: Any, pred: Predictions, out_dir: Path,
     from utils.plotting.working_points import plot_working_points
 
     set_figure_label(config.figure_text)
+    taggers = usable_taggers(config, pred)
     report: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
     for name, window in process_windows(config, pred).items():
         process = next(p for p in config.processes if p.name == name)
@@ -237,7 +259,7 @@ def working_point_report(config: Any, pred: Predictions, out_dir: Path,
                 continue
             flavour = jet_flavours(window.truth, window.class_names)
             scores = {pred.label: discriminant_score(disc, window.probs, window.class_names)}
-            for label, observer in (config.reference_taggers or {}).get(disc.name, {}).items():
+            for label, observer in taggers.get(disc.name, {}).items():
                 scores[label] = window.observers[observer]
             for label, score in scores.items():
                 try:

@@ -157,6 +157,8 @@ class JetTupleProcessor(processor.ProcessorABC):
         derived.update({t.name: t for t in config.truths if isinstance(t, Derived)})
         derived.update({o.name: o for o in config.observers if isinstance(o, Derived)})
         self.derived = derived
+        self.optional = config.optional_branches
+        self.optional_observers = config.optional_observers
 
     # -- where the per-jet columns come from (overridden for event-level formats) ----------
     rows_per_entry = 1  # jets per tree entry, to estimate the staging size
@@ -172,7 +174,8 @@ class JetTupleProcessor(processor.ProcessorABC):
     @classmethod
     def preload_branches(cls, config: Config) -> list[str] | None:
         """Branches to read in one go per chunk (None: read lazily)."""
-        return list(config.branches)
+        optional = config.optional_branches  # may be absent: read lazily, if at all
+        return [b for b in config.branches if b not in optional]
 
     def jet_source(self, events: Any) -> tuple[int, Callable[[str], Any], np.ndarray]:
         """``(n_jets, column(name), jet_id)``: one tree entry is one jet; the id (for the
@@ -274,6 +277,8 @@ class JetTupleProcessor(processor.ProcessorABC):
                 mark(name, ~finite)
         if values.observers.size:
             for i, name in enumerate(self.config.observer_names):
+                if name in self.optional_observers:
+                    continue  # a reference tagger's score: NaN where a file lacks it
                 finite = np.isfinite(values.observers[:, i])
                 if not finite.all():
                     mark(name, ~finite)
@@ -341,6 +346,12 @@ class JetTupleProcessor(processor.ProcessorABC):
     def process(self, events: Any) -> dict[str, Any]:
         meta = events.metadata
         n, read, jet_id = self.jet_source(events)
+        absent = {b for b in self.optional if b not in events.fields}
+        if absent:  # reference-tagger branches this file lacks: NaN scores
+            source = read
+
+            def read(name: str) -> Any:
+                return np.full(n, np.nan) if name in absent else source(name)
         chunk = Chunk(meta["filename"], meta["dataset"], int(meta["entrystart"]), n, jet_id,
                       read, self.derived)
         label, n_true = self.label(chunk)

@@ -19,20 +19,31 @@ def config_dir() -> Path:
     return base / "config"
 
 
+YAML_SUFFIXES = (".yml", ".yaml")
+
+
 def available_configs() -> list[str]:
-    """Names of the shipped configurations (modules in ``config/`` defining ``config``)."""
-    return sorted(
-        p.stem for p in config_dir().glob("*.py")
-        if not p.stem.startswith("_") and "config = " in p.read_text()
-    )
+    """Names of the configurations in ``config/``: modules defining ``config`` and the
+    original b-hive's YAML files."""
+    modules = {p.stem for p in config_dir().glob("*.py")
+               if not p.stem.startswith("_") and "config = " in p.read_text()}
+    yamls = {p.stem for suffix in YAML_SUFFIXES for p in config_dir().glob(f"*{suffix}")}
+    return sorted(modules | yamls)
 
 
 @functools.cache
 def load_config(name: str) -> Config:
-    """Load configuration ``name`` (a module in ``config/`` or a path to a ``.py`` file).
+    """Load configuration ``name``: a module in ``config/``, a path to a ``.py`` file, or an
+    original b-hive YAML file (a ``.yml``/``.yaml`` path, or ``config/<name>.yml`` when
+    there is no ``config/<name>.py``; see :mod:`utils.config.legacy`).
 
     Raises :class:`ConfigError` naming the file and key for any invalid value.
     """
+    yaml_file = _yaml_file(name)
+    if yaml_file is not None:
+        from utils.config.legacy import read_yaml_config
+
+        return read_yaml_config(yaml_file)
     if name.endswith(".py") or os.sep in name:
         path = Path(name).resolve()
         if not path.is_file():
@@ -68,3 +79,19 @@ def load_config(name: str) -> Config:
                           f"`config = Config(...)`, found {type(config).__name__}")
     stem = Path(name).stem
     return config if config.name == stem else config.replace(name=stem)
+
+
+def _yaml_file(name: str) -> Path | None:
+    """The YAML file ``name`` selects, if any."""
+    if name.endswith(YAML_SUFFIXES):
+        path = Path(name)
+        if not path.is_absolute() and not path.is_file() and (config_dir() / path).is_file():
+            path = config_dir() / path
+        if not path.is_file():
+            raise ConfigError(f"config file {name!r} does not exist")
+        return path.resolve()
+    if name.isidentifier() and not (config_dir() / f"{name}.py").is_file():
+        for suffix in YAML_SUFFIXES:
+            if (config_dir() / f"{name}{suffix}").is_file():
+                return config_dir() / f"{name}{suffix}"
+    return None

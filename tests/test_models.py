@@ -335,3 +335,26 @@ def test_deepjet_lstm_reads_the_real_candidates_backwards():
         else:
             _, (hidden, _) = summary.lstm(x[jet : jet + 1, :n].flip(1))
             assert torch.allclose(out[jet], hidden[-1, 0], atol=1e-6)
+
+
+def test_original_config_names_and_lost_tracks_in_particle_transformer():
+    """part_run3 has the original's 860 inputs; with part_run3_lt ParT takes the lost tracks
+    as a fourth particle group (they change its output), DeepJet leaves them out."""
+    part, lt = load_config("part_run3"), load_config("part_run3_lt")
+    assert sum(g.width for g in part.groups) == 15 + 26 * 20 + 25 * 10 + 5 * 15
+    assert lt.group("lt").length == 5 and lt.group("lt").four_vector[0] == "LT_pt"
+    assert [p.name for p in load_config("default").processes] == ["default"]
+    spec = InputSpec.from_config(lt)
+    model = build("ParticleTransformer", spec)
+    assert model.input_groups == ("global", "cpf", "npf", "vtx", "lt")
+    assert "lt" in model.embeddings
+    assert get_model("DeepJet")(spec).input_groups == ("global", "cpf", "npf", "vtx")
+    batch = make_batch(spec, 32, seed=3)
+    with torch.no_grad():
+        model(batch)  # batch-norm statistics
+        model.eval()
+        nominal = model(batch)
+        without_lt = model({**batch, "lt": torch.zeros_like(batch["lt"])})
+    has_lt = (batch["lt"] != 0).any(-1).any(-1)
+    changed = (nominal - without_lt).abs().amax(-1) > 1e-5
+    assert torch.equal(changed, has_lt) and has_lt.any()

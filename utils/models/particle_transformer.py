@@ -59,7 +59,8 @@ def pairwise_features(p4: torch.Tensor) -> torch.Tensor:
 
 
 class ParticleTransformer(BaseModel):
-    """ParT on the charged (cpf), neutral (npf) and secondary-vertex (vtx) candidates.
+    """ParT on the charged (cpf), neutral (npf) and secondary-vertex (vtx) candidates, and
+    the lost tracks (lt) where the config has them with 4-vectors (``part_run3_lt``).
 
     Particle tokens: each group's raw features plus (delta eta, delta phi) to the jet axis,
     masked input BatchNorm and a pointwise GELU/BN embedding to ``dim``. Pairwise features
@@ -73,12 +74,17 @@ class ParticleTransformer(BaseModel):
     name = "ParticleTransformer"
     input_groups = ("global", "cpf", "npf", "vtx")
     needs_four_vectors = ("cpf", "npf", "vtx")
+    # further particle groups taken when the config has them with 4-vectors (lost tracks)
+    optional_particle_groups = ("lt",)
 
     def __init__(self, spec: InputSpec, dim: int = 128, heads: int = 8, particle_blocks: int = 3,
                  class_blocks: int = 2, pair_widths: Sequence[int] = (32, 32),
                  ffn_ratio: int = 4, dropout: float = 0.1) -> None:
         super().__init__(spec)
-        self.particle_groups = self.needs_four_vectors
+        extra = tuple(g.name for g in spec.groups if g.name in self.optional_particle_groups
+                      and g.length is not None and g.four_vector is not None)
+        self.particle_groups = self.needs_four_vectors + extra
+        self.input_groups = type(self).input_groups + extra
         self.embeddings = nn.ModuleDict({
             g: CandidateEncoder(spec.group(g).n_features + 2, (dim, dim), nn.GELU)
             for g in self.particle_groups})

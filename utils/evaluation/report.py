@@ -132,9 +132,9 @@ def usable_taggers(config: Any, pred: Predictions) -> dict[str, dict[str, str]]:
             if n:
                 lacking[label] = max(lacking.get(label, 0), n)
     for label, n in lacking.items():
-        console.print(f"[yellow]Reference tagger {label}: no score for {n:,} of "
-                      f"{len(pred.truth):,} jets (input files without its branches); left "
-                      "out[/]")
+        console.print(f"[yellow]Reference tagger {label}: no score (NaN) for {n:,} of "
+                      f"{len(pred.truth):,} jets, e.g. from input files without its branches; "
+                      "left out[/]")
     return {disc: {label: observer for label, observer in entries.items()
                    if label not in lacking} for disc, entries in taggers.items()}
 

@@ -35,9 +35,9 @@ GROUPS = (("global_features", "global", None), ("cpf_candidates", "cpf", "n_cpf_
 CUSTOM = {"global": "global_custom_features", "cpf": "cpf_custom_features",
           "npf": "npf_custom_features", "vtx": "vtx_custom_features", "lt": "lt_custom_features"}
 IGNORED = ("processor", "dataset", "process-weights", "process_weights", "cpf_points",
-           "vtx_points", "pair_candidates", "n_pair_candidates", "n_vtx_features")
+           "vtx_points", "pair_candidates", "n_pair_candidates")
 KNOWN = {"bins_pt", "bins_eta", "processes", "treename", "truths", "reference_flavour",
-         "pt_key", "eta_key", "data_precision", *IGNORED, *CUSTOM.values(),
+         "pt_key", "eta_key", "data_precision", "n_vtx_features", *IGNORED, *CUSTOM.values(),
          *(k for k, _, _ in GROUPS), *(n for _, _, n in GROUPS if n)}
 # four-vector features the original's ParT configs append, per group prefix
 FOUR_VECTOR_SUFFIXES = ("pt", "eta", "phi", "e")
@@ -63,7 +63,8 @@ def read_yaml_config(path: str | Path) -> Config:
     return _build(path, dict(raw))
 
 
-def _fail(path: Path, key: str, message: str) -> ConfigError:
+def _error(path: Path, key: str, message: str) -> ConfigError:
+    """The error for ``key`` of the YAML file ``path`` (to be raised)."""
     return ConfigError(f"{path}: key '{key}': {message}")
 
 
@@ -71,15 +72,15 @@ def _build(path: Path, raw: dict[str, Any]) -> Config:
     processes = raw.get("processes")
     if not isinstance(processes, list) or not processes or \
             not all(isinstance(p, str) and p for p in processes):
-        raise _fail(path, "processes", f"must be a list of process names, got {processes!r}")
+        raise _error(path, "processes", f"must be a list of process names, got {processes!r}")
     process_names = set(processes)
     unknown = sorted(k for k in raw if k not in KNOWN and k not in process_names)
     if unknown:
-        raise _fail(path, unknown[0], f"unknown key (keys of the original b-hive's configs: "
+        raise _error(path, unknown[0], f"unknown key (keys of the original b-hive's configs: "
                     f"{', '.join(sorted(KNOWN))}, and one window per process)")
     for key in ("bins_pt", "bins_eta", "treename", "truths", "global_features"):
         if key not in raw:
-            raise _fail(path, key, "missing")
+            raise _error(path, key, "missing")
     truths, classes = _truths(path, raw["truths"])
     values: dict[str, Any] = dict(
         name=path.stem, tree_name=raw["treename"],
@@ -101,7 +102,7 @@ def _build(path: Path, raw: dict[str, Any]) -> Config:
 def _edges(path: Path, key: str, value: Any) -> tuple[float, ...]:
     if not isinstance(value, list) or len(value) < 2 or \
             not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        raise _fail(path, key, f"must be a list of at least two bin edges, got {value!r}")
+        raise _error(path, key, f"must be a list of at least two bin edges, got {value!r}")
     return tuple(float(v) for v in value)
 
 
@@ -112,12 +113,12 @@ def _process(path: Path, name: str, window: Any) -> Process:
     if window is not None:
         if not isinstance(window, Mapping) or set(window) - {"pt_min", "pt_max", "eta_min",
                                                              "eta_max"}:
-            raise _fail(path, name, "a process window is {pt_min, pt_max, eta_min, eta_max}, "
+            raise _error(path, name, "a process window is {pt_min, pt_max, eta_min, eta_max}, "
                         f"got {window!r}")
         pt = (window.get("pt_min", 0.0), window.get("pt_max", math.inf))
         eta = (window.get("eta_min", -math.inf), window.get("eta_max", math.inf))
     if not name.isidentifier():
-        raise _fail(path, "processes", f"process name {name!r} must be a valid identifier")
+        raise _error(path, "processes", f"process name {name!r} must be a valid identifier")
     return Process(name, f"*{name}*", pt_range=pt, eta_range=eta)
 
 
@@ -128,12 +129,12 @@ def _groups(path: Path, raw: Mapping[str, Any]) -> tuple[FeatureGroup, ...]:
         if branches is None:
             continue
         if not isinstance(branches, list) or not all(isinstance(b, str) for b in branches):
-            raise _fail(path, key, f"must be a list of branch names, got {branches!r}")
+            raise _error(path, key, f"must be a list of branch names, got {branches!r}")
         length = None
         if length_key is not None:
             length = raw.get(length_key, raw.get("n_vtx_features") if name == "vtx" else None)
             if length is None:
-                raise _fail(path, length_key, f"missing: the number of {name} candidates")
+                raise _error(path, length_key, f"missing: the number of {name} candidates")
             if length == 0:
                 continue  # the original's way of leaving a group out
         derived = _custom(path, CUSTOM[name], raw.get(CUSTOM[name]))
@@ -163,18 +164,18 @@ def _custom(path: Path, key: str, entries: Any) -> tuple[Derived, ...]:
     if isinstance(entries, Mapping):
         entries = [{k: v} for k, v in entries.items()]
     if not isinstance(entries, list):
-        raise _fail(path, key, f"must be a list of {{name: expression}} maps, got {entries!r}")
+        raise _error(path, key, f"must be a list of {{name: expression}} maps, got {entries!r}")
     derived = []
     for entry in entries:
         if not isinstance(entry, Mapping) or len(entry) != 1:
-            raise _fail(path, key, f"each entry is one {{name: expression}} map, got {entry!r}")
+            raise _error(path, key, f"each entry is one {{name: expression}} map, got {entry!r}")
         (name, text), = entry.items()
         try:
             expression = Expression(text)
         except ExpressionError as exc:
-            raise _fail(path, f"{key}.{name}", f"expression {text!r}: {exc}") from None
+            raise _error(path, f"{key}.{name}", f"expression {text!r}: {exc}") from None
         if not expression.names:
-            raise _fail(path, f"{key}.{name}", f"expression {text!r} reads no branch")
+            raise _error(path, f"{key}.{name}", f"expression {text!r} reads no branch")
         derived.append(Derived(str(name), tuple(expression.names), expression))
     return tuple(derived)
 
@@ -212,7 +213,7 @@ def _truths(path: Path, truths: Any) -> tuple[tuple[str | Derived, ...],
         labels = tuple(truths)
         return labels, _classes(labels)
     if not isinstance(truths, Mapping) or not truths:
-        raise _fail(path, "truths", "must be a list of flag branches or a map label -> "
+        raise _error(path, "truths", "must be a list of flag branches or a map label -> "
                     f"conditions, got {truths!r}")
     out: list[str | Derived] = []
     for label, spec in truths.items():
@@ -221,22 +222,22 @@ def _truths(path: Path, truths: Any) -> tuple[tuple[str | Derived, ...],
             out.append(Derived(str(label), (spec,), Condition([(spec, [{"!=": 0}])])))
             continue
         if not isinstance(spec, list) or not spec:
-            raise _fail(path, key, f"must be a list of {{branch: values}} conditions, got "
+            raise _error(path, key, f"must be a list of {{branch: values}} conditions, got "
                         f"{spec!r}")
         conditions = []
         for item in spec:
             if not isinstance(item, Mapping) or len(item) != 1:
-                raise _fail(path, key, f"each condition is one {{branch: values}} map, got "
+                raise _error(path, key, f"each condition is one {{branch: values}} map, got "
                             f"{item!r}")
             (branch, values), = item.items()
             values = values if isinstance(values, list) else [values]
             for value in values:
                 if isinstance(value, Mapping) and (len(value) != 1 or
                                                    next(iter(value)) not in OPERATORS):
-                    raise _fail(path, key, f"operator maps take one of {list(OPERATORS)}, got "
+                    raise _error(path, key, f"operator maps take one of {list(OPERATORS)}, got "
                                 f"{value!r}")
                 if not isinstance(value, (int, float, Mapping)) or isinstance(value, bool):
-                    raise _fail(path, key, f"condition values are numbers or operator maps, "
+                    raise _error(path, key, f"condition values are numbers or operator maps, "
                                 f"got {value!r}")
             conditions.append((str(branch), list(values)))
         out.append(Derived(str(label), tuple(dict.fromkeys(b for b, _ in conditions)),

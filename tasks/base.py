@@ -292,6 +292,14 @@ class DatasetDependency(ConfigTask):
         description="text file listing the input ROOT files (local paths or root:// URLs, one "
         "per line; blank and '#' lines ignored); only needed to create the dataset",
     )
+    legacy_dataset = luigi.Parameter(
+        default="",
+        significant=False,
+        description="directory of a dataset exported by the original b-hive "
+        "(processed_files.txt, file_<k>.lz4, ...): imported into this dataset version "
+        "instead of exporting ROOT files, its columns derived from --config; only needed to "
+        "create the dataset",
+    )
 
     def store_parts(self) -> tuple[str, ...]:
         return super().store_parts() + (self.dataset_version,)

@@ -97,7 +97,8 @@ class DatasetConstructorTask(DatasetDependency):
     ``file_<k>.lz4`` chunks, ``processed_files.txt``, ``histogram.npy``, ``weights.json``,
     ``dataset_info.json`` and ``parameters.json`` (with the inputs: paths, sizes and
     modification times). A published dataset that lost a chunk is an error, never rebuilt
-    silently.
+    silently. With ``--legacy-dataset`` a dataset of the original b-hive is imported instead
+    (:mod:`utils.dataset.legacy`: one chunk per original file, ``--chunk-size`` unused).
     """
 
     settings_class = ExportSettings
@@ -139,6 +140,17 @@ class DatasetConstructorTask(DatasetDependency):
             values["chunk_size"] = self.load_config().chunk_size
         return values
 
+    def validate_parameters(self) -> None:
+        from utils.settings import SettingsError
+
+        if self.legacy_dataset and self.filelist:
+            raise SettingsError("give either --filelist (ROOT files to export) or "
+                                "--legacy-dataset (an original b-hive dataset to import), "
+                                "not both")
+        if self.legacy_dataset and self.stage_workflow != "none":
+            raise SettingsError("--stage-workflow runs the export of ROOT files; a "
+                                "--legacy-dataset is imported in this job")
+
     def directory(self) -> Any:
         from utils.dataset.directory import DatasetDirectory
 
@@ -159,7 +171,7 @@ class DatasetConstructorTask(DatasetDependency):
         if self.stage_workflow != "none":
             return {"stage": ExportFilesTask.req(self, workflow=self.stage_workflow,
                                                  seed=self.settings.seed)}
-        if self.filelist:
+        if self.filelist or self.legacy_dataset:
             return {}
         samples = self.load_config().generated_samples or {}
         requirements = {}
@@ -178,11 +190,20 @@ class DatasetConstructorTask(DatasetDependency):
         inputs (compared with the recorded ones)."""
         record = super().parameters_record()
         config = self.load_config()
-        if self.filelist or not config.generated_samples:  # only generated inputs have one
-            record["parameters"].pop("sample_version", None)
+        if self.filelist or self.legacy_dataset or not config.generated_samples:
+            record["parameters"].pop("sample_version", None)  # only generated inputs have one
         if self.filelist:
             record["inputs"] = self._inputs_record(self.input_files())
+        elif self.legacy_dataset:
+            record["inputs"] = self._legacy_inputs_record()
         return record
+
+    def _legacy_inputs_record(self) -> dict[str, Any]:
+        from utils.dataset.directory import inputs_record
+        from utils.dataset.legacy import DEBUG_FILES, legacy_files
+
+        files = legacy_files(Path(self.legacy_dataset).expanduser().resolve())
+        return inputs_record(map(str, files[:DEBUG_FILES] if self.debug else files))
 
     def _inputs_record(self, files: list[str]) -> dict[str, Any]:
         from utils.dataset.directory import inputs_record
@@ -198,7 +219,8 @@ class DatasetConstructorTask(DatasetDependency):
         if "inputs" in current and "inputs" in stored:
             difference = inputs_difference(stored["inputs"], current["inputs"])
             if difference:
-                diffs.append(f"inputs (--filelist): {difference}")
+                option = "legacy-dataset" if self.legacy_dataset else "filelist"
+                diffs.append(f"inputs (--{option}): {difference}")
         rest = {k: v for k, v in current.items() if k != "inputs"}
         return diffs + super().record_differences(stored, rest)
 
@@ -254,6 +276,9 @@ class DatasetConstructorTask(DatasetDependency):
         from utils.settings import PARAMETERS_FILE
 
         config = self.load_config()
+        if self.legacy_dataset:
+            self._import_legacy(config)
+            return
         files = self.input_files()
         out_dir = self.local_path()
         for stale in out_dir.glob(CHUNK_GLOB):  # chunks of a dataset whose listing is gone
@@ -278,3 +303,21 @@ class DatasetConstructorTask(DatasetDependency):
             for target in self.input()["stage"]["collection"].targets.values():
                 shutil.rmtree(Path(target.path).parent, ignore_errors=True)
         report(summary, config, out_dir, verbose=self.verbose)
+
+    def _import_legacy(self, config: Any) -> None:
+        """Import the original b-hive's dataset given by --legacy-dataset."""
+        from utils.dataset.directory import CHUNK_GLOB, PROCESSED_FILES
+        from utils.dataset.export import report
+        from utils.dataset.legacy import import_legacy_dataset
+        from utils.io import publishing
+        from utils.settings import PARAMETERS_FILE
+
+        out_dir = self.local_path()
+        for stale in out_dir.glob(CHUNK_GLOB):
+            stale.unlink()
+        with publishing(out_dir, last=(PARAMETERS_FILE, PROCESSED_FILES)) as work:
+            summary = import_legacy_dataset(config, self.legacy_dataset, out_dir, work,
+                                            workers=self.settings.coffea_worker,
+                                            debug=self.debug)
+            self.write_parameters(work)
+        report(summary, config, out_dir, verbose=self.verbose, verb="Imported")

@@ -180,6 +180,9 @@ class SeveralTrainings(ConfigTask):
                                            description="test dataset to evaluate on")
     test_filelist = luigi.Parameter(default="", significant=False,
                                     description="file list of the test ROOT files")
+    test_legacy_dataset = luigi.Parameter(default="", significant=False,
+                                          description="test dataset of the original b-hive "
+                                          "to import (see --legacy-dataset)")
     training_versions = luigi.Parameter(description="comma-separated training versions")
     model_names = luigi.Parameter(description="comma-separated model names")
     epochs = luigi.IntParameter(default=1, description="epochs of the trainings; default: 1")

@@ -39,6 +39,12 @@ class TestDatasetDependency(TrainingDependency):
         description="file list of the test ROOT files; with a config that has built-in "
         "samples (demo) and no list, a test sample is generated with other seeds",
     )
+    test_legacy_dataset = luigi.Parameter(
+        default="",
+        significant=False,
+        description="directory of a test dataset exported by the original b-hive, imported "
+        "as the test dataset version (see DatasetConstructorTask --legacy-dataset)",
+    )
 
     backend = luigi.ChoiceParameter(
         choices=BACKENDS, default="torch",
@@ -73,6 +79,7 @@ class TestDatasetDependency(TrainingDependency):
     def test_dataset_task(self) -> DatasetConstructorTask:
         return DatasetConstructorTask.req(self, dataset_version=self.test_dataset_version,
                                           filelist=self.test_filelist,
+                                          legacy_dataset=self.test_legacy_dataset,
                                           sample_version=TEST_SAMPLE_VERSION)
 
 

@@ -31,6 +31,7 @@ from utils.io import atomic_path
 MAGIC = b"BHIVELZ4"
 FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sII")
+_LEGACY_PROBE = 1 << 16  # bytes read to decompress the shape of a legacy chunk
 
 
 class ChunkFormatError(BHiveError, OSError):
@@ -117,20 +118,51 @@ def read_chunk(path: str | Path) -> tuple[np.ndarray, ColumnLayout]:
     return array, ColumnLayout.from_dict(header["layout"])
 
 
+def _legacy_shape(path: Path, head: np.ndarray) -> tuple[int, int]:
+    if head.size < 2:
+        raise ChunkFormatError(f"{path}: legacy chunk is too short to hold its shape")
+    n_rows, n_cols = float(head[0]), float(head[1])
+    if not (np.isfinite(n_cols) and n_cols >= 1 and n_cols == int(n_cols)):
+        raise ChunkFormatError(f"{path}: legacy chunk header ({head[0]}, {head[1]}) holds no "
+                               "column count (not a chunk of the original b-hive, or another "
+                               "--config data_precision)")
+    # n_rows is inexact (or inf) in float16 files: the original's readers used only n_cols
+    return (int(n_rows) if np.isfinite(n_rows) else -1), int(n_cols)
+
+
+def read_legacy_shape(path: str | Path, dtype: str = "float32") -> tuple[int, int]:
+    """``(n_rows, n_cols)`` stored at the start of an original b-hive chunk, decompressing
+    only its first block (``n_rows`` is -1 where the dtype cannot hold it)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        start = f.read(_LEGACY_PROBE)
+    if start[:8] == MAGIC:
+        raise ChunkFormatError(f"{path}: a chunk of this framework, not of the original b-hive")
+    itemsize = np.dtype(dtype).itemsize
+    try:
+        head = lz4.frame.LZ4FrameDecompressor().decompress(start, max_length=2 * itemsize)
+    except RuntimeError as exc:
+        raise ChunkFormatError(f"{path}: not an LZ4 frame, or a corrupt one ({exc})") from exc
+    return _legacy_shape(path, np.frombuffer(head[:len(head) // itemsize * itemsize],
+                                             dtype=dtype))
+
+
 def read_legacy_chunk(path: str | Path, dtype: str = "float32") -> np.ndarray:
-    """Read an original b-hive chunk: one lz4 frame of ``[n_rows, n_cols, data...]``."""
+    """Read an original b-hive chunk: one lz4 frame of ``[n_rows, n_cols, data...]``; return
+    the read-only (rows x columns) array."""
     path = Path(path)
     try:
         data = lz4.frame.decompress(path.read_bytes())
     except RuntimeError as exc:
         raise ChunkFormatError(f"{path}: corrupt or truncated legacy LZ4 chunk ({exc})") from exc
+    itemsize = np.dtype(dtype).itemsize
+    if len(data) % itemsize:
+        raise ChunkFormatError(f"{path}: {len(data)} bytes are not a whole number of {dtype} "
+                               "values (another data_precision?)")
     flat = np.frombuffer(data, dtype=dtype)
-    if flat.size < 2:
-        raise ChunkFormatError(f"{path}: legacy chunk is too short to hold its shape")
-    n_rows, n_cols = int(flat[0]), int(flat[1])
-    if n_cols <= 0 or flat.size - 2 != n_rows * n_cols:
-        # The original stored only n_cols reliably (n_rows is inexact in float16).
-        if n_cols <= 0 or (flat.size - 2) % n_cols:
-            raise ChunkFormatError(f"{path}: legacy chunk size {flat.size - 2} does not match "
-                                   f"its header ({n_rows}, {n_cols})")
+    n_rows, n_cols = _legacy_shape(path, flat[:2])
+    if (flat.size - 2) % n_cols or (n_rows >= 0 and dtype != "float16"
+                                    and flat.size - 2 != n_rows * n_cols):
+        raise ChunkFormatError(f"{path}: legacy chunk size {flat.size - 2} does not match "
+                               f"its header ({n_rows} rows, {n_cols} columns)")
     return flat[2:].reshape(-1, n_cols)

@@ -363,12 +363,12 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
 
 
 def report(summary: ExportSummary, config: Config, directory: Path,
-           verbose: bool = False) -> None:
+           verbose: bool = False, verb: str = "Exported") -> None:
     """Print the export summary (with ``verbose``: NaN/inf per branch, jets per process and
     class, time per stage)."""
     c = summary.counts
     console.print(
-        f"[bold green]Exported {sum(summary.rows):,} jets[/] of {c['entries']:,} entries "
+        f"[bold green]{verb} {sum(summary.rows):,} jets[/] of {c['entries']:,} entries "
         f"into {len(summary.files)} file(s) in {summary.seconds:.1f} s "
         f"({c['entries'] / max(summary.seconds, 1e-9):,.0f} entries/s): "
         f"{c['out_of_window']:,} outside pT/eta bins, {c['no_label']:,} without label, "

@@ -9,10 +9,19 @@ lacks is named once by the export, stored as NaN and left out of the evaluation.
 Jet selection: the tight Run 3 jet ID (bit 1 of ``Jet_jetId``). v15 files have no
 ``Jet_jetId``: the ``nanoaod`` processor computes it from ``Jet_chHEF``, ``Jet_neHEF``,
 ``Jet_chEmEF``, ``Jet_neEmEF``, ``Jet_muEF``, ``Jet_chMultiplicity`` and
-``Jet_neMultiplicity`` with the JME Run 3 AK4 PUPPI criteria per eta region (JME twiki
-JetID13p6TeV; the criteria and their regions are listed in utils/processors/jet_id.py).
+``Jet_neMultiplicity`` with the JME Run 3 AK4 PUPPI criteria per eta region (source: JME
+twiki JetID13p6TeV and JME's jetid.json correctionlib files, with the forward-region fix of
+the v12/v13 flag; implemented in utils/processors/jet_id.py). Tight:
+
+- abs(eta) <= 2.6: neHEF < 0.99, neEmEF < 0.90, chM + neM > 1, chHEF > 0.01, chM > 0
+- 2.6 < abs(eta) <= 2.7: neHEF < 0.90, neEmEF < 0.99
+- 2.7 < abs(eta) <= 3.0: neHEF < 0.99
+- abs(eta) > 3.0: neEmEF < 0.40, neM >= 2
+
+tight lepton veto: tight and, for abs(eta) <= 2.7, muEF < 0.80 and chEmEF < 0.80.
 Within the config's window (abs(eta) < 2.5) the stored v12 flag is the one JME calls
-correct, and the computation reproduces it (tests/test_jet_id.py)."""
+correct, and the computation reproduces it on 1503 of the 1504 jets of the v12 test file
+(the other has neEmEF stored rounded to 0.8984375 at the 0.90 cut; tests/test_jet_id.py)."""
 
 import numpy as np
 

@@ -150,6 +150,11 @@ class DatasetConstructorTask(DatasetDependency):
         if self.legacy_dataset and self.stage_workflow != "none":
             raise SettingsError("--stage-workflow runs the export of ROOT files; a "
                                 "--legacy-dataset is imported in this job")
+        if self.legacy_dataset and \
+                Path(self.legacy_dataset).expanduser().resolve() == self.local_path():
+            raise SettingsError(f"--legacy-dataset {self.legacy_dataset} is the directory of "
+                                "this dataset version itself: import it into another "
+                                "--dataset-version")
 
     def directory(self) -> Any:
         from utils.dataset.directory import DatasetDirectory
@@ -195,14 +200,18 @@ class DatasetConstructorTask(DatasetDependency):
         if self.filelist:
             record["inputs"] = self._inputs_record(self.input_files())
         elif self.legacy_dataset:
-            record["inputs"] = self._legacy_inputs_record()
+            for unused in ("chunk_size", "seed"):  # an import keeps the original's files
+                record["parameters"].pop(unused, None)
+            source = Path(self.legacy_dataset).expanduser().resolve()
+            if source.is_dir() or not self.holds_result():  # else: imported, source gone
+                record["inputs"] = self._legacy_inputs_record(source)
         return record
 
-    def _legacy_inputs_record(self) -> dict[str, Any]:
+    def _legacy_inputs_record(self, source: Path) -> dict[str, Any]:
         from utils.dataset.directory import inputs_record
         from utils.dataset.legacy import DEBUG_FILES, legacy_files
 
-        files = legacy_files(Path(self.legacy_dataset).expanduser().resolve())
+        files = legacy_files(source)
         return inputs_record(map(str, files[:DEBUG_FILES] if self.debug else files))
 
     def _inputs_record(self, files: list[str]) -> dict[str, Any]:
@@ -265,8 +274,10 @@ class DatasetConstructorTask(DatasetDependency):
         if not self.filelist:
             raise ExportError(
                 f"DatasetConstructorTask for config '{self.config}' needs --filelist (a text "
-                f"file listing the input ROOT files): dataset version "
-                f"'{self.dataset_version}' does not exist yet in {self.local_path()}")
+                "file listing the input ROOT files) or --legacy-dataset (a dataset of the "
+                "original b-hive; for a test dataset: --test-filelist / --test-legacy-dataset)"
+                f": dataset version '{self.dataset_version}' does not exist yet in "
+                f"{self.local_path()}")
         return read_filelist(self.filelist)
 
     def run(self) -> None:

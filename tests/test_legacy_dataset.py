@@ -82,7 +82,7 @@ def exported(synthetic_files, tmp_path_factory):
 
 def run_import(config, source, tmp_path, **kwargs):
     out = tmp_path / "imported"
-    out.mkdir()
+    out.mkdir(parents=True)
     summary = import_legacy_dataset(config, source, out, out, **kwargs)
     return summary, DatasetDirectory(out)
 
@@ -150,6 +150,20 @@ def test_float16_dataset(tmp_path):
     assert layout.dtype == "float16" and out.dtype == np.float16 and len(out) == 2051
     np.testing.assert_array_equal(out[:, :layout.weight_column],
                                   rows.astype(np.float16)[:, :layout.weight_column])
+    labels = np.argmax(rows[:, layout.slice("truth")], axis=1)
+    assert imported.histogram().sum(axis=(1, 2)).tolist() == np.bincount(
+        labels, minlength=len(config.truth_labels)).tolist()
+    weights = config_weights(config, imported.histogram()).tables
+    expected = jet_weights(weights, labels, out[:, layout.column(config.pt_key)],
+                           out[:, layout.column(config.eta_key)], config.pt_bins,
+                           config.eta_bins)
+    np.testing.assert_allclose(out[:, layout.weight_column], expected, rtol=1e-3)
+    # a full-size file (100,000 rows) has inf as its float16 row count: n_cols suffices
+    flat = np.concatenate([[np.inf, rows.shape[1]], rows[:100].ravel()]).astype(np.float16)
+    (source / "file_0.lz4").write_bytes(lz4.frame.compress(flat.tobytes()))
+    assert read_legacy_shape(source / "file_0.lz4", "float16") == (-1, rows.shape[1])
+    _, again = run_import(config, source, tmp_path / "again")
+    assert again.n_jets == 100
 
 
 @pytest.mark.parametrize("case, message", [
@@ -160,8 +174,6 @@ def test_float16_dataset(tmp_path):
     ("process", r"file_0.lz4: 3 jets have process index \[-1.0, 2.0\], config "
                 r"'offline_run3' has 2 process\(es\) \['TT', 'QCD'\]"),
     ("weights_json", r"file_1.lz4 holds 100 jets, the original's weights.json lists 99"),
-    ("histogram", r"histogram.npy has shape \(11, 3, 3\); config 'offline_run3' has 11 "
-                  r"truth labels and \d+ x \d+ pT-eta bins"),
     ("missing", r"processed_files.txt lists 1 file\(s\) that exist neither there nor in"),
     ("npz", r"lists file_0.npz: datasets of the original's structured \(npz\) processors"),
     ("ours", r"file_0.lz4 is a chunk of this framework already"),
@@ -183,8 +195,6 @@ def test_bad_legacy_datasets_rejected_before_writing(tmp_path, case, message):
     if case == "weights_json":
         (source / "weights.json").write_text(json.dumps({"chunk_size": [100, 99],
                                                          "sum_weight": [1, 1]}))
-    elif case == "histogram":
-        np.save(source / "histogram.npy", np.zeros((11, 3, 3), np.float32))
     elif case == "missing":
         (source / "file_1.lz4").unlink()
     elif case == "npz":
@@ -207,6 +217,78 @@ def test_bad_legacy_datasets_rejected_before_writing(tmp_path, case, message):
     assert list(out.iterdir()) == []  # nothing written
 
 
+LAYOUT_YAML = """
+bins_pt: [30, 100, 1000]
+bins_eta: [-2.5, 0, 2.5]
+processes: ["TT", "QCD"]
+treename: "deepntuplizer/tree"
+processor: "LZ4Processing"
+global_features: [jet_pt, jet_eta, g1]
+cpf_candidates: [c1, c2]
+cpf_custom_features:
+  - c3: "c1 * 2"
+npf_candidates: [n1]
+vtx_features: [v1, v2]
+n_cpf_candidates: 3
+n_npf_candidates: 2
+n_vtx_features: 2
+truths: [isB, isC, isUDS]
+reference_flavour: isB
+"""
+
+
+def test_columns_follow_the_original_layout(tmp_path):
+    """Rows built by hand in the original's order (functional spec 4.4/4.6): global, cpf
+    candidate by candidate (plain features, then custom ones), npf, vtx, process, truth
+    flags, weight. Every value must land on its feature and candidate."""
+    path = tmp_path / "small.yml"
+    path.write_text(LAYOUT_YAML)
+    config = load_config(str(path))
+
+    def row(jet: int, process: int, flag: int) -> list[float]:
+        values = [50.0 + jet, 0.5, 1000 + jet]                       # jet_pt, jet_eta, g1
+        for cand in range(3):                                       # cpf: c1, c2, c3
+            values += [jet * 100 + 10 * cand + f for f in (1, 2, 3)]
+        for cand in range(2):                                       # npf: n1
+            values += [jet * 100 + 40 + cand]
+        for cand in range(2):                                       # vtx: v1, v2
+            values += [jet * 100 + 60 + 10 * cand + f for f in (1, 2)]
+        return values + [process] + [float(i == flag) for i in range(3)] + [0.3]
+
+    rows = np.array([row(j, j % 2, j % 3) for j in range(12)], dtype=np.float32)
+    assert rows.shape[1] == 3 + 3 * 3 + 2 + 2 * 2 + 1 + 3 + 1
+    source = write_legacy(tmp_path / "legacy", [rows])
+    _, imported = run_import(config, source, tmp_path)
+    out, layout = read_chunk(imported.files()[0])
+    for j in range(12):
+        assert out[j, layout.column("g1")] == 1000 + j
+        for cand in range(3):
+            for f, name in enumerate(("c1", "c2", "c3"), start=1):
+                assert out[j, layout.column(name, cand)] == j * 100 + 10 * cand + f
+        assert [out[j, layout.column("n1", c)] for c in range(2)] == [j * 100 + 40,
+                                                                     j * 100 + 41]
+        assert out[j, layout.column("v2", 1)] == j * 100 + 72
+        assert out[j, layout.process_column] == j % 2
+        assert np.argmax(out[j, layout.slice("truth")]) == j % 3
+    assert width_text(layout) == ("global 3 + cpf 3 x 3 + npf 2 x 1 + vtx 2 x 2 + process 1 "
+                                  "+ truth 3 + weight 1 = 23 columns")
+
+
+def test_copy_reads_its_own_files_and_histogram_only_warns(tmp_path, capsys):
+    """The original listed absolute paths: a copied dataset must read the copy's files, not
+    the (still existing) ones it was copied from. A histogram.npy that does not fit the
+    config is only a warning (the histogram is counted from the jets)."""
+    config = load_config(CONFIG)
+    first = write_legacy(tmp_path / "first", [random_rows(config, 80, seed=5)])
+    copy = write_legacy(tmp_path / "copy", [random_rows(config, 60, seed=6)],
+                        histogram=np.zeros((6, 3, 3)))
+    (copy / "processed_files.txt").write_text(str(first / "file_0.lz4"))
+    _, imported = run_import(config, copy, tmp_path)
+    assert imported.n_jets == 60
+    assert "histogram.npy has shape (6, 3, 3), config 'offline_run3' has 11 truth labels" \
+        in capsys.readouterr().out
+
+
 def test_config_with_observers_refused(tmp_path):
     config = load_config("demo")
     with pytest.raises(LegacyDatasetError, match="config 'demo' declares observers"):
@@ -227,10 +309,11 @@ def test_width_text_adds_up():
 def test_train_and_infer_on_a_legacy_dataset(exported, run_law):
     """Import (train and test), train one epoch, infer and draw the ROC curves: every test
     jet predicted once."""
-    config, ours, _, source = exported
+    config, ours, chunks, source = exported
+    test_source = write_legacy(source.parent / "test", [chunks[-1]])  # another dataset
     common = ("--config", CONFIG, "--dataset-version", "legacy_train",
               "--legacy-dataset", source, "--test-dataset-version", "legacy_test",
-              "--test-legacy-dataset", source, "--training-version", "t1",
+              "--test-legacy-dataset", test_source, "--training-version", "t1",
               "--model-name", "DeepJet", "--epochs", 1, "--batch-size", 256)
     run_law("ROCCurveTask", *common)
     data = run_law.data_path
@@ -241,7 +324,7 @@ def test_train_and_infer_on_a_legacy_dataset(exported, run_law):
     assert len(metrics["loss"]) == 1 and np.isfinite(metrics["loss"]).all()
     assert metrics["jets"][0] > 0
     inference = next((data / "InferenceTask").rglob("prediction.npy")).parent
-    assert len(np.load(inference / "prediction.npy")) == ours.n_jets
+    assert len(np.load(inference / "prediction.npy")) == len(chunks[-1]) < ours.n_jets
     # ROC curves of the imported test jets: BvsAll counts every jet in a process's window
     summary = json.loads(next((data / "ROCCurveTask").rglob("summary.json")).read_text())
     test = DatasetDirectory(data / "DatasetConstructorTask" / CONFIG / "legacy_test")
@@ -261,6 +344,16 @@ def test_train_and_infer_on_a_legacy_dataset(exported, run_law):
     assert proc.returncode != 0
     assert "inputs (--legacy-dataset)" in proc.stdout + proc.stderr
     assert str(other / "file_0.lz4") in proc.stdout + proc.stderr
+    # the original's own directory as this version: refused, never "remove it"
+    original = run_law.data_path / "DatasetConstructorTask" / CONFIG / "old"
+    write_legacy(original, [random_rows(config, 50)])
+    proc = run_law("DatasetConstructorTask", "--config", CONFIG, "--dataset-version", "old",
+                   check=False)
+    assert "holds a dataset of the original b-hive" in proc.stdout + proc.stderr
+    assert "--remove-output" not in proc.stdout + proc.stderr
+    proc = run_law("DatasetConstructorTask", "--config", CONFIG, "--dataset-version", "old",
+                   "--legacy-dataset", original, check=False)
+    assert "is the directory of this dataset version itself" in proc.stdout + proc.stderr
     both = run_law("DatasetConstructorTask", "--config", CONFIG, "--dataset-version", "x",
                    "--legacy-dataset", source, "--filelist", source / "processed_files.txt",
                    check=False)

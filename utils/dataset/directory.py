@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.dataset.chunk_format import ChunkFormatError, read_header
+from utils.dataset.chunk_format import MAGIC, ChunkFormatError, read_header
 from utils.errors import BHiveError
 from utils.io import save_npy, write_json, write_text
 
@@ -105,6 +105,11 @@ class DatasetDirectory:
             raise IncompleteDatasetError(f"{self.path / PROCESSED_FILES} does not exist: the "
                                          "dataset was not exported (run "
                                          "DatasetConstructorTask first)")
+        if self.is_original():
+            raise IncompleteDatasetError(
+                f"{self.path} holds a dataset of the original b-hive, not one of this "
+                "framework: import it into another dataset version (--dataset-version <new> "
+                f"--legacy-dataset {self.path}); do not remove it")
         problems = self.problems(required)
         if problems:
             shown = problems[:MAX_LISTED]
@@ -115,6 +120,18 @@ class DatasetDirectory:
                 + "\nIt is not rebuilt automatically (that could silently change the data): "
                 "delete it with --remove-output 0,a on the DatasetConstructorTask command, or "
                 "export into a new --dataset-version")
+
+    def is_original(self) -> bool:
+        """True for a published directory of the original b-hive (header-less chunks, no
+        ``dataset_info.json``)."""
+        if (self.path / INFO).is_file() or not self.published:
+            return False
+        try:
+            first = next(iter(self.files()), None)
+            with open(first, "rb") as f:  # type: ignore[arg-type]
+                return f.read(len(MAGIC)) != MAGIC
+        except (OSError, TypeError):
+            return False
 
     # -- contents --------------------------------------------------------------------------
     def files(self) -> list[Path]:

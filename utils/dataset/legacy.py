@@ -11,12 +11,14 @@ Its rows do not describe themselves: the columns follow from the config, as they
 ``[global | cpf (candidate-major) | npf | vtx | [lt] | process | truth one-hot | weight]``,
 which is this framework's :class:`~utils.dataset.layout.ColumnLayout` of a config without
 observers. :func:`import_legacy_dataset` checks every file against that layout first (width,
-0/1 truth flags, process indices, row counts against ``weights.json``, the histogram's
-shape) and writes nothing unless all pass; then it writes each file as one chunk of this
-framework's format. Rows the original's own loader skipped are dropped and counted:
-non-finite values, no truth flag; rows outside the config's pT/eta bins too. A row with
-several flags keeps the first (the original's argmax). The stored weights are replaced by
-those of the config's reweighting, computed from the imported jets, so the dataset trains,
+0/1 truth flags, process indices, row counts against ``weights.json``) and writes nothing
+unless all pass; then it writes each file with jets as one chunk of this framework's
+format (same jets, same order). Rows the original's own loader skipped are dropped and
+counted: non-finite values, no truth flag (e.g. the zero rows of an untrimmed last file);
+rows outside the config's pT/eta range too (edges included, as in the original). A row with
+several flags keeps the first (the original's argmax). The histogram is counted from the
+imported jets (the original's ``histogram.npy`` only warns if its shape does not fit). The
+stored weights are replaced by those of the config's reweighting, so the dataset trains,
 infers and plots like one exported here (the original always took the first truth label
 as the reference, whatever ``reference_flavour`` said).
 """
@@ -83,8 +85,9 @@ def width_text(layout: ColumnLayout) -> str:
 
 
 def legacy_files(source: Path) -> list[Path]:
-    """The chunk files listed in ``source/processed_files.txt`` (a listed path that does not
-    exist is looked up by name in ``source``, so a moved dataset is found)."""
+    """The chunk files listed in ``source/processed_files.txt``, taken from ``source`` by
+    name (a copy reads its own files, never those of the place it was copied from); a
+    listed path is used only where ``source`` lacks the file."""
     listing = source / PROCESSED_FILES
     if not source.is_dir():
         raise LegacyDatasetError(f"--legacy-dataset {source}: no such directory")
@@ -96,7 +99,7 @@ def legacy_files(source: Path) -> list[Path]:
         if not line.strip():
             continue
         path = Path(line.strip())
-        if not path.is_file() and (source / path.name).is_file():
+        if (source / path.name).is_file() or not path.is_absolute():
             path = source / path.name
         if path.suffix == ".npz":
             raise LegacyDatasetError(
@@ -130,23 +133,30 @@ def _stored_rows(source: Path, files: Sequence[Path]) -> list[int] | None:
         raise LegacyDatasetError(f"{path}: 'chunk_size' lists "
                                  f"{len(rows) if isinstance(rows, list) else rows!r} files, "
                                  f"{PROCESSED_FILES} {len(files)}")
-    return [int(n) for n in rows]
+    if not all(isinstance(n, int) and n >= 0 for n in rows):
+        raise LegacyDatasetError(f"{path}: 'chunk_size' must list row counts, got {rows[:5]!r}")
+    return rows
 
 
 def _check_histogram(source: Path, config: Config) -> None:
+    """Warn if the original's histogram does not fit the config (it is not used: the
+    histogram is counted from the imported jets)."""
     path = source / HISTOGRAM
     if not path.is_file():
         return
     try:
-        shape = np.load(path, mmap_mode="r").shape
+        shape = tuple(np.load(path, mmap_mode="r").shape)
     except (OSError, ValueError) as exc:
-        raise LegacyDatasetError(f"{path}: unreadable ({exc})") from None
+        console.print(f"[yellow]{path}: unreadable ({exc}); not needed, the histogram is "
+                      "counted from the imported jets[/]")
+        return
     expected = (len(config.truth_labels), len(config.pt_bins) - 1, len(config.eta_bins) - 1)
-    if tuple(shape) != expected:
-        raise LegacyDatasetError(
-            f"{path} has shape {tuple(shape)}; config '{config.name}' has "
-            f"{expected[0]} truth labels and {expected[1]} x {expected[2]} pT-eta bins: "
-            "import the dataset with the config it was exported with")
+    if shape != expected:
+        console.print(f"[yellow]{path} has shape {shape}, config '{config.name}' has "
+                      f"{expected[0]} truth labels and {expected[1]} x {expected[2]} pT-eta "
+                      "bins: was the dataset exported with another config (or an older "
+                      "b-hive)? Not needed: the histogram is counted from the imported "
+                      "jets[/]")
 
 
 @dataclass
@@ -192,9 +202,9 @@ def _select(path: Path, rows: np.ndarray, config: Config, layout: ColumnLayout) 
     n_flags[finite] = (flags == 1).sum(axis=1)
     pt = rows[:, layout.column(config.pt_key)]
     eta = rows[:, layout.column(config.eta_key)]
-    with np.errstate(invalid="ignore"):
-        inside = (pt >= config.pt_bins[0]) & (pt < config.pt_bins[-1]) & \
-            (eta >= config.eta_bins[0]) & (eta < config.eta_bins[-1])
+    with np.errstate(invalid="ignore"):  # the original's windows included the last edge
+        inside = (pt >= config.pt_bins[0]) & (pt <= config.pt_bins[-1]) & \
+            (eta >= config.eta_bins[0]) & (eta <= config.eta_bins[-1])
     keep = finite & (n_flags > 0) & inside
     counts = {"entries": len(rows), "selected": int(keep.sum()),
               "non_finite": int((~finite).sum()),
@@ -257,7 +267,7 @@ class LegacyImport:
 def check_legacy_dataset(config: Config, source: str | Path, workers: int = 1,
                          debug: bool = False) -> LegacyImport:
     """Check every file of the original b-hive's dataset in ``source`` against ``config``
-    (reads each file once); raise :class:`LegacyDatasetError` naming the file and what is
+    (decompresses each file); raise :class:`LegacyDatasetError` naming the file and what is
     wrong."""
     source = Path(source).expanduser().resolve()
     layout = legacy_layout(config)
@@ -274,15 +284,27 @@ def check_legacy_dataset(config: Config, source: str | Path, workers: int = 1,
         _, n_cols = read_legacy_shape(path, layout.dtype)
         if n_cols != layout.n_columns:
             raise _width_error(path, n_cols, config, layout)
-    with progress_bar("Checking", total=len(files), unit="files") as bar, \
-            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with progress_bar("Checking", total=len(files), unit="files") as bar:
         def scan(item: tuple[Path, int | None]) -> FileScan:
             result = _scan(item[0], config, layout, item[1])
             bar.advance()
             return result
 
-        scans = list(pool.map(scan, zip(files, stored or [None] * len(files), strict=True)))
+        scans = parallel_map(scan, list(zip(files, stored or [None] * len(files),
+                                            strict=True)), workers)
     return LegacyImport(source, scans)
+
+
+def parallel_map(function: Callable[[Any], Any], items: Sequence[Any],
+                 workers: int) -> list[Any]:
+    """``[function(item) for item in items]`` in ``workers`` threads; the first error is
+    raised at once (the items not started yet are cancelled)."""
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        futures = [pool.submit(function, item) for item in items]
+        return [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def import_legacy_dataset(config: Config, source: str | Path, out_dir: Path, work_dir: Path,
@@ -307,10 +329,10 @@ def import_legacy_dataset(config: Config, source: str | Path, out_dir: Path, wor
     weights = config_weights(config, histogram)
     check_seconds = time.perf_counter() - start
     todo = [s for s in checked.scans if s.counts["selected"]]
-    with progress_bar("Importing", total=counts["selected"], unit="jets") as bar, \
-            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        chunks = list(pool.map(lambda item: _convert(item[1].path, work_dir / chunk_name(
-            item[0]), config, layout, weights.tables, bar.advance), enumerate(todo)))
+    with progress_bar("Importing", total=counts["selected"], unit="jets") as bar:
+        chunks = parallel_map(lambda item: _convert(item[1].path, work_dir / chunk_name(
+            item[0]), config, layout, weights.tables, bar.advance), list(enumerate(todo)),
+            workers)
     scales = compute_scales([work_dir / chunk_name(k) for k in range(len(chunks))],
                             config_defaults(config))
     chunks = [dataclasses.replace(c, path=out_dir / c.path.name) for c in chunks]

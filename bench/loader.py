@@ -1,46 +1,96 @@
-"""Loader throughput vs. raw LZ4 decompression of the same chunk files, in one run.
+"""Loader throughput against raw LZ4 decompression of the same chunk files, in one run.
 
-    python bench/loader.py [--dataset DIR] [--batch-size 1024] [--workers 1]
+    python bench/loader.py [--dataset DIR] [--batch-size 1024] [--threads 1 2] [--rounds 5]
 
 Without --dataset, a synthetic offline_run3 dataset (~300k jets, chunk size 100000) is
-exported to a temporary directory. The limit decompresses every chunk file's LZ4 frame;
-the loader (ChunkDataset + ThreadLoader with --workers threads, no rejection sampling so that
-every jet is delivered) additionally permutes rows and gathers the batches.
+exported to a temporary directory. Each chunk's array is stored again as a plain LZ4 frame
+without checksums (the same compressed blocks, nothing verified) and decompressed, spread
+over the same number of threads, in two ways:
+
+- ``lz4``: one ``lz4.frame.decompress`` call per chunk (the issue's limit; it faults in
+  fresh pages for every chunk's output),
+- ``warm``: piece by piece into one reused buffer per thread (what the loader does; the
+  limit of any loader that has to decompress the chunks).
+
+The loader (ChunkDataset + ThreadLoader, no rejection sampling, so every jet is delivered
+once) additionally verifies the stored block checksums, permutes the rows and gathers the
+batches. The three alternate round by round; medians are compared. The last line is
+``RESULT {json}`` with the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lz4.frame  # noqa: E402
+import numpy as np  # noqa: E402
 
 from utils.config import label_to_class, load_config  # noqa: E402
-from utils.dataset.chunk_format import MAGIC  # noqa: E402
+from utils.dataset.chunk_format import decompress_into, read_chunk  # noqa: E402
 from utils.dataset.directory import DatasetDirectory  # noqa: E402
 from utils.dataset.export import export_dataset  # noqa: E402
 from utils.synthetic import write_synthetic_ntuple  # noqa: E402
 from utils.torch.data import TRAIN, ChunkDataset, dataset_shards, make_loader  # noqa: E402
 
+GOAL = 0.85
 
-def lz4_limit(files: list[Path]) -> tuple[int, float]:
-    """Rows and seconds to decompress every file's LZ4 frame (header parsing excluded)."""
-    rows, seconds = 0, 0.0
-    for path in files:
-        raw = path.read_bytes()
-        assert raw[:8] == MAGIC
-        size = int.from_bytes(raw[8:12], "little")
-        body = raw[16 + size:]
-        start = time.perf_counter()
-        data = lz4.frame.decompress(body)
-        seconds += time.perf_counter() - start
-        rows += len(data) // 4
-    return rows, seconds
+
+def plain_frames(files: list[Path]) -> list[bytes]:
+    """Each chunk's array as an LZ4 frame without any checksum (the same blocks)."""
+    return [lz4.frame.compress(read_chunk(path)[0], block_checksum=False,
+                               content_checksum=False, store_size=True) for path in files]
+
+
+def decompress_all(frames: list[bytes], threads: int, warm: bool) -> float:
+    """Seconds to decompress every frame, ``threads`` at a time: with one call each, or
+    (``warm``) piece by piece into one reused buffer per thread."""
+    local = threading.local()
+
+    def decompress(frame: bytes) -> None:
+        if not warm:
+            lz4.frame.decompress(frame)
+            return
+        size = lz4.frame.get_frame_info(frame)["content_size"]
+        if getattr(local, "buffer", np.empty(0)).size < size:
+            local.buffer = np.empty(size, dtype=np.uint8)
+        with memoryview(frame) as view:
+            decompress_into(Path("bench"), view, local.buffer[:size])
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(decompress, frames))
+    return time.perf_counter() - start
+
+
+def load_all(data: ChunkDataset, threads: int) -> tuple[int, float]:
+    """Jets delivered and seconds for one pass of the loader."""
+    start = time.perf_counter()
+    jets = sum(len(batch["target"]) for batch in make_loader(data, threads))
+    return jets, time.perf_counter() - start
+
+
+def synthetic_dataset(tmp: Path) -> Path:
+    config = load_config("offline_run3")
+    files = []
+    for i, proc in enumerate(("TT", "QCD")):
+        path = tmp / f"{proc}_{i}.root"
+        write_synthetic_ntuple(path, config, 160_000, seed=i)
+        files.append(str(path))
+    directory = tmp / "dataset"
+    directory.mkdir()
+    export_dataset(config, files, directory, directory, chunk_size=100_000, executor="futures",
+                   workers=2)
+    return directory
 
 
 def main() -> None:
@@ -48,45 +98,42 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", help="an exported dataset directory (default: synthetic)")
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
     args = parser.parse_args()
 
     config = load_config("offline_run3")
     with tempfile.TemporaryDirectory(prefix="bhive-bench-") as tmp:
-        if args.dataset:
-            directory = Path(args.dataset)
-        else:
-            tmp = Path(tmp)
-            files = []
-            for i, proc in enumerate(("TT", "QCD")):
-                path = tmp / f"{proc}_{i}.root"
-                write_synthetic_ntuple(path, config, 160_000, seed=i)
-                files.append(str(path))
-            directory = tmp / "dataset"
-            directory.mkdir()
-            export_dataset(config, files, directory, directory, chunk_size=100_000,
-                           executor="futures", workers=2)
+        directory = Path(args.dataset) if args.dataset else synthetic_dataset(Path(tmp))
         files = DatasetDirectory(directory).files()
-        shards = dataset_shards(directory)
-        n_cols = None
-        limits = [lz4_limit(files) for _ in range(3)]  # best of three, like the loader
-        values, limit_seconds = min(limits, key=lambda r: r[1])
-        data = ChunkDataset(shards, ("global", "cpf", "npf", "vtx"),
-                            label_to_class(config.classes), args.batch_size,
-                            TRAIN, sampling=False, seed=1)
-        n_cols = data.layout.n_columns
-        jets_limit = values / n_cols
-        loader_seconds = float("inf")
-        for _ in range(3):  # best of three passes
-            start = time.perf_counter()
-            jets = sum(len(batch["target"]) for batch in make_loader(data, args.workers))
-            loader_seconds = min(loader_seconds, time.perf_counter() - start)
-    limit_rate = jets_limit / limit_seconds
-    loader_rate = jets / loader_seconds
-    print(f"{len(files)} files, {jets_limit:,.0f} jets, {n_cols} columns")
-    print(f"lz4 decompression (limit): {limit_rate:12,.0f} jets/s")
-    print(f"loader ({args.workers} worker)      : {loader_rate:12,.0f} jets/s")
-    print(f"ratio loader/limit       : {loader_rate / limit_rate:12.2f}   (goal >= 0.6)")
+        frames = plain_frames(files)
+        data = ChunkDataset(dataset_shards(directory), ("global", "cpf", "npf", "vtx"),
+                            label_to_class(config.classes), args.batch_size, TRAIN,
+                            sampling=False, seed=1)
+        n_jets = sum(s.rows for s in data.shards)
+        times: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            for threads in args.threads:
+                for kind in ("lz4", "warm"):
+                    times.setdefault(f"{kind}_{threads}", []).append(
+                        decompress_all(frames, threads, kind == "warm"))
+                jets, seconds = load_all(data, threads)
+                times.setdefault(f"loader_{threads}", []).append(seconds)
+    # ChunkDataset drops the last partial batch of each thread in training mode
+    print(f"{len(files)} files, {n_jets:,d} jets, {data.layout.n_columns} columns, "
+          f"{args.rounds} rounds (medians)")
+    result = {"goal": GOAL}
+    for threads in args.threads:
+        rate = {kind: n_jets / statistics.median(times[f"{kind}_{threads}"])
+                for kind in ("lz4", "warm")}
+        loader = jets / statistics.median(times[f"loader_{threads}"])
+        result[f"loader_vs_lz4_{threads}_threads"] = round(loader / rate["lz4"], 3)
+        result[f"loader_vs_warm_{threads}_threads"] = round(loader / rate["warm"], 3)
+        result[f"loader_jets_per_s_{threads}_threads"] = round(loader)
+        print(f"{threads} thread(s): lz4 {rate['lz4']:10,.0f}  warm {rate['warm']:10,.0f}  "
+              f"loader {loader:10,.0f} jets/s   loader/lz4 {loader / rate['lz4']:.2f} "
+              f"(goal >= {GOAL})   loader/warm {loader / rate['warm']:.2f}")
+    print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Loading exported LZ4 chunks as batches for PyTorch.
 
 :class:`ChunkDataset` is an ``IterableDataset`` that yields whole batches. Per chunk it
-decompresses the file once, draws a row permutation, applies rejection sampling with the
-stored per-jet weights (re-drawn every epoch, seeded by (seed, epoch, worker)) and gathers
-each batch group by group straight from the decompressed array. Loader workers (threads of
-:class:`ThreadLoader`, or torch DataLoader processes) read disjoint shards; leftovers are
-carried across chunks so training batches are full.
+decompresses the file once (into a buffer reused from chunk to chunk), draws a row
+permutation, applies rejection sampling with the stored per-jet weights (re-drawn every
+epoch, seeded by (seed, epoch, worker)) and gathers each batch's rows in one copy. Loader
+workers (threads of :class:`ThreadLoader`, or torch DataLoader processes) read disjoint
+shards; leftovers are carried across chunks so training batches are full.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from utils.dataset.chunk_format import read_chunk, read_header
+from utils.dataset.chunk_format import ChunkReader, read_header
 from utils.dataset.directory import DatasetDirectory
 from utils.dataset.layout import ColumnLayout
 from utils.errors import BHiveError
@@ -223,35 +223,39 @@ class ChunkDataset(IterableDataset):
     def iterate(self, worker: int = 0, n_workers: int = 1) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of the shards owned by ``worker`` of ``n_workers`` (disjoint files)."""
         rng = np.random.default_rng((self.seed, self.epoch, self.draw, self.rank, worker))
-        pending: list[tuple[np.ndarray, np.ndarray]] = []
+        reader = ChunkReader()  # one reused buffer: each chunk overwrites the previous one
+        pending: list[tuple[np.ndarray, np.ndarray]] = []  # copied rows of a partial batch
         n_pending = 0
         for shard in self._my_shards(worker, n_workers):
-            rows, _ = read_chunk(shard.path)
-            rows = rows[shard.start:shard.stop]
+            rows = reader.read(shard.path)[0][shard.start:shard.stop]
             index = self._select(rows, rng)
             start = 0
             if n_pending:
-                need = self.batch_size - n_pending
-                pending.append((rows, index[:need]))
-                n_pending += len(index[:need])
-                start = need
+                start = self.batch_size - n_pending
+                part = index[:start]
+                pending.append((rows, part))
+                n_pending += len(part)
                 if n_pending == self.batch_size:
                     yield self._batch(pending)
                     pending, n_pending = [], 0
+                else:  # this chunk did not complete the batch: keep its rows
+                    pending[-1] = (rows[part], np.arange(len(part)))
             for lo in range(start, len(index), self.batch_size):
                 part = index[lo:lo + self.batch_size]
                 if len(part) == self.batch_size:
                     yield self._batch([(rows, part)])
                 else:
-                    pending, n_pending = [(rows, part)], len(part)
+                    pending, n_pending = [(rows[part], np.arange(len(part)))], len(part)
         if n_pending and self.mode != TRAIN:
             yield self._batch(pending)
 
     def _batch(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
+        # whole rows in one gather (contiguous copies), then each group from that table
+        picked = [np.take(rows, index, axis=0) for rows, index in parts if len(index)]
+        table = picked[0] if len(picked) == 1 else np.concatenate(picked)
+
         def gather(columns: slice | int | list[int]) -> np.ndarray:
-            chunks = [rows[np.ix_(index, columns)] if isinstance(columns, list)
-                      else rows[index, columns] for rows, index in parts if len(index)]
-            return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+            return table[:, columns]
 
         inputs = {}
         for name in self.groups:

@@ -40,6 +40,7 @@ from utils.dataset.chunk_format import decompress_into, read_chunk  # noqa: E402
 from utils.dataset.directory import DatasetDirectory  # noqa: E402
 from utils.dataset.export import export_dataset  # noqa: E402
 from utils.synthetic import write_synthetic_ntuple  # noqa: E402
+from utils.torch.allocator import keep_freed_memory  # noqa: E402
 from utils.torch.data import TRAIN, ChunkDataset, dataset_shards, make_loader  # noqa: E402
 
 GOAL = 0.85
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
     args = parser.parse_args()
 
+    keep_freed_memory()  # as TrainingTask and InferenceTask do
     config = load_config("offline_run3")
     with tempfile.TemporaryDirectory(prefix="bhive-bench-") as tmp:
         directory = Path(args.dataset) if args.dataset else synthetic_dataset(Path(tmp))

@@ -8,6 +8,7 @@ import pytest
 
 from utils.dataset.chunk_format import (
     ChunkFormatError,
+    ChunkReader,
     read_chunk,
     read_header,
     read_legacy_chunk,
@@ -96,3 +97,37 @@ def test_legacy_reader(tmp_path):
     path.write_bytes(lz4.frame.compress(np.array([3, 5, 1, 2, 3], np.float32).tobytes()))
     with pytest.raises(ChunkFormatError, match="does not match its header"):
         read_legacy_chunk(path)
+
+
+def test_blocks_carry_checksums_and_old_content_checksum_chunks_still_read(tmp_path, layout):
+    rows = _rows(layout, 300)
+    path = tmp_path / "f.lz4"
+    write_chunk(path, rows, layout)
+    raw = path.read_bytes()
+    body = raw[16 + int.from_bytes(raw[8:12], "little"):]
+    info = lz4.frame.get_frame_info(body)
+    assert info["block_checksum"] and not info["content_checksum"]
+    # a chunk as written before (one checksum of the decompressed content) reads the same
+    old = raw[:len(raw) - len(body)] + lz4.frame.compress(rows, content_checksum=True,
+                                                          store_size=True)
+    (tmp_path / "old.lz4").write_bytes(old)
+    np.testing.assert_array_equal(read_chunk(tmp_path / "old.lz4")[0], rows)
+
+
+def test_reader_reuses_its_buffer_and_survives_a_corrupt_chunk(tmp_path, layout):
+    big, small = _rows(layout, 300, seed=1), _rows(layout, 40, seed=2)
+    write_chunk(tmp_path / "big.lz4", big, layout)
+    write_chunk(tmp_path / "small.lz4", small, layout)
+    raw = bytearray((tmp_path / "big.lz4").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (tmp_path / "bad.lz4").write_bytes(bytes(raw))
+    reader = ChunkReader()
+    first, _ = reader.read(tmp_path / "big.lz4")
+    np.testing.assert_array_equal(first, big)
+    assert not first.flags.writeable
+    second, _ = reader.read(tmp_path / "small.lz4")
+    np.testing.assert_array_equal(second, small)
+    assert np.shares_memory(first, second)  # one buffer, no fresh memory per chunk
+    with pytest.raises(ChunkFormatError, match="bad.lz4.*corrupt"):
+        reader.read(tmp_path / "bad.lz4")
+    np.testing.assert_array_equal(reader.read(tmp_path / "big.lz4")[0], big)

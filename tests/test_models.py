@@ -16,6 +16,8 @@ from utils.models.layers import (
     BatchNorm,
     axis_offsets,
     candidate_four_vectors,
+    export_mode,
+    length_slices,
     on_real,
     self_attention_mask,
 )
@@ -358,3 +360,50 @@ def test_original_config_names_and_lost_tracks_in_particle_transformer():
     has_lt = (batch["lt"] != 0).any(-1).any(-1)
     changed = (nominal - without_lt).abs().amax(-1) > 1e-5
     assert torch.equal(changed, has_lt) and has_lt.any()
+
+
+def test_length_slices_partition_the_batch_at_minimal_modelled_cost():
+    lengths = torch.tensor([0, 3, 3, 7, 1, 25, 3, 0, 7, 2])
+    for overhead, power in ((0.0, 1.0), (4.0, 1.0), (1e9, 1.0), (10.0, 2.0)):
+        slices = length_slices(lengths, overhead, power)
+        rows = torch.cat([r for r, _ in slices])
+        assert sorted(rows.tolist()) == list(range(len(lengths)))  # every jet exactly once
+        for r, longest in slices:
+            assert longest == max(int(lengths[r].max()), 1)
+        cost = sum(overhead + len(r) * longest ** power for r, longest in slices)
+        # brute force over every cut of the 5 distinct lengths (0 counts as 1)
+        distinct = sorted(set(lengths.clamp_min(1).tolist()))
+        best = float("inf")
+        for mask in range(2 ** (len(distinct) - 1)):
+            total, start = 0.0, 0
+            for i in range(len(distinct)):
+                if i == len(distinct) - 1 or mask >> i & 1:
+                    n = int(((lengths.clamp_min(1) >= distinct[start])
+                             & (lengths.clamp_min(1) <= distinct[i])).sum())
+                    total += overhead + n * distinct[i] ** power
+                    start = i + 1
+            best = min(best, total)
+        assert cost == pytest.approx(best)
+    assert len(length_slices(lengths, 0.0)) == 5 and len(length_slices(lengths, 1e9)) == 1
+
+
+@pytest.mark.parametrize("name", ["DeepJet", "ParticleTransformer"])
+@pytest.mark.parametrize("train", [False, True])
+def test_sliced_forward_equals_the_dense_export_form(name, train, specs):
+    """The length-sorted slices (default path) compute what the dense ONNX-export path
+    computes over all slots, in training (dropout off, batch statistics) and eval mode;
+    in float64, so that only a different algorithm (not float32 rounding) could fail."""
+    spec = spec_for(name, specs)
+    model = build(name, spec).double()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    with torch.no_grad():
+        model({g: x.double() for g, x in make_batch(spec, 128, seed=4).items()})
+    model.train(train)
+    batch = {g: x.double() for g, x in make_batch(spec, 300, seed=5).items()}
+    with torch.no_grad():
+        sliced = model(batch)
+        with export_mode():
+            dense = model(batch)
+    torch.testing.assert_close(sliced, dense, atol=1e-10, rtol=1e-10)

@@ -19,6 +19,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,6 +87,41 @@ def on_real(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     out = module(flat.index_select(0, index))
     return out.new_zeros(flat.shape[0], out.shape[-1]).index_copy(0, index, out).view(
         *x.shape[:-1], out.shape[-1])
+
+
+def length_slices(lengths: torch.Tensor, overhead: float = 128.0, power: float = 1.0
+                  ) -> list[tuple[torch.Tensor, int]]:
+    """Rows of a batch sorted by ``lengths`` (per jet, on the CPU) and cut into slices of
+    similar length; each with its longest length (at least 1).
+
+    Models run their per-jet work (LSTM, attention) slice by slice over only the slots the
+    slice's longest jet fills: jets share their batch as before, padding costs little. The
+    cut minimises the modelled cost, per slice ``overhead + rows * longest ** power`` (in
+    units of one row-slot; ``power`` 2 for attention), exactly by dynamic programming over
+    the distinct lengths.
+    """
+    order = torch.argsort(lengths, stable=True)
+    values, counts = np.unique(lengths.clamp_min(1).numpy(), return_counts=True)
+    ends = np.cumsum(counts)  # rows up to and including each distinct length
+    starts = np.concatenate(([0], ends[:-1]))
+    width = values.astype(np.float64) ** power
+    best = np.zeros(len(values) + 1)  # best[j]: cost of the first j distinct lengths
+    cut = np.zeros(len(values), dtype=np.int64)
+    for j in range(len(values)):  # slice = distinct lengths i..j
+        cost = best[:j + 1] + overhead + (ends[j] - starts[:j + 1]) * width[j]
+        cut[j] = int(np.argmin(cost))
+        best[j + 1] = cost[cut[j]]
+    slices, j = [], len(values) - 1
+    while j >= 0:
+        i = cut[j]
+        slices.append((order[starts[i]:ends[j]], int(values[j])))
+        j = i - 1
+    return slices[::-1]
+
+
+def real_first(mask: torch.Tensor) -> torch.Tensor:
+    """Per jet, the slot order that puts its real candidates first (in their order)."""
+    return torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
 
 
 def dense_stack(in_features: int, widths: Sequence[int],

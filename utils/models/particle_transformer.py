@@ -17,12 +17,17 @@ from utils.models.layers import (
     candidate_four_vectors,
     dense_stack,
     encode_groups,
+    exporting,
     key_padding_bias,
+    length_slices,
     on_real,
+    real_first,
     self_attention_mask,
     wrap_phi,
 )
 
+# modelled cost of one more attention slice, in token pairs of a row (see length_slices)
+ATTENTION_OVERHEAD = 4096.0
 EPS = 1e-8  # clamp before every log: collinear (delta R = 0) and massless pairs stay finite
 
 
@@ -112,16 +117,50 @@ class ParticleTransformer(BaseModel):
         p4, mask = candidate_four_vectors(inputs, self.spec, self.particle_groups)
         offsets = axis_offsets(p4, mask)
         x = encode_groups(self.embeddings, inputs, offsets, mask)
+        if exporting():  # dense over all slots: fixed shapes for the trace
+            cls = self.attend(x, mask, self.interaction(p4, mask))
+        else:
+            cls = self.attend_sliced(x, p4, mask)
+        jet = torch.cat((self.final_norm(cls), self.global_embedding(inputs["global"])), 1)
+        return self.head(jet)
 
-        attn_bias = self.interaction(p4, mask) + self_attention_mask(mask)
+    def attend(self, x: torch.Tensor, mask: torch.Tensor,
+               interaction: torch.Tensor) -> torch.Tensor:
+        """Particle and class attention over tokens ``x`` ``(B, N, D)``; the CLS state
+        ``(B, D)``."""
+        attn_bias = interaction + self_attention_mask(mask)
         for block in self.particle_blocks:
             x = block(x, attn_bias)
-
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         cls_mask = torch.cat((torch.ones_like(mask[:, :1]), mask), 1)
         cls_bias = key_padding_bias(cls_mask, x.dtype)[:, None, None, :]
         for block in self.class_blocks:
             cls = block(cls, cls_bias, context=torch.cat((cls, x), 1))
-        jet = torch.cat((self.final_norm(cls.squeeze(1)),
-                         self.global_embedding(inputs["global"])), 1)
-        return self.head(jet)
+        return cls.squeeze(1)
+
+    def attend_sliced(self, x: torch.Tensor, p4: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`attend` on length-sorted slices of the batch, each over only the slots its
+        longest jet fills (real tokens moved first: attention does not depend on the order).
+        The pair embedding sees the real pairs of all slices at once, so its batch
+        statistics are those of the dense form."""
+        front = real_first(mask)
+        x = x.gather(1, front.unsqueeze(-1).expand_as(x))
+        p4 = p4.gather(1, front.unsqueeze(-1).expand_as(p4))
+        mask = mask.gather(1, front)
+        slices = []
+        for rows, longest in length_slices(mask.sum(1).cpu(), ATTENTION_OVERHEAD, power=2):
+            rows = rows.to(x.device)
+            part = mask[rows, :longest]
+            pairs = (part.unsqueeze(2) & part.unsqueeze(1)).reshape(-1).nonzero().squeeze(1)
+            slices.append((rows, part, pairs, p4[rows, :longest]))
+        features = [pairwise_features(p).reshape(-1, 4).index_select(0, pairs)
+                    for _, _, pairs, p in slices]
+        embedded = self.pair_embedding(torch.cat(features)).split([len(f) for f in features])
+        out = x.new_empty(x.shape[0], x.shape[-1])
+        for (rows, part, pairs, _), pair_bias in zip(slices, embedded, strict=True):
+            n = part.shape[1]
+            bias = pair_bias.new_zeros(len(rows) * n * n, pair_bias.shape[-1]).index_copy(
+                0, pairs, pair_bias).view(len(rows), n, n, -1).permute(0, 3, 1, 2)
+            out = out.index_copy(0, rows, self.attend(x[rows, :n], part, bias))
+        return out

@@ -19,6 +19,7 @@ from utils.io import atomic_path, file_sha256, save_npy, write_json
 from utils.models import BaseModel
 from utils.progress import console, progress_bar
 from utils.settings import AttackSettings, TrainSettings
+from utils.torch.allocator import keep_freed_memory
 from utils.torch.checkpoint import CheckpointError, check_classes, load_checkpoint, pick_device
 from utils.torch.data import TEST, ChunkDataset, dataset_shards, make_loader
 
@@ -96,6 +97,7 @@ def run_inference(config: Any, model: BaseModel, classes: dict[str, tuple[str, .
 
     With ``onnx_model`` (an ExportONNXTask graph, its model card next to it) onnxruntime
     predicts instead of ``model``, which only names the inputs."""
+    keep_freed_memory()
     torch.manual_seed(seed)  # the noise attack is reproducible
     device = device or pick_device()
     tagger: Any = model

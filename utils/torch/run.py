@@ -19,6 +19,7 @@ from utils.errors import InterruptedRun
 from utils.models import BaseModel, InputSpec, ModelInputError, get_model
 from utils.progress import console
 from utils.settings import SettingsError, TrainSettings
+from utils.torch.allocator import keep_freed_memory
 from utils.torch.checkpoint import CheckpointError, completed_epochs, pick_device
 from utils.torch.data import (
     TRAIN,
@@ -123,6 +124,7 @@ def _run(config: Any, model_name: str, dataset_dir: Path, out_dir: Path,
     from utils.plotting.style import set_figure_label
 
     set_figure_label(config.figure_text)
+    keep_freed_memory()
     torch.manual_seed(settings.seed)
     dist = dist or DistContext()
     if settings.batch_size % dist.world:

@@ -1,0 +1,97 @@
+"""Training end to end against the bare training step, on the same model and batches.
+
+    python bench/end_to_end.py                         # DeepJet, demo-size dataset
+    python bench/end_to_end.py --model ParticleTransformer --jets 20000
+
+Exports a synthetic demo_part dataset (``--jets`` jets, chunk size 5000 like the demo),
+trains one epoch with run_training (what TrainingTask runs: loader threads, rejection
+sampling, metrics, progress bar, validation, checkpoint and plots) and compares the
+epoch's own jets/s with bench/train_step.py's measurement of the same model on batches of
+that dataset (forward, backward, Adam; no loader). The last line is ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_step import runner  # noqa: E402
+
+from utils.config import label_to_class, load_config  # noqa: E402
+from utils.dataset.export import export_dataset  # noqa: E402
+from utils.progress import console  # noqa: E402
+from utils.settings import TrainSettings  # noqa: E402
+from utils.synthetic import write_synthetic_ntuple  # noqa: E402
+from utils.torch.allocator import keep_freed_memory  # noqa: E402
+from utils.torch.data import TRAIN, ChunkDataset, dataset_shards, make_loader  # noqa: E402
+from utils.torch.run import build_model, run_training  # noqa: E402
+
+GOAL = 0.9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="DeepJet")
+    parser.add_argument("--jets", type=int, default=50_000)
+    parser.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--loader-threads", type=int, default=TrainSettings.n_threads)
+    args = parser.parse_args()
+
+    keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    config = load_config("demo_part")
+    with tempfile.TemporaryDirectory(prefix="bhive-bench-") as tmp:
+        tmp = Path(tmp)
+        files = []
+        for i, process in enumerate(("TT", "QCD")):
+            path = tmp / f"{process}_{i}.root"
+            write_synthetic_ntuple(path, config, args.jets // 2, seed=i)
+            files.append(str(path))
+        dataset = tmp / "dataset"
+        dataset.mkdir()
+        with console.capture():
+            export_dataset(config, files, dataset, dataset, chunk_size=5000,
+                           executor="futures", workers=2)
+
+        # the bare step on this dataset's batches (median of rounds, after warm-up)
+        model, classes = build_model(config, args.model)
+        data = ChunkDataset(dataset_shards(dataset), model.input_groups,
+                            label_to_class(classes), args.batch_size, TRAIN, sampling=False)
+        batches = [b for _, b in zip(range(4), make_loader(data, 0), strict=False)]
+        steps = [runner(model, b["inputs"], b["target"], "train") for b in batches]
+        for step in steps[:2]:
+            step()
+        seconds = []
+        for _ in range(3):
+            for step in steps:
+                start = time.perf_counter()
+                step()
+                seconds.append(time.perf_counter() - start)
+        bare = args.batch_size / statistics.median(seconds)
+
+        settings = TrainSettings(epochs=1, batch_size=args.batch_size,
+                                 n_threads=args.loader_threads)
+        trainer = run_training(config, args.model, dataset, tmp / "training", settings)
+        epoch = trainer.history.train["jets_per_second"][-1]
+    ratio = epoch / bare
+    print(f"{args.model}: training epoch {epoch:,.0f} jets/s, bare step {bare:,.0f} jets/s, "
+          f"ratio {ratio:.2f} (goal >= {GOAL})")
+    print("RESULT " + json.dumps({"model": args.model, "epoch_jets_per_s": round(epoch, 1),
+                                  "bare_step_jets_per_s": round(bare, 1),
+                                  "epoch_vs_bare_step": round(ratio, 3), "goal": GOAL}))
+
+
+if __name__ == "__main__":
+    main()

@@ -387,8 +387,9 @@ def test_length_slices_partition_the_batch_at_minimal_modelled_cost():
     assert len(length_slices(lengths, 0.0)) == 5 and len(length_slices(lengths, 1e9)) == 1
 
 
-@pytest.mark.parametrize("name", ["DeepJet", "ParticleTransformer"])
-@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize(("name", "train"), [
+    ("DeepJet", False), ("DeepJet", True), ("ParticleTransformer", False),
+    ("ParticleTransformer", True), ("ParticleNet", False)])  # ParticleNet: dense in eval only
 def test_sliced_forward_equals_the_dense_export_form(name, train, specs):
     """The length-sorted slices (default path) compute what the dense ONNX-export path
     computes over all slots, in training (dropout off, batch statistics) and eval mode;

@@ -17,9 +17,14 @@ from utils.models.layers import (
     encode_groups,
     exporting,
     identity,
+    length_slices,
     masked_mean,
     on_real,
+    real_first,
 )
+
+# modelled cost of one more neighbour-search slice, in point pairs of a row (length_slices)
+KNN_OVERHEAD = 2048.0
 
 
 def squared_distances(x: torch.Tensor) -> torch.Tensor:
@@ -71,19 +76,37 @@ class EdgeConv(nn.Module):
                 coordinates: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, N, C)`` point features; neighbours are found in ``coordinates``."""
         b, n, _ = x.shape
-        idx, valid = knn(squared_distances(coordinates), mask, self.k)
         if exporting() and not self.training:
+            idx, valid = knn(squared_distances(coordinates), mask, self.k)
             return self._dense(x, mask, idx, valid)
-        edge = valid.reshape(-1).nonzero().squeeze(1)  # flat (jet, point, neighbour) index
-        centre = edge // idx.shape[-1]  # flat (jet, point) index
-        neighbour = idx.reshape(-1)[edge] + centre // n * n
+        centre, neighbour, count = self._edges(mask, coordinates)
         diff = self.difference(x).reshape(b * n, -1)
         centre_term = self.centre(x).reshape(b * n, -1) - diff
         edges = self.edge_layers(centre_term.index_select(0, centre)
                                  + diff.index_select(0, neighbour))
         summed = edges.new_zeros(b * n, edges.shape[-1]).index_add(0, centre, edges)
-        mean = summed.view(b, n, -1) / valid.sum(-1, keepdim=True).clamp_min(1)
+        mean = summed.view(b, n, -1) / count.view(b, n, 1).clamp_min(1)
         return torch.relu(mean + on_real(self.shortcut, x, mask)) * mask.unsqueeze(-1)
+
+    def _edges(self, mask: torch.Tensor, coordinates: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Valid edges as flat (jet, point) indices of centre and neighbour, and the valid
+        neighbours per point ``(B * N,)``. Neighbours are searched on length-sorted slices
+        of the batch, each over only the slots its longest jet fills (real points first)."""
+        b, n = mask.shape
+        centres, neighbours = [], []
+        count = torch.zeros(b * n, dtype=torch.long, device=mask.device)
+        for rows, longest in length_slices(mask.sum(1).cpu(), KNN_OVERHEAD, power=2):
+            rows = rows.to(mask.device)
+            idx, valid = knn(squared_distances(coordinates[rows, :longest]),
+                             mask[rows, :longest], self.k)
+            jet, point, slot = valid.nonzero(as_tuple=True)
+            base = rows[jet] * n
+            centres.append(base + point)
+            neighbours.append(base + idx[jet, point, slot])
+            count[(rows.unsqueeze(1) * n + torch.arange(longest, device=mask.device))
+                  .reshape(-1)] = valid.sum(-1).reshape(-1)
+        return torch.cat(centres), torch.cat(neighbours), count
 
     def _dense(self, x: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor,
                valid: torch.Tensor) -> torch.Tensor:
@@ -141,6 +164,11 @@ class ParticleNet(BaseModel):
         p4, mask = candidate_four_vectors(inputs, self.spec, self.point_groups)
         offsets = axis_offsets(p4, mask)
         x = encode_groups(self.embeddings, inputs, offsets, mask)
+        if not (exporting() and not self.training):  # real points first: slices cover them
+            front = real_first(mask)
+            x = x.gather(1, front.unsqueeze(-1).expand_as(x))
+            offsets = offsets.gather(1, front.unsqueeze(-1).expand_as(offsets))
+            mask = mask.gather(1, front)
         coordinates = offsets  # first graph in the (delta eta, delta phi) plane, then dynamic
         for block in self.edge_convs:
             x = block(x, mask, coordinates)

@@ -11,6 +11,7 @@ On CPU the processes share the cores (OMP threads = cores / processes).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -61,6 +62,8 @@ def main() -> None:
     print(f"1 process            : {rates['single']:10,.0f} jets/s")
     print(f"{args.processes} DDP processes      : {rates['ddp']:10,.0f} jets/s   "
           f"ratio {rates['ddp'] / rates['single']:.2f}")
+    print("RESULT " + json.dumps({"single_jets_per_s": round(rates["single"]),
+                                  "ddp_vs_single": round(rates["ddp"] / rates["single"], 3)}))
 
 
 if __name__ == "__main__":

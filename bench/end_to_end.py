@@ -4,10 +4,11 @@
     python bench/end_to_end.py --model ParticleTransformer --jets 20000
 
 Exports a synthetic demo_part dataset (``--jets`` jets, chunk size 5000 like the demo),
-trains one epoch with run_training (what TrainingTask runs: loader threads, rejection
+trains two epochs with run_training (what TrainingTask runs: loader threads, rejection
 sampling, metrics, progress bar, validation, checkpoint and plots) and compares the
-epoch's own jets/s with bench/train_step.py's measurement of the same model on batches of
-that dataset (forward, backward, Adam; no loader). The last line is ``RESULT {json}``.
+last epoch's own jets/s with bench/train_step.py's measurement of the same model on that
+dataset's training batches (forward, backward, Adam; no loader). The last line is
+``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--model", default="DeepJet")
     parser.add_argument("--jets", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
+    parser.add_argument("--epochs", type=int, default=2, help="the last one is compared (the "
+                        "first also pays the warm-up of a fresh model)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--loader-threads", type=int, default=TrainSettings.n_threads)
     args = parser.parse_args()
@@ -65,10 +68,11 @@ def main() -> None:
             export_dataset(config, files, dataset, dataset, chunk_size=5000,
                            executor="futures", workers=2)
 
-        # the bare step on this dataset's batches (median of rounds, after warm-up)
+        # the bare step on this dataset's training batches (rejection-sampled, as in the
+        # epoch: the reweighted jets have more candidates); median of rounds after warm-up
         model, classes = build_model(config, args.model)
         data = ChunkDataset(dataset_shards(dataset), model.input_groups,
-                            label_to_class(classes), args.batch_size, TRAIN, sampling=False)
+                            label_to_class(classes), args.batch_size, TRAIN)
         batches = [b for _, b in zip(range(4), make_loader(data, 0), strict=False)]
         steps = [runner(model, b["inputs"], b["target"], "train") for b in batches]
         for step in steps[:2]:
@@ -81,14 +85,16 @@ def main() -> None:
                 seconds.append(time.perf_counter() - start)
         bare = args.batch_size / statistics.median(seconds)
 
-        settings = TrainSettings(epochs=1, batch_size=args.batch_size,
+        settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
                                  n_threads=args.loader_threads)
         trainer = run_training(config, args.model, dataset, tmp / "training", settings)
-        epoch = trainer.history.train["jets_per_second"][-1]
+        rates = trainer.history.train["jets_per_second"]
+    epoch = rates[-1]
     ratio = epoch / bare
-    print(f"{args.model}: training epoch {epoch:,.0f} jets/s, bare step {bare:,.0f} jets/s, "
-          f"ratio {ratio:.2f} (goal >= {GOAL})")
+    print(f"{args.model}: training epochs {', '.join(f'{r:,.0f}' for r in rates)} jets/s, "
+          f"bare step {bare:,.0f} jets/s, last epoch / bare step {ratio:.2f} (goal >= {GOAL})")
     print("RESULT " + json.dumps({"model": args.model, "epoch_jets_per_s": round(epoch, 1),
+                                  "first_epoch_jets_per_s": round(rates[0], 1),
                                   "bare_step_jets_per_s": round(bare, 1),
                                   "epoch_vs_bare_step": round(ratio, 3), "goal": GOAL}))
 

@@ -13,6 +13,7 @@ code path (coffea futures executor, staging, shuffle-merge, LZ4 compression).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -89,7 +90,9 @@ def main() -> None:
     print(f"uproot read (limit)   : {read_rate:12,.0f} jets/s")
     for executor, rate in rates.items():
         print(f"export ({executor:9s})   : {rate:12,.0f} jets/s   ratio to read "
-              f"{rate / read_rate:5.2f}   (goal >= 0.5)")
+              f"{rate / read_rate:5.2f}   (goal >= 0.3, moonshot 0.5)")
+    print("RESULT " + json.dumps({"uproot_jets_per_s": round(read_rate), **{
+        f"export_{e}_vs_uproot": round(r / read_rate, 3) for e, r in rates.items()}}))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     processes = ("TT", "QCD") if args.process == "both" else (args.process,)
+    result = {}
     with tempfile.TemporaryDirectory() as directory:
         for process in processes:
             start = time.perf_counter()
@@ -37,6 +39,8 @@ def main() -> None:
             print(f"{process:4s} {stats['n_events']:7d} events {stats['n_jets']:8d} jets "
                   f"{seconds:7.1f} s   {stats['n_jets'] / seconds:7.0f} jets/s/core   "
                   f"{stats['n_events'] / seconds:6.0f} events/s/core")
+            result[f"{process}_jets_per_s_per_core"] = round(stats["n_jets"] / seconds, 1)
+    print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ The largest |probability| difference of the two on the timed batch is printed to
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -115,6 +116,7 @@ def main() -> None:
           f"{torch.__version__}, onnxruntime {onnxruntime.__version__}, opset {OPSET_DEFAULT}")
     print(f"{'model':20s} {'params':>9s} | {'batch 1024: torch':>17s} {'onnx':>8s} {'ratio':>6s}"
           f" | {'batch 1: torch':>14s} {'onnx':>8s} {'ratio':>6s} | max |dp|")
+    result = {}
     for name in args.models or available_models():
         spec = plain
         if get_model(name).needs_four_vectors:
@@ -125,6 +127,10 @@ def main() -> None:
               f"{r['onnx_1024']:8,.0f} {r['onnx_1024'] / r['torch_1024']:6.2f} | "
               f"{r['torch_1']:14,.0f} {r['onnx_1']:8,.0f} {r['onnx_1'] / r['torch_1']:6.2f} | "
               f"{r['difference']:.1e}", flush=True)
+        result[name] = {"onnx/torch batch 1024": round(r["onnx_1024"] / r["torch_1024"], 3),
+                        "onnx/torch batch 1": round(r["onnx_1"] / r["torch_1"], 3),
+                        "torch_1024_jets_per_s": round(r["torch_1024"])}
+    print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,24 +51,22 @@ def plain_frames(files: list[Path]) -> list[bytes]:
                                content_checksum=False, store_size=True) for path in files]
 
 
-def decompress_all(frames: list[bytes], threads: int, warm: bool) -> float:
+def decompress_all(frames: list[bytes], threads: int, buffers: list[np.ndarray] | None
+                   ) -> float:
     """Seconds to decompress every frame, ``threads`` at a time: with one call each, or
-    (``warm``) piece by piece into one reused buffer per thread."""
-    local = threading.local()
-
-    def decompress(frame: bytes) -> None:
-        if not warm:
-            lz4.frame.decompress(frame)
-            return
-        size = lz4.frame.get_frame_info(frame)["content_size"]
-        if getattr(local, "buffer", np.empty(0)).size < size:
-            local.buffer = np.empty(size, dtype=np.uint8)
-        with memoryview(frame) as view:
-            decompress_into(Path("bench"), view, local.buffer[:size])
+    (with ``buffers``, one per thread, already in memory) piece by piece into them."""
+    def decompress(slot: int) -> None:
+        for frame in frames[slot::threads]:
+            if buffers is None:
+                lz4.frame.decompress(frame)
+                continue
+            size = lz4.frame.get_frame_info(frame)["content_size"]
+            with memoryview(frame) as view:
+                decompress_into(Path("bench"), view, buffers[slot][:size])
 
     start = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(decompress, frames))
+        list(pool.map(decompress, range(threads)))
     return time.perf_counter() - start
 
 
@@ -113,12 +110,15 @@ def main() -> None:
                             label_to_class(config.classes), args.batch_size, TRAIN,
                             sampling=False, seed=1)
         n_jets = sum(s.rows for s in data.shards)
+        largest = max(lz4.frame.get_frame_info(f)["content_size"] for f in frames)
+        buffers = [np.ones(largest, dtype=np.uint8) for _ in range(max(args.threads))]
         times: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             for threads in args.threads:
-                for kind in ("lz4", "warm"):
-                    times.setdefault(f"{kind}_{threads}", []).append(
-                        decompress_all(frames, threads, kind == "warm"))
+                times.setdefault(f"lz4_{threads}", []).append(
+                    decompress_all(frames, threads, None))
+                times.setdefault(f"warm_{threads}", []).append(
+                    decompress_all(frames, threads, buffers[:threads]))
                 jets, seconds = load_all(data, threads)
                 times.setdefault(f"loader_{threads}", []).append(seconds)
     # ChunkDataset drops the last partial batch of each thread in training mode

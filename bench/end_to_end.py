@@ -7,7 +7,8 @@ Exports a synthetic demo_part dataset (``--jets`` jets, chunk size 5000 like the
 trains two epochs with run_training (what TrainingTask runs: loader threads, rejection
 sampling, metrics, progress bar, validation, checkpoint and plots) and compares the
 last epoch's own jets/s with bench/train_step.py's measurement of the same model on that
-dataset's training batches (forward, backward, Adam; no loader). The last line is
+dataset's training batches (forward, backward, Adam; no loader), measured before and
+after the training (median). The last line is
 ``RESULT {json}``.
 """
 
@@ -69,33 +70,41 @@ def main() -> None:
                            executor="futures", workers=2)
 
         # the bare step on this dataset's training batches (rejection-sampled, as in the
-        # epoch: the reweighted jets have more candidates); median of rounds after warm-up
+        # epoch: the reweighted jets have more candidates), before and after the training
         model, classes = build_model(config, args.model)
         data = ChunkDataset(dataset_shards(dataset), model.input_groups,
                             label_to_class(classes), args.batch_size, TRAIN)
         batches = [b for _, b in zip(range(4), make_loader(data, 0), strict=False)]
-        steps = [runner(model, b["inputs"], b["target"], "train") for b in batches]
-        for step in steps[:2]:
-            step()
-        seconds = []
-        for _ in range(3):
-            for step in steps:
-                start = time.perf_counter()
-                step()
-                seconds.append(time.perf_counter() - start)
-        bare = args.batch_size / statistics.median(seconds)
+        seconds: list[float] = []
 
+        def bare_steps(model: torch.nn.Module) -> None:
+            steps = [runner(model, b["inputs"], b["target"], "train") for b in batches]
+            for step in steps[:2]:  # warm-up
+                step()
+            for _ in range(3):
+                for step in steps:
+                    start = time.perf_counter()
+                    step()
+                    seconds.append(time.perf_counter() - start)
+
+        bare_steps(model)
         settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
                                  n_threads=args.loader_threads)
         trainer = run_training(config, args.model, dataset, tmp / "training", settings)
         rates = trainer.history.train["jets_per_second"]
+        before = args.batch_size / statistics.median(seconds)
+        bare_steps(trainer.model)
+        after = args.batch_size / statistics.median(seconds[len(seconds) // 2:])
+        bare = args.batch_size / statistics.median(seconds)
     epoch = rates[-1]
     ratio = epoch / bare
     print(f"{args.model}: training epochs {', '.join(f'{r:,.0f}' for r in rates)} jets/s, "
-          f"bare step {bare:,.0f} jets/s, last epoch / bare step {ratio:.2f} (goal >= {GOAL})")
+          f"bare step {bare:,.0f} jets/s ({before:,.0f} before, {after:,.0f} after), "
+          f"last epoch / bare step {ratio:.2f} (goal >= {GOAL})")
     print("RESULT " + json.dumps({"model": args.model, "epoch_jets_per_s": round(epoch, 1),
                                   "first_epoch_jets_per_s": round(rates[0], 1),
                                   "bare_step_jets_per_s": round(bare, 1),
+                                  "bare_before": round(before, 1), "bare_after": round(after, 1),
                                   "epoch_vs_bare_step": round(ratio, 3), "goal": GOAL}))
 
 

@@ -5,15 +5,18 @@
     python bench/export.py --executor futures,dask     # both executors on the same files
 
 Without --filelist, synthetic files with the config's branches are written to a temporary
-directory. The limit is uproot reading the same branches of the same files with the same
-number of worker processes (one file per task); the export runs DatasetConstructorTask's
-code path (coffea futures executor, staging, shuffle-merge, LZ4 compression).
+directory, once with one basket per branch and once with CMS-like small baskets. The limit
+is uproot reading the same branches of the same files with the same number of worker
+processes (one file per task); the export runs DatasetConstructorTask's code path (coffea
+futures executor, chunks aligned to the ROOT clusters, staging, shuffle-merge, LZ4
+compression). The last line is ``RESULT {json}`` with the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -24,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import uproot  # noqa: E402
 
-from utils.config import load_config  # noqa: E402
+from utils.config import Config, load_config  # noqa: E402
 from utils.dataset.export import export_dataset  # noqa: E402
 from utils.dataset.inputs import read_filelist  # noqa: E402
+from utils.progress import console  # noqa: E402
 from utils.synthetic import write_synthetic_ntuple  # noqa: E402
 
 
@@ -43,6 +47,29 @@ def uproot_read(files: list[str], tree: str, branches: list[str], workers: int) 
     return n / (time.perf_counter() - start)
 
 
+def measure(config: Config, files: list[str], tmp: Path, args: argparse.Namespace,
+            label: str) -> dict[str, float]:
+    """uproot read rate and export rate per executor on ``files`` (jets/s)."""
+    branches = list(config.branches)
+    entries = sum(uproot.open(f)[config.tree_name].num_entries for f in files)
+    print(f"{label}: {len(files)} files, {entries:,} jets, {len(branches)} branches, "
+          f"{args.workers} workers")
+    uproot_read(files, config.tree_name, branches, args.workers)  # warm the page cache
+    rates = {"uproot": max(uproot_read(files, config.tree_name, branches, args.workers)
+                           for _ in range(2))}
+    for executor in args.executor.split(","):
+        out = tmp / f"dataset_{label}_{executor}"
+        work = out / "work"
+        work.mkdir(parents=True)
+        start = time.perf_counter()
+        with console.capture():
+            summary = export_dataset(config, files, out, work, chunk_size=args.chunk_size,
+                                     executor=executor, workers=args.workers)
+        rates[executor] = summary.counts["entries"] / (time.perf_counter() - start)
+        shutil.rmtree(out)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,49 +77,47 @@ def main() -> None:
     parser.add_argument("--filelist", help="real input files (default: synthetic)")
     parser.add_argument("--files", type=int, default=4, help="synthetic files per process")
     parser.add_argument("--jets-per-file", type=int, default=100_000)
+    parser.add_argument("--basket-entries", type=int, nargs="+", default=[0, 4000],
+                        help="synthetic files with one basket per branch (0) and with baskets "
+                        "of this many entries (CMS ntuples: a few thousand)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=100_000)
     parser.add_argument("--executor", default="futures",
                         help="comma-separated executors to measure (futures, dask, iterative)")
     args = parser.parse_args()
 
+    import coffea.processor  # noqa: F401  (import time is not throughput)
+
     config = load_config(args.config)
+    results = {}
     with tempfile.TemporaryDirectory(prefix="bhive-bench-") as tmp:
         tmp = Path(tmp)
         if args.filelist:
-            files = read_filelist(args.filelist)
-        else:
+            results["filelist"] = measure(config, read_filelist(args.filelist), tmp, args,
+                                          "filelist")
+        for baskets in ([] if args.filelist else args.basket_entries):
+            label = f"baskets of {baskets} entries" if baskets else "one basket per branch"
             files = []
             for i in range(args.files):
                 for proc in config.process_names:
-                    path = tmp / f"{proc}_{i}.root"
-                    write_synthetic_ntuple(path, config, args.jets_per_file, seed=i)
+                    path = tmp / f"{proc}_{i}_{baskets}.root"
+                    write_synthetic_ntuple(path, config, args.jets_per_file, seed=i,
+                                           basket_entries=baskets or None)
                     files.append(str(path))
-        branches = list(config.branches)
-        entries = sum(uproot.open(f)[config.tree_name].num_entries for f in files)
-        print(f"{len(files)} files, {entries:,} jets, {len(branches)} branches, "
-              f"{args.workers} workers")
-        uproot_read(files, config.tree_name, branches, args.workers)  # warm the page cache
-        read_rate = max(uproot_read(files, config.tree_name, branches, args.workers)
-                        for _ in range(2))
-
-        import coffea.processor  # noqa: F401  (import time is not throughput)
-
-        rates = {}
-        for executor in args.executor.split(","):
-            out = tmp / f"dataset_{executor}"
-            work = out / "work"
-            work.mkdir(parents=True)
-            start = time.perf_counter()
-            summary = export_dataset(config, files, out, work, chunk_size=args.chunk_size,
-                                     executor=executor, workers=args.workers)
-            rates[executor] = summary.counts["entries"] / (time.perf_counter() - start)
-    print(f"uproot read (limit)   : {read_rate:12,.0f} jets/s")
-    for executor, rate in rates.items():
-        print(f"export ({executor:9s})   : {rate:12,.0f} jets/s   ratio to read "
-              f"{rate / read_rate:5.2f}   (goal >= 0.3, moonshot 0.5)")
-    print("RESULT " + json.dumps({"uproot_jets_per_s": round(read_rate), **{
-        f"export_{e}_vs_uproot": round(r / read_rate, 3) for e, r in rates.items()}}))
+            results[label] = measure(config, files, tmp, args, label)
+            for f in files:
+                Path(f).unlink()
+    result = {}
+    for label, rates in results.items():
+        print(f"{label}: uproot read (limit) {rates['uproot']:12,.0f} jets/s")
+        for executor, rate in rates.items():
+            if executor == "uproot":
+                continue
+            ratio = rate / rates["uproot"]
+            result[f"{label}: {executor}/uproot"] = round(ratio, 3)
+            print(f"  export ({executor:9s}) {rate:12,.0f} jets/s   ratio to read {ratio:5.2f}   "
+                  "(goal >= 0.3, moonshot 0.5)")
+    print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ over the same number of threads, in two ways:
 
 The loader (ChunkDataset + ThreadLoader, no rejection sampling, so every jet is delivered
 once) additionally verifies the stored block checksums, permutes the rows and gathers the
-batches. The three alternate round by round; medians are compared. The last line is
-``RESULT {json}`` with the ratios.
+batches. The three alternate round by round; medians are compared. With weaver-core
+installed (``pip install .[bench]``), its loader reads the same jets from the ntuples
+(whole files per fetch, the same padding, no transformation) with as many DataLoader
+processes. The last line is ``RESULT {json}`` with the ratios.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lz4.frame  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+from peers import weaver_available  # noqa: E402
 
-from utils.config import label_to_class, load_config  # noqa: E402
+from utils.config import Config, label_to_class, load_config  # noqa: E402
 from utils.dataset.chunk_format import decompress_into, read_chunk  # noqa: E402
 from utils.dataset.directory import DatasetDirectory  # noqa: E402
 from utils.dataset.export import export_dataset  # noqa: E402
@@ -77,7 +82,41 @@ def load_all(data: ChunkDataset, threads: int) -> tuple[int, float]:
     return jets, time.perf_counter() - start
 
 
-def synthetic_dataset(tmp: Path) -> Path:
+def weaver_data_config(config: Config, path: Path) -> Path:
+    """A weaver data config reading the same features, padded to the same slots, without
+    any transformation (our loader hands raw values to the models too)."""
+    inputs = {g.name: {"length": g.length or 1, "pad_mode": "constant",
+                       "vars": [[f, None] for f in g.features]}
+              for g in config.groups if not g.derived}
+    labelled = "(" + " + ".join(config.truth_labels) + ") == 1"  # weaver needs one label
+    options = {"treename": config.tree_name, "selection": labelled,
+               "preprocess": {"method": "manual", "data_fraction": 1},
+               "inputs": inputs, "labels": {"type": "simple",
+                                            "value": list(config.truth_labels)},
+               "observers": [], "weights": None}
+    path.write_text(yaml.safe_dump(options))
+    return path
+
+
+def weaver_pass(files: list[str], data_config: Path, batch_size: int, workers: int
+                ) -> tuple[int, float]:
+    """Jets and seconds of one pass of weaver-core's loader over the ROOT files (whole files
+    per fetch, ``workers`` DataLoader processes)."""
+    from torch.utils.data import DataLoader
+    from weaver.utils.dataset import SimpleIterDataset
+
+    dataset = SimpleIterDataset({"bench": files}, str(data_config), for_training=True,
+                                fetch_by_files=True, fetch_step=1, infinity_mode=False,
+                                in_memory=False, name="bench")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, drop_last=True,
+                        persistent_workers=False)
+    start = time.perf_counter()
+    jets = sum(len(label["_label_"]) for _, label, _ in loader)
+    return jets, time.perf_counter() - start
+
+
+def synthetic_dataset(tmp: Path) -> tuple[Path, list[str]]:
+    """An exported offline_run3 dataset of two synthetic ntuples, and the ntuples."""
     config = load_config("offline_run3")
     files = []
     for i, proc in enumerate(("TT", "QCD")):
@@ -88,22 +127,31 @@ def synthetic_dataset(tmp: Path) -> Path:
     directory.mkdir()
     export_dataset(config, files, directory, directory, chunk_size=100_000, executor="futures",
                    workers=2)
-    return directory
+    return directory, files
+
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", help="an exported dataset directory (default: synthetic)")
+    parser.add_argument("--dataset", help="an exported offline_run3 dataset directory "
+                        "(default: synthetic, exported from two generated ntuples)")
+    parser.add_argument("--root-files", nargs="*", default=None,
+                        help="the ntuples --dataset was exported from (for weaver's loader)")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
+    parser.add_argument("--weaver-rounds", type=int, default=1,
+                        help="passes of weaver's loader per thread count (it is slow)")
     args = parser.parse_args()
 
     keep_freed_memory()  # as TrainingTask and InferenceTask do
     config = load_config("offline_run3")
     with tempfile.TemporaryDirectory(prefix="bhive-bench-") as tmp:
-        directory = Path(args.dataset) if args.dataset else synthetic_dataset(Path(tmp))
+        if args.dataset:
+            directory, roots = Path(args.dataset), list(args.root_files or [])
+        else:
+            directory, roots = synthetic_dataset(Path(tmp))
         files = DatasetDirectory(directory).files()
         frames = plain_frames(files)
         data = ChunkDataset(dataset_shards(directory), ("global", "cpf", "npf", "vtx"),
@@ -121,10 +169,18 @@ def main() -> None:
                     decompress_all(frames, threads, buffers[:threads]))
                 jets, seconds = load_all(data, threads)
                 times.setdefault(f"loader_{threads}", []).append(seconds)
+        weaver: dict[int, float] = {}
+        if roots and weaver_available():
+            data_config = weaver_data_config(config, Path(tmp) / "weaver.yaml")
+            for threads in args.threads:
+                passes = [weaver_pass(roots, data_config, args.batch_size, threads)
+                          for _ in range(args.weaver_rounds)]
+                weaver[threads] = statistics.median(n / t for n, t in passes)
     # ChunkDataset drops the last partial batch of each thread in training mode
     print(f"{len(files)} files, {n_jets:,d} jets, {data.layout.n_columns} columns, "
-          f"{args.rounds} rounds (medians)")
-    result = {"goal": GOAL}
+          f"{args.rounds} rounds (medians)"
+          + ("" if weaver_available() else "; weaver-core not installed (no weaver peer)"))
+    result: dict[str, float] = {"goal": GOAL}
     for threads in args.threads:
         rate = {kind: n_jets / statistics.median(times[f"{kind}_{threads}"])
                 for kind in ("lz4", "warm")}
@@ -132,9 +188,13 @@ def main() -> None:
         result[f"loader_vs_lz4_{threads}_threads"] = round(loader / rate["lz4"], 3)
         result[f"loader_vs_warm_{threads}_threads"] = round(loader / rate["warm"], 3)
         result[f"loader_jets_per_s_{threads}_threads"] = round(loader)
-        print(f"{threads} thread(s): lz4 {rate['lz4']:10,.0f}  warm {rate['warm']:10,.0f}  "
-              f"loader {loader:10,.0f} jets/s   loader/lz4 {loader / rate['lz4']:.2f} "
-              f"(goal >= {GOAL})   loader/warm {loader / rate['warm']:.2f}")
+        line = (f"{threads} thread(s): lz4 {rate['lz4']:10,.0f}  warm {rate['warm']:10,.0f}  "
+                f"loader {loader:10,.0f} jets/s   loader/lz4 {loader / rate['lz4']:.2f} "
+                f"(goal >= {GOAL})   loader/warm {loader / rate['warm']:.2f}")
+        if threads in weaver:
+            result[f"loader_vs_weaver_{threads}_workers"] = round(loader / weaver[threads], 2)
+            line += f"   weaver {weaver[threads]:9,.0f} ({loader / weaver[threads]:.1f}x)"
+        print(line)
     print("RESULT " + json.dumps(result))
 
 

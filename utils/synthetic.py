@@ -55,8 +55,12 @@ def synthetic_arrays(config: Config, n_jets: int, seed: int = 0, nan_fraction: f
 
 
 def write_ntuple(path: str | Path, tree_name: str,
-                 arrays: Mapping[str, ak.Array | np.ndarray]) -> Path:
-    """Write a flat TTree (one entry per jet); jagged branches get one counter per length."""
+                 arrays: Mapping[str, ak.Array | np.ndarray],
+                 basket_entries: int | None = None) -> Path:
+    """Write a flat TTree (one entry per jet); jagged branches get one counter per length.
+
+    ``basket_entries``: entries per basket (and cluster), as CMS ntuples have them (a few
+    thousand); default one basket per branch."""
     path = Path(path)
     flat = {k: np.asarray(v) for k, v in arrays.items() if not _is_jagged(v)}
     jagged = {k: v for k, v in arrays.items() if _is_jagged(v)}
@@ -75,14 +79,19 @@ def write_ntuple(path: str | Path, tree_name: str,
             counter_name=lambda counted: f"n_{counted}",
             field_name=lambda outer, inner: inner,
         )
-        tree.extend(branches)
+        n = len(next(iter(branches.values())))
+        step = basket_entries or max(n, 1)
+        for start in range(0, max(n, 1), step):
+            tree.extend({k: v[start:start + step] for k, v in branches.items()})
     return path
 
 
 def write_synthetic_ntuple(path: str | Path, config: Config, n_jets: int, seed: int = 0,
-                           **options: float) -> Path:
-    """Write a synthetic ntuple for ``config`` (see :func:`synthetic_arrays` for options)."""
-    return write_ntuple(path, config.tree_name, synthetic_arrays(config, n_jets, seed, **options))
+                           basket_entries: int | None = None, **options: float) -> Path:
+    """Write a synthetic ntuple for ``config`` (see :func:`synthetic_arrays` for options,
+    :func:`write_ntuple` for ``basket_entries``)."""
+    return write_ntuple(path, config.tree_name, synthetic_arrays(config, n_jets, seed, **options),
+                        basket_entries)
 
 
 def _is_jagged(values: object) -> bool:

@@ -108,8 +108,10 @@ def _runner(executor: str, workers: int, chunk_size: int, max_chunks: int | None
         else:
             raise ExportError(f"--executor must be one of {', '.join(EXECUTORS)}, got "
                               f"{executor!r}")
+        # chunks end on cluster boundaries: no basket is decompressed by two chunks (not in
+        # debug mode, whose few chunks stay small)
         yield processor.Runner(executor=engine, schema=BaseSchema, chunksize=chunk_size,
-                               maxchunks=max_chunks)
+                               maxchunks=max_chunks, align_clusters=max_chunks is None)
 
 
 def plan_inputs(config: Config, files: Sequence[str], debug: bool = False

@@ -160,6 +160,18 @@ class ChunkDataset(IterableDataset):
                             f"(it has {list(labels)})")
         # truth-label index -> class index (-1: label not used by the model, jet skipped)
         self.class_of = np.array([label_to_class.get(label, -1) for label in labels])
+        self._readers: list[ChunkReader] = []  # decompression buffers kept across epochs
+        self._readers_lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        """Picklable for DataLoader worker processes (without the buffers and the lock)."""
+        state = self.__dict__.copy()
+        state["_readers"], state["_readers_lock"] = [], None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._readers_lock = threading.Lock()
 
     def set_epoch(self, epoch: int, draw: int = 0) -> None:
         """Draw a new file order, permutation and sampling for this epoch (``draw``: a
@@ -223,7 +235,17 @@ class ChunkDataset(IterableDataset):
     def iterate(self, worker: int = 0, n_workers: int = 1) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of the shards owned by ``worker`` of ``n_workers`` (disjoint files)."""
         rng = np.random.default_rng((self.seed, self.epoch, self.draw, self.rank, worker))
-        reader = ChunkReader()  # one reused buffer: each chunk overwrites the previous one
+        with self._readers_lock:  # a buffer no running iteration uses (already in memory)
+            reader = self._readers.pop() if self._readers else ChunkReader()
+        try:
+            yield from self._iterate(reader, rng, worker, n_workers)
+        finally:
+            with self._readers_lock:
+                self._readers.append(reader)
+
+    def _iterate(self, reader: ChunkReader, rng: np.random.Generator, worker: int,
+                 n_workers: int) -> Iterator[dict[str, torch.Tensor]]:
+        # one reused buffer: each chunk overwrites the previous one
         pending: list[tuple[np.ndarray, np.ndarray]] = []  # copied rows of a partial batch
         n_pending = 0
         for shard in self._my_shards(worker, n_workers):

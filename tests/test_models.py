@@ -363,7 +363,7 @@ def test_original_config_names_and_lost_tracks_in_particle_transformer():
 
 
 def test_length_slices_partition_the_batch_at_minimal_modelled_cost():
-    lengths = torch.tensor([0, 3, 3, 7, 1, 25, 3, 0, 7, 2])
+    lengths = torch.tensor([0, 3, 3, 7, 1, 25, 3, 0, 7, 2]).repeat(4)
     for overhead, power in ((0.0, 1.0), (4.0, 1.0), (1e9, 1.0), (10.0, 2.0)):
         slices = length_slices(lengths, overhead, power)
         rows = torch.cat([r for r, _ in slices])
@@ -385,6 +385,8 @@ def test_length_slices_partition_the_batch_at_minimal_modelled_cost():
             best = min(best, total)
         assert cost == pytest.approx(best)
     assert len(length_slices(lengths, 0.0)) == 5 and len(length_slices(lengths, 1e9)) == 1
+    small = length_slices(lengths[:10], 0.0)  # a small batch: one slice, trimmed
+    assert len(small) == 1 and small[0][1] == 25 and len(small[0][0]) == 10
 
 
 @pytest.mark.parametrize(("name", "train"), [

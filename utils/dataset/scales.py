@@ -43,11 +43,12 @@ def group_scales(block: np.ndarray, length: int | None,
     (candidate-major; ``length`` None for per-jet groups); entries equal to a feature's
     default (``defaults[i]``, None: none declared) are left out."""
     n_features = block.shape[1] // (length or 1)
-    values = block.reshape(len(block), length or 1, n_features).astype(np.float64)
+    values = block.reshape(len(block), length or 1, n_features)
     real = (values != 0).any(axis=2) if length else np.ones(values.shape[:2], dtype=bool)
-    entries = values[real]  # (real candidates, features)
+    entries = values[real]  # (real candidates, features), still in the stored dtype
     scales = []
-    for i, column in enumerate(entries.T):
+    for i in range(n_features):
+        column = entries[:, i].astype(np.float64)  # exact: float64 only column by column
         default = defaults[i] if i < len(defaults) else None
         if default is not None:
             column = column[column != np.float32(default)]

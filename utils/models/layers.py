@@ -89,6 +89,9 @@ def on_real(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         *x.shape[:-1], out.shape[-1])
 
 
+SMALL_BATCH = 16  # batches up to this size run as one slice (trimmed to the longest jet)
+
+
 def length_slices(lengths: torch.Tensor, overhead: float = 128.0, power: float = 1.0
                   ) -> list[tuple[torch.Tensor, int]]:
     """Rows of a batch sorted by ``lengths`` (per jet, on the CPU) and cut into slices of
@@ -100,6 +103,8 @@ def length_slices(lengths: torch.Tensor, overhead: float = 128.0, power: float =
     units of one row-slot; ``power`` 2 for attention), exactly by dynamic programming over
     the distinct lengths.
     """
+    if len(lengths) <= SMALL_BATCH:  # e.g. jet-by-jet inference: slicing cannot pay
+        return [(torch.arange(len(lengths)), max(int(lengths.max()), 1) if len(lengths) else 1)]
     order = torch.argsort(lengths, stable=True)
     values, counts = np.unique(lengths.clamp_min(1).numpy(), return_counts=True)
     ends = np.cumsum(counts)  # rows up to and including each distinct length

@@ -17,13 +17,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from common import synthetic_dataset  # noqa: E402
 
 from utils.config import load_config  # noqa: E402
-from utils.dataset.export import export_dataset  # noqa: E402
 from utils.settings import TrainSettings  # noqa: E402
-from utils.synthetic import write_synthetic_ntuple  # noqa: E402
 from utils.torch.ddp import launch, training_spec  # noqa: E402
 from utils.torch.run import run_training  # noqa: E402
 
@@ -42,15 +42,8 @@ def main() -> None:
                              loss_weighting=True, lr_scheduler="none", n_threads=1)
     with tempfile.TemporaryDirectory(prefix="bhive-bench-") as tmp:
         tmp = Path(tmp)
-        files = []
-        for i, proc in enumerate(("TT", "QCD")):
-            path = tmp / f"{proc}_{i}.root"
-            write_synthetic_ntuple(path, config, args.jets // 2, seed=i)
-            files.append(str(path))
-        dataset = tmp / "dataset"
-        dataset.mkdir()
-        export_dataset(config, files, dataset, dataset, chunk_size=max(1000, args.jets // 16),
-                       executor="iterative")
+        dataset, _ = synthetic_dataset(config, tmp, args.jets, max(1000, args.jets // 16),
+                                       executor="iterative")
         run_training(config, args.model, dataset, tmp / "single", settings)
         launch(training_spec("offline_run3", settings, model_name=args.model,
                              dataset_dir=dataset, out_dir=tmp / "ddp"), args.processes,

@@ -27,13 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import synthetic_dataset  # noqa: E402
 from train_step import runner  # noqa: E402
 
 from utils.config import label_to_class, load_config  # noqa: E402
-from utils.dataset.export import export_dataset  # noqa: E402
-from utils.progress import console  # noqa: E402
 from utils.settings import TrainSettings  # noqa: E402
-from utils.synthetic import write_synthetic_ntuple  # noqa: E402
 from utils.torch.allocator import keep_freed_memory  # noqa: E402
 from utils.torch.data import TRAIN, ChunkDataset, dataset_shards, make_loader  # noqa: E402
 from utils.torch.run import build_model, run_training  # noqa: E402
@@ -58,16 +56,7 @@ def main() -> None:
     config = load_config("demo_part")
     with tempfile.TemporaryDirectory(prefix="bhive-bench-") as tmp:
         tmp = Path(tmp)
-        files = []
-        for i, process in enumerate(("TT", "QCD")):
-            path = tmp / f"{process}_{i}.root"
-            write_synthetic_ntuple(path, config, args.jets // 2, seed=i)
-            files.append(str(path))
-        dataset = tmp / "dataset"
-        dataset.mkdir()
-        with console.capture():
-            export_dataset(config, files, dataset, dataset, chunk_size=5000,
-                           executor="futures", workers=2)
+        dataset, _ = synthetic_dataset(config, tmp, args.jets, 5000)
 
         # the bare step on this dataset's training batches (rejection-sampled, as in the
         # epoch: the reweighted jets have more candidates), before and after the training

@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import synthetic_dataset  # noqa: E402
 from train_step import demo_multiplicities, random_batch  # noqa: E402
 
 from utils.config import label_to_class, load_config  # noqa: E402
@@ -96,20 +97,10 @@ def loader_rate(spec_config: str, device: torch.device, batch_size: int, tmp: Pa
                 jets: int) -> tuple[float, float]:
     """DeepJet training jets/s fed by the loader from a synthetic dataset, and on one
     resident batch of the same data."""
-    from utils.dataset.export import export_dataset
-    from utils.synthetic import write_synthetic_ntuple
     from utils.torch.data import TRAIN, ChunkDataset, dataset_shards, make_loader
 
     config = load_config(spec_config)
-    files = []
-    for i, process in enumerate(("TT", "QCD")):
-        path = tmp / f"{process}_{i}.root"
-        write_synthetic_ntuple(path, config, jets // 2, seed=i)
-        files.append(str(path))
-    directory = tmp / "dataset"
-    directory.mkdir()
-    export_dataset(config, files, directory, directory, chunk_size=max(jets // 8, 1000),
-                   executor="futures", workers=2)
+    directory, _ = synthetic_dataset(config, tmp, jets, max(jets // 8, 1000))
     spec = InputSpec.from_config(config)
     model = get_model("DeepJet")(spec).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -37,13 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lz4.frame  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
+from common import synthetic_dataset  # noqa: E402
 from peers import weaver_available  # noqa: E402
 
 from utils.config import Config, label_to_class, load_config  # noqa: E402
 from utils.dataset.chunk_format import decompress_into, read_chunk  # noqa: E402
 from utils.dataset.directory import DatasetDirectory  # noqa: E402
-from utils.dataset.export import export_dataset  # noqa: E402
-from utils.synthetic import write_synthetic_ntuple  # noqa: E402
 from utils.torch.allocator import keep_freed_memory  # noqa: E402
 from utils.torch.data import TRAIN, ChunkDataset, dataset_shards, make_loader  # noqa: E402
 
@@ -115,22 +114,6 @@ def weaver_pass(files: list[str], data_config: Path, batch_size: int, workers: i
     return jets, time.perf_counter() - start
 
 
-def synthetic_dataset(tmp: Path) -> tuple[Path, list[str]]:
-    """An exported offline_run3 dataset of two synthetic ntuples, and the ntuples."""
-    config = load_config("offline_run3")
-    files = []
-    for i, proc in enumerate(("TT", "QCD")):
-        path = tmp / f"{proc}_{i}.root"
-        write_synthetic_ntuple(path, config, 160_000, seed=i)
-        files.append(str(path))
-    directory = tmp / "dataset"
-    directory.mkdir()
-    export_dataset(config, files, directory, directory, chunk_size=100_000, executor="futures",
-                   workers=2)
-    return directory, files
-
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,7 +134,7 @@ def main() -> None:
         if args.dataset:
             directory, roots = Path(args.dataset), list(args.root_files or [])
         else:
-            directory, roots = synthetic_dataset(Path(tmp))
+            directory, roots = synthetic_dataset(config, Path(tmp), 320_000, 100_000)
         files = DatasetDirectory(directory).files()
         frames = plain_frames(files)
         data = ChunkDataset(dataset_shards(directory), ("global", "cpf", "npf", "vtx"),

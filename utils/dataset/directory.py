@@ -190,6 +190,23 @@ class DatasetDirectory:
         return sum(c.rows for c in self.chunks())
 
 
+def dataset_info(config: Any, layout: Any, histogram: np.ndarray, seconds: float,
+                 timing: Mapping[str, float], **fields: Any) -> dict[str, Any]:
+    """The ``dataset_info.json`` record of an export or an import: the config's name and
+    fingerprint, ``fields`` (what the producer adds, in its order), the jets per truth
+    label, the column ``layout`` and the time per stage."""
+    return {
+        "config": config.name,
+        "config_fingerprint": config.fingerprint(),
+        **fields,
+        "jets_per_label": dict(zip(config.truth_labels,
+                                   histogram.sum(axis=(1, 2)).astype(int).tolist(), strict=True)),
+        "layout": layout.to_dict(),
+        "seconds": round(seconds, 3),
+        "timing": {k: round(v, 3) for k, v in timing.items()},
+    }
+
+
 def write_bookkeeping(work_dir: Path, final_dir: Path, chunks: Sequence[Chunk],
                       histogram: np.ndarray, info: Mapping[str, Any], chunk_size: int,
                       scales: Mapping[str, Any]) -> None:

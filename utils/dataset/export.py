@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import functools
 import multiprocessing
 import os
@@ -24,11 +23,16 @@ from typing import Any
 import numpy as np
 
 from utils.config import Config, label_to_class
-from utils.dataset.directory import Chunk, write_bookkeeping
+from utils.dataset.directory import Chunk, dataset_info, write_bookkeeping
 from utils.dataset.inputs import assign_processes, inspect_files, is_remote
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.merge import merge_staged
-from utils.dataset.reweighting import config_weights, reference_labels, reweighting_table
+from utils.dataset.reweighting import (
+    config_weights,
+    reference_labels,
+    reweighting_record,
+    reweighting_table,
+)
 from utils.dataset.scales import compute_scales, config_defaults
 from utils.errors import BHiveError
 from utils.io import disk_full, owned_directory, remove_stale
@@ -340,25 +344,12 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
     scales_start = time.perf_counter()
     scales = compute_scales(merged.files, config_defaults(config))
     timing["feature_scales"] = time.perf_counter() - scales_start
-    reweighting = {**dataclasses.asdict(config.reweighting),
-                   "reference": config.reweighting_reference, **weights.to_dict()}
-    write_bookkeeping(work_dir, out_dir, chunks, histogram, {
-        "config": config.name,
-        "config_fingerprint": config.fingerprint(),
-        "seed": seed,
-        "chunk_size": chunk_size,
-        "debug": debug,
-        "counts": counts,
-        "non_finite_branches": non_finite,
-        "jets_per_label": dict(zip(config.truth_labels,
-                                   histogram.sum(axis=(1, 2)).astype(int).tolist(), strict=True)),
-        "jets_per_process_label": result["labels_per_process"],
-        "reweighting": reweighting,
-        "inputs": inputs,
-        "layout": layout.to_dict(),
-        "seconds": round(seconds, 3),
-        "timing": {k: round(v, 3) for k, v in timing.items()},
-    }, chunk_size, scales)
+    reweighting = reweighting_record(config, weights)
+    write_bookkeeping(work_dir, out_dir, chunks, histogram, dataset_info(
+        config, layout, histogram, seconds, timing, seed=seed, chunk_size=chunk_size,
+        debug=debug, counts=counts, non_finite_branches=non_finite,
+        jets_per_process_label=result["labels_per_process"], reweighting=reweighting,
+        inputs=inputs), chunk_size, scales)
     return ExportSummary([c.path for c in chunks], merged.rows, merged.sum_weight, histogram,
                          counts, inputs, seconds, non_finite, result["labels_per_process"],
                          timing, reweighting)

@@ -49,11 +49,12 @@ from utils.dataset.directory import (
     WEIGHTS,
     Chunk,
     chunk_name,
+    dataset_info,
     write_bookkeeping,
 )
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.merge import FLOAT16_MAX
-from utils.dataset.reweighting import bin_index, config_weights, jet_weights
+from utils.dataset.reweighting import bin_index, config_weights, jet_weights, reweighting_record
 from utils.dataset.scales import compute_scales, config_defaults
 from utils.errors import BHiveError
 from utils.progress import console, progress_bar
@@ -343,26 +344,14 @@ def import_legacy_dataset(config: Config, source: str | Path, out_dir: Path, wor
     labels_per_process = {p.name: {label: int(n) for label, n in zip(
         config.truth_labels, per_process[i], strict=True) if n}
         for i, p in enumerate(config.processes)}
-    reweighting = {**dataclasses.asdict(config.reweighting),
-                   "reference": config.reweighting_reference, **weights.to_dict()}
+    reweighting = reweighting_record(config, weights)
     timing = {"check": check_seconds, "import": seconds - check_seconds, "total": seconds}
-    write_bookkeeping(work_dir, out_dir, chunks, histogram, {
-        "config": config.name,
-        "config_fingerprint": config.fingerprint(),
-        "legacy_dataset": str(checked.source),
-        "chunk_size": max(c.rows for c in chunks),
-        "debug": debug,
-        "counts": {**counts, "rejected": 0},
-        "non_finite_branches": {},
-        "jets_per_label": dict(zip(config.truth_labels,
-                                   histogram.sum(axis=(1, 2)).astype(int).tolist(), strict=True)),
-        "jets_per_process_label": labels_per_process,
-        "reweighting": reweighting,
-        "inputs": inputs,
-        "layout": layout.to_dict(),
-        "seconds": round(seconds, 3),
-        "timing": {k: round(v, 3) for k, v in timing.items()},
-    }, max(c.rows for c in chunks), scales)
+    write_bookkeeping(work_dir, out_dir, chunks, histogram, dataset_info(
+        config, layout, histogram, seconds, timing, legacy_dataset=str(checked.source),
+        chunk_size=max(c.rows for c in chunks), debug=debug,
+        counts={**counts, "rejected": 0}, non_finite_branches={},
+        jets_per_process_label=labels_per_process, reweighting=reweighting, inputs=inputs),
+        max(c.rows for c in chunks), scales)
     return ExportSummary([c.path for c in chunks], [c.rows for c in chunks],
                          [c.sum_weight for c in chunks], histogram,
                          {**counts, "rejected": 0}, inputs, seconds, {}, labels_per_process,

@@ -23,6 +23,7 @@ requested one, with as many jets as that allows. The weights are written per tru
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -220,6 +221,13 @@ def config_weights(config: Config, histogram: np.ndarray) -> Weights:
     return compute_weights(histogram, config.truth_labels, config.classes, rw.method,
                            config.reweighting_reference, rw.quantile, rw.min_jets_per_bin,
                            rw.class_fractions)
+
+
+def reweighting_record(config: Config, weights: Weights) -> dict[str, Any]:
+    """The ``reweighting`` entry of ``dataset_info.json``: the config's settings and what
+    the weights do per class."""
+    return {**dataclasses.asdict(config.reweighting), "reference": config.reweighting_reference,
+            **weights.to_dict()}
 
 
 def reweighting_table(report: Mapping[str, Any]) -> str:

@@ -45,8 +45,9 @@ class SequenceSummary(nn.Module):
         out = x.new_empty(x.shape[0], self.lstm.hidden_size)
         for rows, longest in length_slices(n_real.cpu()):
             rows = rows.to(x.device)
-            part = self._backwards(x[rows, :longest], n_real[rows])
-            out = out.index_copy(0, rows, self._dense(part, n_real[rows]))
+            counts = n_real[rows]
+            part = self._backwards(x[rows, :longest], counts)
+            out = out.index_copy(0, rows, self._dense(part, counts))
         return out * has_real
 
     @staticmethod

@@ -124,9 +124,12 @@ def length_slices(lengths: torch.Tensor, overhead: float = 128.0, power: float =
     return slices[::-1]
 
 
-def real_first(mask: torch.Tensor) -> torch.Tensor:
-    """Per jet, the slot order that puts its real candidates first (in their order)."""
-    return torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+def real_first(mask: torch.Tensor, *tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``mask`` ``(B, N)`` and the per-slot ``tokens`` ``(B, N, C)`` reordered so that each
+    jet's real candidates come first (in their order), padding after them."""
+    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+    return (mask.gather(1, order),
+            *(t.gather(1, order.unsqueeze(-1).expand_as(t)) for t in tokens))
 
 
 def dense_stack(in_features: int, widths: Sequence[int],

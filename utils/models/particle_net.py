@@ -165,10 +165,7 @@ class ParticleNet(BaseModel):
         offsets = axis_offsets(p4, mask)
         x = encode_groups(self.embeddings, inputs, offsets, mask)
         if not (exporting() and not self.training):  # real points first: slices cover them
-            front = real_first(mask)
-            x = x.gather(1, front.unsqueeze(-1).expand_as(x))
-            offsets = offsets.gather(1, front.unsqueeze(-1).expand_as(offsets))
-            mask = mask.gather(1, front)
+            mask, x, offsets = real_first(mask, x, offsets)
         coordinates = offsets  # first graph in the (delta eta, delta phi) plane, then dynamic
         for block in self.edge_convs:
             x = block(x, mask, coordinates)

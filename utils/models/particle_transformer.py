@@ -144,10 +144,7 @@ class ParticleTransformer(BaseModel):
         longest jet fills (real tokens moved first: attention does not depend on the order).
         The pair embedding sees the real pairs of all slices at once, so its batch
         statistics are those of the dense form."""
-        front = real_first(mask)
-        x = x.gather(1, front.unsqueeze(-1).expand_as(x))
-        p4 = p4.gather(1, front.unsqueeze(-1).expand_as(p4))
-        mask = mask.gather(1, front)
+        mask, x, p4 = real_first(mask, x, p4)
         slices = []
         for rows, longest in length_slices(mask.sum(1).cpu(), ATTENTION_OVERHEAD, power=2):
             rows = rows.to(x.device)

@@ -87,6 +87,9 @@ def main() -> None:
         bare = args.batch_size / statistics.median(seconds)
     epoch = rates[-1]
     ratio = epoch / bare
+    history = trainer.history.train
+    print(f"last epoch: {history['jets'][-1]:,.0f} jets in {history['seconds'][-1]:.2f} s, "
+          f"{history['load_seconds'][-1]:.2f} s of it waiting for batches")
     print(f"{args.model}: training epochs {', '.join(f'{r:,.0f}' for r in rates)} jets/s, "
           f"bare step {bare:,.0f} jets/s ({before:,.0f} before, {after:,.0f} after), "
           f"last epoch / bare step {ratio:.2f} (goal >= {GOAL})")

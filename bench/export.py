@@ -66,6 +66,7 @@ def measure(config: Config, files: list[str], tmp: Path, args: argparse.Namespac
             summary = export_dataset(config, files, out, work, chunk_size=args.chunk_size,
                                      executor=executor, workers=args.workers)
         rates[executor] = summary.counts["entries"] / (time.perf_counter() - start)
+        print(f"  {executor}: " + ", ".join(f"{k} {v:.2f} s" for k, v in summary.timing.items()))
         shutil.rmtree(out)
     return rates
 

@@ -33,7 +33,7 @@ from utils.dataset.reweighting import (
     reweighting_record,
     reweighting_table,
 )
-from utils.dataset.scales import compute_scales, config_defaults
+from utils.dataset.scales import SAMPLE_JETS, config_defaults, scales_of_rows
 from utils.errors import BHiveError
 from utils.io import disk_full, owned_directory, remove_stale
 from utils.progress import console, progress_bar
@@ -328,11 +328,13 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
     merge_start = time.perf_counter()
     with progress_bar("Merging", total=counts["selected"], unit="jets") as bar:
         merged = merge_staged(result["staged"], layout, out_dir=work_dir,
-                              chunk_size=chunk_size, seed=seed,
+                              chunk_size=chunk_size,
                               tables=weights.tables,
                               pt_key=config.pt_key, eta_key=config.eta_key,
                               pt_bins=config.pt_bins, eta_bins=config.eta_bins,
-                              workers=workers, advance=bar.advance)
+                              workers=workers, advance=bar.advance, sample=SAMPLE_JETS,
+                              on_sample=functools.partial(scales_of_rows, layout=layout,
+                                                          defaults=config_defaults(config)))
     timing["merge"] = time.perf_counter() - merge_start
     chunks = [Chunk(out_dir / p.name, rows, weight, size) for p, rows, weight, size in zip(
         merged.files, merged.rows, merged.sum_weight, merged.sizes, strict=True)]
@@ -341,9 +343,7 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
               for name, fs in by_process.items() for f in fs}
     seconds = time.perf_counter() - start
     timing["total"] = seconds
-    scales_start = time.perf_counter()
-    scales = compute_scales(merged.files, config_defaults(config))
-    timing["feature_scales"] = time.perf_counter() - scales_start
+    scales = merged.sample_result  # computed during the merge
     reweighting = reweighting_record(config, weights)
     write_bookkeeping(work_dir, out_dir, chunks, histogram, dataset_info(
         config, layout, histogram, seconds, timing, seed=seed, chunk_size=chunk_size,

@@ -14,6 +14,7 @@ from utils.config import Process
 from utils.errors import BHiveError
 
 MAX_LISTED = 20
+LAST_BASKET_CHECK = 4 << 20  # bytes: larger last baskets are not decompressed by the check
 
 
 class InputError(BHiveError, ValueError):
@@ -120,7 +121,9 @@ def inspect_files(files: Sequence[str], tree_name: str,
     missing)`` given the branches a file has. Every needed branch is checked for truncation
     (each basket must lie inside the file) and its last entry is read (decompressing its
     last basket). Raises :class:`InputError` listing every unreadable or truncated file,
-    missing tree, missing branch and empty tree.
+    missing tree, missing branch and empty tree. The last basket is decompressed only where
+    it is at most ``LAST_BASKET_CHECK`` bytes (in files of one basket per branch it is the
+    whole branch; a corrupt one there is reported by the processor, naming the file).
     """
     if not callable(branches):
         required = list(branches)
@@ -179,8 +182,11 @@ def _truncation(file: object, tree: uproot.TTree, branches: Sequence[str]) -> st
         if end > size:
             return (f"truncated file: branch '{name}' has data up to byte {end:,} but the file "
                     f"has {size:,} bytes (an interrupted copy or write?)")
+    small = [name for name in branches if tree[name].num_baskets and
+             tree[name].basket_compressed_bytes(tree[name].num_baskets - 1) <= LAST_BASKET_CHECK]
     try:
-        tree.arrays(list(branches), entry_start=tree.num_entries - 1, library="np")
+        if small:
+            tree.arrays(small, entry_start=tree.num_entries - 1, library="np")
     except Exception as exc:
         return f"corrupt file: the last entry of its branches cannot be read " \
                f"({type(exc).__name__}: {' '.join(str(exc).split())})"

@@ -115,6 +115,45 @@ class ColumnLayout:
         return {name: values[:, i] for i, name in enumerate(self.observer_names)}
 
     @property
+    def candidate_blocks(self) -> tuple[Block, ...]:
+        """The candidate groups (blocks of ``length`` candidates)."""
+        return tuple(b for b in self.blocks if b.length is not None)
+
+    def flat_ranges(self) -> list[tuple[slice, slice]]:
+        """``(row columns, flat columns)`` of every run of consecutive per-jet columns. The
+        *flat* part of a row is the row without its candidate blocks (what the export
+        stages per jet besides the real candidates)."""
+        ranges: list[tuple[slice, slice]] = []
+        start = flat = 0
+        for b in self.blocks:
+            width = self._width(b)
+            if b.length is None:
+                if ranges and ranges[-1][0].stop == start:
+                    rows, cols = ranges.pop()
+                    ranges.append((slice(rows.start, start + width),
+                                   slice(cols.start, flat + width)))
+                else:
+                    ranges.append((slice(start, start + width), slice(flat, flat + width)))
+                flat += width
+            start += width
+        return ranges
+
+    def flat_slice(self, name: str) -> slice:
+        """Columns of the per-jet block ``name`` in the flat part of a row."""
+        start = 0
+        for b in self.blocks:
+            if b.length is None:
+                if b.name == name:
+                    return slice(start, start + self._width(b))
+                start += self._width(b)
+        raise KeyError(f"no per-jet column block {name!r}")
+
+    @property
+    def n_flat(self) -> int:
+        """Columns of the flat part of a row (see :meth:`flat_ranges`)."""
+        return sum(self._width(b) for b in self.blocks if b.length is None)
+
+    @property
     def feature_blocks(self) -> tuple[Block, ...]:
         return tuple(b for b in self.blocks if b.kind == FEATURES)
 

@@ -1,19 +1,26 @@
-"""Merge staged per-chunk row matrices into shuffled, reweighted LZ4 chunks.
+"""Staged rows of the export and their merge into shuffled, reweighted LZ4 chunks.
 
-The processor gives every jet a pseudo-random 64-bit key from its identity (seed, file,
-jet) and writes each coffea chunk's rows sorted by key, with the keys. The merge then:
+The processor stages every coffea chunk's selected jets, sorted by their shuffle key (a
+pseudo-random 64-bit hash of the jet's identity), as raw files (:func:`write_staged`):
 
-1. cuts the key range into equal buckets (about one output file each) and takes them in
-   order; a bucket's rows are contiguous slices of the staged files (in file/entry order);
-2. orders each bucket's rows by key and permutes them with a generator seeded by
-   (seed, bucket);
-3. concatenates the permuted buckets and cuts them into files of exactly ``chunk_size``
-   rows (the last file holds the remainder);
-4. fills the per-jet weight column and writes ``file_<k>.lz4`` (compression in threads).
+- ``<base>.keys``: the keys (uint64);
+- ``<base>``: the flat part of each row, float32 (jets, ``layout.n_flat``): the per-jet
+  features, observers, process, truth (see :meth:`ColumnLayout.flat_ranges`);
+- ``<base>.c<i>.counts`` / ``<base>.c<i>``: for candidate group ``i``, the stored candidates
+  per jet (int32) and only those candidates, float32 (candidates, features) — no padding.
 
-Random bucket assignment plus a random order inside each bucket is a uniform shuffle of all
-jets. Memory stays at a few chunks; the result depends only on the jets, the seed and the
-chunk size, not on the chunking of the input or the number of workers.
+The merge (:func:`merge_staged`):
+
+1. orders all jets by (key, file, entry). The keys hash each jet's identity, so this order is
+   a uniform pseudo-random shuffle that depends only on the jets and the seed, not on how
+   the input was split into chunks, jobs or workers;
+2. cuts that order into files of exactly ``chunk_size`` rows (the last one the remainder);
+   the jets of one output file are a contiguous slice of every staged chunk;
+3. builds the output files in ``workers`` threads, each file on its own: it reads its
+   slices once, puts every jet's row at its place (candidates written candidate-major into
+   the zeroed padding), fills the weight column and writes ``file_<k>.lz4``.
+
+Memory: the keys and ranks of all jets (16 bytes per jet) plus a few output files' buffers.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from __future__ import annotations
 import math
 import queue
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +39,7 @@ from utils.dataset.chunk_format import write_chunk
 from utils.dataset.directory import chunk_name
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.reweighting import jet_weights
+from utils.io import write_raw
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -41,6 +50,7 @@ class MergeResult:
     rows: list[int]
     sum_weight: list[float]
     sizes: list[int]
+    sample_result: Any = None  # what ``on_sample`` returned
 
 
 def chunk_sizes(n_rows: int, chunk_size: int) -> list[int]:
@@ -51,100 +61,190 @@ def chunk_sizes(n_rows: int, chunk_size: int) -> list[int]:
     return [chunk_size] * (n_files - 1) + [n_rows - chunk_size * (n_files - 1)] if n_files else []
 
 
-def bucket_bounds(keys: np.ndarray, n_buckets: int) -> np.ndarray:
-    """Row bounds of ``n_buckets`` equal key ranges in sorted ``keys`` (uint64)."""
-    edges = np.array([(b << 64) // n_buckets for b in range(1, n_buckets)], dtype=np.uint64)
-    return np.concatenate([[0], np.searchsorted(keys, edges, side="left"), [len(keys)]])
+def write_staged(path: str | Path, keys: np.ndarray, flat: np.ndarray,
+                 candidates: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Stage one chunk's jets (sorted by ``keys``): the flat row parts and, per candidate
+    group, ``(stored candidates per jet, candidates x features)``."""
+    write_raw(path, np.asarray(flat, dtype=np.float32))
+    for i, (counts, values) in enumerate(candidates):
+        write_raw(f"{path}.c{i}.counts", np.asarray(counts, dtype=np.int32))
+        write_raw(f"{path}.c{i}", np.asarray(values, dtype=np.float32))
+    write_raw(f"{path}.keys", np.asarray(keys, dtype=np.uint64))  # last: marks it complete
+
+
+class _Run:
+    """One staged chunk: its files, keys and per-group candidate offsets, checked."""
+
+    def __init__(self, path: str, rows: int, layout: ColumnLayout) -> None:
+        self.path = path
+        self.rows = rows
+        self.keys = self._load(f"{path}.keys", np.uint64, rows)
+        if rows > 1 and not (self.keys[1:] >= self.keys[:-1]).all():
+            raise ValueError(f"staged file {path}: rows are not sorted by their keys")
+        self._expect(path, rows * layout.n_flat * 4)
+        self.offsets = []
+        for i, block in enumerate(layout.candidate_blocks):
+            counts = self._load(f"{path}.c{i}.counts", np.int32, rows)
+            if rows and (counts.min() < 0 or counts.max() > block.length):
+                raise ValueError(f"staged file {path}.c{i}.counts: candidate counts outside "
+                                 f"[0, {block.length}]")
+            offsets = np.zeros(rows + 1, dtype=np.int64)
+            np.cumsum(counts, out=offsets[1:])
+            self._expect(f"{path}.c{i}", int(offsets[-1]) * len(block.features) * 4)
+            self.offsets.append(offsets)
+
+    @staticmethod
+    def _expect(path: str, size: int) -> None:
+        actual = Path(path).stat().st_size
+        if actual != size:
+            raise ValueError(f"staged file {path} has {actual} bytes, expected {size}")
+
+    @classmethod
+    def _load(cls, path: str, dtype: type, rows: int) -> np.ndarray:
+        cls._expect(path, rows * np.dtype(dtype).itemsize)
+        return np.fromfile(path, dtype=dtype)
+
+
+def _read_rows(path: str, start: int, out: np.ndarray) -> None:
+    """Fill ``out`` from the raw file ``path``, starting at row ``start``."""
+    view = memoryview(out).cast("B")
+    with open(path, "rb") as handle:
+        handle.seek(start * out.itemsize * math.prod(out.shape[1:]))
+        if handle.readinto(view) != view.nbytes:
+            raise OSError(f"short read from staged file {path}")
+
+
+class _Buffers:
+    """Reusable arrays of one worker (fresh memory is expensive to fault in)."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+        size = math.prod(shape)
+        array = self.arrays.get(name)
+        if array is None or array.size < size or array.dtype != dtype:
+            array = self.arrays[name] = np.empty(max(size, 1), dtype=dtype)
+        return array[:size].reshape(shape)
 
 
 def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
-                 out_dir: Path, chunk_size: int, seed: int, tables: np.ndarray, pt_key: str,
+                 out_dir: Path, chunk_size: int, tables: np.ndarray, pt_key: str,
                  eta_key: str, pt_bins: tuple[float, ...], eta_bins: tuple[float, ...],
-                 workers: int = 1, advance: Callable[[int], None] | None = None
+                 workers: int = 1, advance: Callable[[int], None] | None = None,
+                 sample: int = 0, on_sample: Callable[[np.ndarray], Any] | None = None
                  ) -> MergeResult:
-    """Merge staged ``(path, rows)`` raw float32 files (rows sorted by the uint64 keys in
-    ``<path>.keys``) into ``out_dir/file_<k>.lz4``.
+    """Merge the staged ``(path, rows)`` chunks (see :func:`write_staged`) into
+    ``out_dir/file_<k>.lz4`` (the seed is in the keys: the order needs nothing else).
 
-    ``advance`` is called with the number of rows written after each output file.
-    Buffers are allocated once and reused (fresh memory is expensive to fault in).
+    ``on_sample`` is called with the first ``sample`` rows of the dataset (e.g. the feature
+    scales) in its own thread while the later files are built; ``advance`` with the number
+    of rows written after each output file.
     """
-    staged = sorted(staged, key=lambda entry: Path(entry[0]).name)
-    n_cols = layout.n_columns
-    row_bytes = 4 * n_cols
-    for path, rows in staged:
-        if Path(path).stat().st_size != rows * row_bytes:
-            raise ValueError(f"staged file {path} has {Path(path).stat().st_size} bytes, "
-                             f"expected {rows} rows of {n_cols} float32")
-    sizes = chunk_sizes(sum(rows for _, rows in staged), chunk_size)
-    n_buckets = max(1, len(sizes))
-    keys = [np.fromfile(f"{path}.keys", dtype=np.uint64) for path, _ in staged]
-    bounds = np.array([bucket_bounds(k, n_buckets) for k in keys],
-                      dtype=np.int64).reshape(len(staged), -1)
+    runs = [_Run(path, rows, layout) for path, rows in
+            sorted(staged, key=lambda entry: Path(entry[0]).name)]
+    total = sum(run.rows for run in runs)
+    sizes = chunk_sizes(total, chunk_size)
     if not sizes:
         raise ValueError("no rows to merge")
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+    # rank of every jet in the (key, file, entry) order; within a run the ranks increase
+    keys = np.concatenate([run.keys for run in runs])
+    order = np.argsort(keys, kind="stable")
+    del keys
+    rank = np.empty(total, dtype=np.int64)
+    rank[order] = np.arange(total)
+    del order
+    starts = np.concatenate([[0], np.cumsum([run.rows for run in runs])])
+    ranks = [rank[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    bounds = np.array([np.searchsorted(r, edges) for r in ranks],
+                      dtype=np.int64).reshape(len(runs), len(edges))
+
+    n_cols, n_flat = layout.n_columns, layout.n_flat
+    flat_ranges = layout.flat_ranges()
+    groups = [(layout.slice(b.name), b.length, len(b.features))
+              for b in layout.candidate_blocks]
     truth = layout.slice("truth")
     pt_col, eta_col, w_col = layout.column(pt_key), layout.column(eta_key), layout.weight_column
-    n_workers = max(1, workers)
-    free: queue.Queue[np.ndarray] = queue.Queue()
-    for _ in range(min(len(sizes), n_workers + 1)):
-        free.put(np.empty((sizes[0], n_cols), dtype=np.float32))
-    bucket_rows = np.diff(bounds, axis=1).sum(axis=0)
-    bucket = np.empty((int(bucket_rows.max()), n_cols), dtype=np.float32)
+    pool_size = max(1, min(workers, len(sizes)))
+    free: queue.Queue[_Buffers] = queue.Queue()
+    for _ in range(pool_size):
+        free.put(_Buffers())
 
-    def finalise(k: int, buffer: np.ndarray) -> tuple[Path, int, float, int]:
-        rows = buffer[:sizes[k]]
+    def build(k: int) -> tuple[Path, int, float, int, np.ndarray | None]:
+        buffers = free.get()
         try:
-            labels = np.argmax(rows[:, truth], axis=1)
-            rows[:, w_col] = jet_weights(tables, labels, rows[:, pt_col], rows[:, eta_col],
-                                         pt_bins, eta_bins)
-            if layout.dtype == "float16":  # values, not the observers' float64 bit words
-                for block in layout.blocks:
-                    if block.kind != "observers":
-                        part = rows[:, layout.slice(block.name)]
-                        np.clip(part, -FLOAT16_MAX, FLOAT16_MAX, out=part)
-            path = out_dir / chunk_name(k)
-            size = write_chunk(path, rows, layout)
-            sum_weight = float(rows[:, w_col].sum(dtype=np.float64))
+            return _build(k, buffers)
         finally:
-            free.put(buffer)
-        if advance:
-            advance(len(rows))
-        return path, len(rows), sum_weight, size
+            free.put(buffers)
 
-    futures: list[Future] = []
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        k, filled = 0, 0
-        buffer = free.get()
-        for b in np.flatnonzero(bucket_rows):
-            n_rows = 0
-            for (path, _), lo, hi in zip(staged, bounds[:, b], bounds[:, b + 1],
-                                         strict=True):
-                if hi > lo:  # files opened one at a time (thousands of staged files)
-                    with open(path, "rb") as handle:
-                        handle.seek(int(lo) * row_bytes)
-                        view = memoryview(bucket[n_rows:n_rows + hi - lo]).cast("B")
-                        if handle.readinto(view) != (hi - lo) * row_bytes:
-                            raise OSError(f"short read from staged file {path}")
-                    n_rows += int(hi - lo)
-            # canonical order (by key, independent of the input chunking), then shuffled
-            bucket_keys = np.concatenate([key[lo:hi] for key, lo, hi in zip(
-                keys, bounds[:, b], bounds[:, b + 1], strict=True)])
-            perm = np.argsort(bucket_keys, kind="stable")[
-                np.random.default_rng((seed, int(b))).permutation(n_rows)]
-            taken = 0
-            while taken < n_rows:
-                n = min(n_rows - taken, sizes[k] - filled)
-                np.take(bucket, perm[taken:taken + n], axis=0,
-                        out=buffer[filled:filled + n], mode="clip")
-                taken += n
-                filled += n
-                if filled == sizes[k]:
-                    futures.append(pool.submit(finalise, k, buffer))
-                    k, filled = k + 1, 0
-                    if k < len(sizes):
-                        buffer = free.get()
-        results = [f.result() for f in futures]
-    if k != len(sizes):
-        raise RuntimeError(f"merge wrote {k} of {len(sizes)} files; staged bounds inconsistent")
+    def _build(k: int, buffers: _Buffers) -> tuple[Path, int, float, int, np.ndarray | None]:
+        n = sizes[k]
+        parts = [(run, r, int(bounds[i, k]), int(bounds[i, k + 1]))
+                 for i, (run, r) in enumerate(zip(runs, ranks, strict=True))
+                 if bounds[i, k + 1] > bounds[i, k]]
+        dest = buffers.get("dest", (n,), np.int64)  # row of each staged jet (read order)
+        flat = buffers.get("flat", (n, n_flat))
+        at = 0
+        for run, r, lo, hi in parts:
+            dest[at:at + hi - lo] = r[lo:hi] - edges[k]
+            _read_rows(run.path, lo, flat[at:at + hi - lo])
+            at += hi - lo
+        source = buffers.get("source", (n,), np.int64)  # staged jet of each row
+        source[dest] = np.arange(n)
+        in_order = buffers.get("in_order", (n, n_flat))
+        np.take(flat, source, axis=0, out=in_order)
+        rows = buffers.get("rows", (n, n_cols))
+        rows.fill(0.0)
+        for columns, staged_columns in flat_ranges:
+            rows[:, columns] = in_order[:, staged_columns]
+        for g, (columns, length, n_features) in enumerate(groups):
+            counts = buffers.get(f"counts{g}", (n,), np.int32)
+            at = 0
+            for run, _, lo, hi in parts:
+                _read_rows(f"{run.path}.c{g}.counts", lo, counts[at:at + hi - lo])
+                at += hi - lo
+            n_candidates = int(counts.sum(dtype=np.int64))
+            values = buffers.get(f"values{g}", (n_candidates, n_features))
+            at = 0
+            for run, _, lo, hi in parts:
+                a, b = int(run.offsets[g][lo]), int(run.offsets[g][hi])
+                _read_rows(f"{run.path}.c{g}", a, values[at:at + b - a])
+                at += b - a
+            first = np.cumsum(counts, dtype=np.int64) - counts
+            slot = np.arange(n_candidates, dtype=np.int64) - np.repeat(first, counts)
+            block = rows[:, columns].reshape(n, length, n_features)
+            if not np.may_share_memory(block, rows):  # numpy reshapes this view in place
+                raise RuntimeError("candidate block is not a view of the rows")
+            block[np.repeat(dest, counts), slot] = values
+        labels = np.argmax(rows[:, truth], axis=1)
+        rows[:, w_col] = jet_weights(tables, labels, rows[:, pt_col], rows[:, eta_col],
+                                     pt_bins, eta_bins)
+        if layout.dtype == "float16":  # values, not the observers' float64 bit words
+            for block in layout.blocks:
+                if block.kind != "observers":
+                    part = rows[:, layout.slice(block.name)]
+                    np.clip(part, -FLOAT16_MAX, FLOAT16_MAX, out=part)
+        path = out_dir / chunk_name(k)
+        size = write_chunk(path, rows, layout)
+        sum_weight = float(rows[:, w_col].sum(dtype=np.float64))
+        head = rows[:max(0, min(n, sample - int(edges[k])))].copy() \
+            if edges[k] < sample else None
+        if advance:
+            advance(n)
+        return path, n, sum_weight, size, head
+
+    n_heads = int(np.searchsorted(edges[:-1], sample, side="left"))  # files with sample rows
+    with ThreadPoolExecutor(max_workers=pool_size) as pool, \
+            ThreadPoolExecutor(max_workers=1) as side:
+        futures = [pool.submit(build, k) for k in range(len(sizes))]
+        results, sampled = [], None
+        for k, future in enumerate(futures):
+            results.append(future.result())
+            if on_sample is not None and k == max(n_heads, 1) - 1:
+                heads = [r[4] for r in results if r[4] is not None]
+                sampled = side.submit(on_sample, np.concatenate(heads) if heads else
+                                      np.empty((0, n_cols), np.float32))
+        sample_result = sampled.result() if sampled is not None else None
     return MergeResult([r[0] for r in results], [r[1] for r in results],
-                       [r[2] for r in results], [r[3] for r in results])
+                       [r[2] for r in results], [r[3] for r in results], sample_result)

@@ -5,10 +5,11 @@ candidates and the config's ``default_values`` left out): half the distance betw
 16th and 84th percentiles (the standard deviation of a Gaussian, insensitive to tails). A
 feature whose real entries are mostly 0 (e.g. an impact parameter of tracks without hits)
 gets the spread of its other values; a constant feature gets 0 (attacks leave it alone).
-The export computes the
-scales from the first chunks (the rows are uniformly shuffled, so they are a random sample)
-and stores them as ``feature_scales.json`` with the dataset; :func:`dataset_scales` reads
-them, or computes them from the chunks of a dataset exported before they were stored.
+The export computes the scales from the first ``SAMPLE_JETS`` rows (uniformly shuffled, so
+a random sample; at most ``SAMPLE_ENTRIES`` entries per feature) while the merge writes
+the later files, and stores them as ``feature_scales.json`` with the dataset;
+:func:`dataset_scales` reads them, or computes them from the chunks of a dataset exported
+before they were stored.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from utils.dataset.chunk_format import read_chunk
 from utils.dataset.layout import ColumnLayout
 
 SAMPLE_JETS = 100_000  # jets the scales are computed from
+SAMPLE_ENTRIES = 200_000  # at most this many (real) entries per feature
 QUANTILES = (16.0, 84.0)
-METHOD = ("half the 16-84 percentile range over real (non-padding) entries that are not at "
-          "a declared default value; over the non-zero ones where that is 0; 0 for constant "
+METHOD = ("half the 16-84 percentile range over the real (non-padding) entries of the first "
+          f"{SAMPLE_JETS} jets (at most {SAMPLE_ENTRIES} per feature) that are not at a "
+          "declared default value; over the non-zero ones where that is 0; 0 for constant "
           "features")
 
 
@@ -45,7 +48,8 @@ def group_scales(block: np.ndarray, length: int | None,
     n_features = block.shape[1] // (length or 1)
     values = block.reshape(len(block), length or 1, n_features)
     real = (values != 0).any(axis=2) if length else np.ones(values.shape[:2], dtype=bool)
-    entries = values[real]  # (real candidates, features), still in the stored dtype
+    # (real candidates, features) of the first jets, still in the stored dtype
+    entries = values[real][:SAMPLE_ENTRIES]
     scales = []
     for i in range(n_features):
         column = entries[:, i].astype(np.float64)  # exact: float64 only column by column
@@ -75,7 +79,13 @@ def compute_scales(files: Iterable[str | Path], defaults: Mapping[str, Mapping[s
             break
     if layout is None:
         return {"groups": {}, "jets": 0, "method": METHOD}
-    rows = np.concatenate(parts)
+    return scales_of_rows(np.concatenate(parts), layout, defaults)
+
+
+def scales_of_rows(rows: np.ndarray, layout: ColumnLayout,
+                   defaults: Mapping[str, Mapping[str, float]] | None = None
+                   ) -> dict[str, Any]:
+    """The scales (as :func:`compute_scales`) of the feature groups of ``rows``."""
     groups = {}
     for block in layout.feature_blocks:
         declared = (defaults or {}).get(block.name, {})

@@ -5,10 +5,11 @@
 (finite pT/eta inside the bins, a label, the config selection),
 :meth:`~JetTupleProcessor.gather` (per-jet values and candidate groups padded/clipped,
 derived features included), :meth:`~JetTupleProcessor.drop_non_finite`,
-:meth:`~JetTupleProcessor.fill_rows`, :meth:`~JetTupleProcessor.histogram` and
-:meth:`~JetTupleProcessor.stage` (the chunk's rows to one raw float32 staging file, sorted
-by shuffle key). It returns only small mergeable accumulators (staged file names and row
-counts, per-label pT-eta histograms, counters), never the arrays themselves.
+:meth:`~JetTupleProcessor.staged_rows` (the per-jet part of the rows and only the real
+candidates), :meth:`~JetTupleProcessor.histogram` and :meth:`~JetTupleProcessor.stage` (raw
+staging files sorted by shuffle key, see :mod:`utils.dataset.merge`). It returns only small
+mergeable accumulators (staged file names and row counts, per-label pT-eta histograms,
+counters), never the arrays themselves.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from coffea import processor
 
 from utils.config import Config, Derived
 from utils.dataset.layout import ColumnLayout
+from utils.dataset.merge import write_staged
 from utils.dataset.reweighting import bin_index
 from utils.errors import BHiveError
-from utils.io import write_raw
 
 
 class ColumnError(BHiveError, ValueError):
@@ -39,10 +40,11 @@ def staged_name(file_index: int, entry_start: int) -> str:
 
 
 _BUFFERS: dict[str, np.ndarray] = {}
+TRANSPOSE_BLOCK = 1 << 16  # candidates per block of the feature-major -> candidate-major copy
 
 
-def _zeroed_buffer(name: str, rows: int, cols: int) -> np.ndarray:
-    """A zeroed (rows, cols) float32 array backed by a per-process reusable buffer.
+def _buffer(name: str, rows: int, cols: int) -> np.ndarray:
+    """A (rows, cols) float32 array backed by a per-process reusable buffer.
 
     Faulting in fresh memory costs more than the processing itself on some machines, so the
     large per-chunk arrays reuse one allocation per name and worker process (each view is
@@ -51,9 +53,7 @@ def _zeroed_buffer(name: str, rows: int, cols: int) -> np.ndarray:
     size = rows * cols
     if name not in _BUFFERS or _BUFFERS[name].size < size:
         _BUFFERS[name] = np.empty(max(size, 1), dtype=np.float32)
-    view = _BUFFERS[name][:size].reshape(rows, cols)
-    view.fill(0.0)
-    return view
+    return _BUFFERS[name][:size].reshape(rows, cols)
 
 
 def shuffle_key(seed: int, file_index: int, jet_id: np.ndarray) -> np.ndarray:
@@ -61,7 +61,7 @@ def shuffle_key(seed: int, file_index: int, jet_id: np.ndarray) -> np.ndarray:
 
     Depends only on the jet's identity, not on how the input is split into chunks or jobs,
     so the shuffled output is identical for any chunking, executor and number of workers.
-    The merge cuts the key range into buckets.
+    The output is in key order.
     """
     with np.errstate(over="ignore"):
         z = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
@@ -138,11 +138,10 @@ class Gathered:
 
 
 class JetTupleProcessor(processor.ProcessorABC):
-    """Turn chunks of a flat jet tuple into staged row matrices (see :class:`ColumnLayout`).
+    """Turn chunks of a flat jet tuple into staged rows (see :mod:`utils.dataset.merge`).
 
-    Selected rows are written sorted by their shuffle key (``shuffle_key`` of the jet's file
-    and id), with the keys beside them (``<name>.keys``), so the merge reads every key range
-    (bucket) as contiguous slices.
+    Selected jets are staged sorted by their shuffle key (``shuffle_key`` of the jet's file
+    and id), with the keys, so the jets of every output file are contiguous slices.
     """
 
     def __init__(self, config: Config, staging_dir: str | Path, file_index: dict[str, int],
@@ -290,37 +289,44 @@ class JetTupleProcessor(processor.ProcessorABC):
         dropped = int((keep & bad).sum())
         return keep & ~bad, dropped, by_branch
 
-    def fill_rows(self, values: Gathered, selected: np.ndarray, label: np.ndarray,
-                  process: str) -> np.ndarray:
-        """The (selected jets, columns) float32 matrix: features (candidates padded with
-        zeros and clipped to the group length), observers, process, truth one-hot."""
+    def staged_rows(self, values: Gathered, selected: np.ndarray, label: np.ndarray,
+                    process: str) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """The rows of the ``selected`` jets (in that order) as staged: the flat part
+        (per-jet features, observers, process, truth one-hot; weight 0) and, per candidate
+        group, ``(stored candidates per jet, candidates x features)`` with each jet's first
+        ``length`` candidates only (the merge pads them)."""
         config, layout = self.config, self.layout
         m = len(selected)
-        position = np.full(len(label), -1, dtype=np.int64)
-        position[selected] = np.arange(m)
-        matrix = _zeroed_buffer("rows", m, layout.n_columns)
+        flat = np.zeros((m, layout.n_flat), dtype=np.float32)
+        candidates = []
         for group in config.groups:
-            block = matrix[:, layout.slice(group.name)]
             if not group.is_candidates:
+                block = flat[:, layout.flat_slice(group.name)]
                 for j, feature in enumerate(group.features):
                     block[:, j] = values.scalars[feature][selected]
                 continue
-            rows, local, contents = values.candidates[group.name]
-            target = position[rows]
-            take = np.flatnonzero((target >= 0) & (local < group.length))
-            # fill feature-major (sequential writes), then transpose into the row block
-            dense = _zeroed_buffer(f"group:{group.name}", len(contents), m * group.length)
-            slot = target[take] * group.length + local[take]
+            rows, _, contents = values.candidates[group.name]
+            per_jet = np.bincount(rows, minlength=len(label))
+            counts = np.minimum(per_jet[selected], group.length).astype(np.int32)
+            first = np.cumsum(per_jet) - per_jet  # each jet's first candidate in the contents
+            offsets = np.cumsum(counts, dtype=np.int64) - counts
+            take = np.repeat(first[selected] - offsets, counts) + \
+                np.arange(int(counts.sum()), dtype=np.int64)
+            # gathered feature by feature (contiguous writes), then transposed in blocks
+            by_feature = _buffer(f"features:{group.name}", len(contents), len(take))
             for j, content in enumerate(contents):
-                dense[j, slot] = content[take]
-            block.reshape(m, group.length, len(contents))[...] = \
-                dense.reshape(len(contents), m, group.length).transpose(1, 2, 0)
+                by_feature[j] = content[take]
+            stored = _buffer(f"group:{group.name}", len(take), len(contents))
+            for a in range(0, len(take), TRANSPOSE_BLOCK):
+                stored[a:a + TRANSPOSE_BLOCK] = by_feature[:, a:a + TRANSPOSE_BLOCK].T
+            candidates.append((counts, stored))
         if config.observers:
-            matrix[:, layout.slice("observers")] = layout.encode_observers(
+            flat[:, layout.flat_slice("observers")] = layout.encode_observers(
                 values.observers[selected])
-        matrix[:, layout.process_column] = self.process_index[process]
-        matrix[np.arange(m), layout.slice("truth").start + label[selected]] = 1.0
-        return matrix
+        flat[:, layout.flat_slice("process")] = self.process_index[process]
+        truth = layout.flat_slice("truth")
+        flat[np.arange(m), truth.start + label[selected]] = 1.0
+        return flat, candidates
 
     def histogram(self, chunk: Chunk, selected: np.ndarray, label: np.ndarray) -> np.ndarray:
         """Selected jets per truth label in the (pT, eta) bins."""
@@ -332,16 +338,16 @@ class JetTupleProcessor(processor.ProcessorABC):
         histogram = np.bincount(flat_bin, minlength=len(config.truths) * n_pt * n_eta)
         return histogram.reshape(len(config.truths), n_pt, n_eta).astype(np.float64)
 
-    def stage(self, chunk: Chunk, matrix: np.ndarray, key: np.ndarray) -> list[tuple[str, int]]:
-        """Write the rows and their shuffle keys to the staging directory (nothing for a
-        chunk without selected jets)."""
-        if not len(matrix):
+    def stage(self, chunk: Chunk, key: np.ndarray, flat: np.ndarray,
+              candidates: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[str, int]]:
+        """Write the staged rows and their shuffle keys to the staging directory (nothing
+        for a chunk without selected jets)."""
+        if not len(key):
             return []
         path = Path(self.staging_dir) / staged_name(self.file_index[chunk.filename],
                                                     chunk.entry_start)
-        write_raw(path, matrix)
-        write_raw(f"{path}.keys", key)
-        return [(str(path), len(matrix))]
+        write_staged(path, key, flat, candidates)
+        return [(str(path), len(key))]
 
     def process(self, events: Any) -> dict[str, Any]:
         meta = events.metadata
@@ -366,12 +372,12 @@ class JetTupleProcessor(processor.ProcessorABC):
         key = shuffle_key(self.seed, self.file_index[chunk.filename], jet_id[selected])
         order = np.argsort(key, kind="stable")
         selected, key = selected[order], key[order]
-        matrix = self.fill_rows(values, selected, label, chunk.process)
+        flat, candidates = self.staged_rows(values, selected, label, chunk.process)
         counts["selected"] = len(selected)
         counts["multi_label"] = int((n_true[selected] > 1).sum())
         labels = np.bincount(label[selected], minlength=len(self.config.truths))
         return {
-            "staged": self.stage(chunk, matrix, key),
+            "staged": self.stage(chunk, key, flat, candidates),
             "histogram": self.histogram(chunk, selected, label),
             "counts": counts,
             "rows_per_file": {chunk.filename: len(selected)},

@@ -116,8 +116,9 @@ def random_batch(spec: InputSpec, batch_size: int, generator: torch.Generator,
 
 
 def runner(model: torch.nn.Module, inputs: object, target: torch.Tensor,
-           mode: str) -> Callable[[], None]:
-    """One training step (forward, backward, Adam) or one inference pass on the batch."""
+           mode: str, optimizer: torch.optim.Optimizer | None = None) -> Callable[[], None]:
+    """One training step (forward, backward, Adam: ``optimizer`` or a new one) or one
+    inference pass on the batch."""
     if mode == "inference":
         model.eval()
 
@@ -126,7 +127,7 @@ def runner(model: torch.nn.Module, inputs: object, target: torch.Tensor,
                 model(inputs)
         return infer
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -90,6 +90,22 @@ def test_optimiser_scheduler_and_loss_factories():
     assert sgd.param_groups[0]["weight_decay"] == 0.01
     with pytest.raises(OptimConfigError, match="'Adamm' is not a torch.optim optimiser"):
         make_optimizer("Adamm", params, 1e-3)
+    # the fused AdamW (one kernel for all tensors) takes the same steps as the per-tensor one
+    torch.manual_seed(0)
+    fused = [torch.nn.Parameter(torch.randn(100)), torch.nn.Parameter(torch.randn(3, 7))]
+    plain = [torch.nn.Parameter(p.detach().clone()) for p in fused]
+    adamw = make_optimizer("AdamW", fused, 1e-2, (0.9, 0.99), 1e-6, 0.01)
+    assert adamw.param_groups[0]["fused"] is True
+    reference = torch.optim.AdamW(plain, lr=1e-2, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01)
+    for _ in range(5):
+        for a, b in zip(fused, plain, strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        adamw.step()
+        reference.step()
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert make_optimizer("RAdam", params, 1e-3).param_groups[0].get("fused") is None
     scheduler, per_batch = make_scheduler("batch_lin_decay", sgd, 2, 10, 0.1)
     assert per_batch and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
     with pytest.raises(OptimConfigError, match="lr-scheduler 'cyclic'"):

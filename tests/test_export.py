@@ -12,7 +12,12 @@ import uproot
 from utils.config import Derived, FeatureGroup, label_to_class
 from utils.dataset.chunk_format import read_chunk
 from utils.dataset.directory import DatasetDirectory
-from utils.dataset.export import ExportError, export_dataset
+from utils.dataset.export import (
+    TARGET_CHUNK_BYTES,
+    ExportError,
+    default_coffea_chunk_size,
+    export_dataset,
+)
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.reweighting import config_weights
 from utils.synthetic import synthetic_arrays, write_ntuple, write_synthetic_ntuple
@@ -310,3 +315,14 @@ def test_input_errors_are_not_retried(tmp_path, offline_config):
                       executor="iterative", retries=3)
     assert f"{bad}: branch 'jet_pt': expected one value per jet" in str(info.value)
     assert not [w for w in caught if "attempt" in str(w.message)]
+
+
+def test_coffea_chunk_size(offline_config):
+    layout = ColumnLayout.from_config(offline_config)
+    by_bytes = TARGET_CHUNK_BYTES // (4 * layout.n_columns)
+    assert default_coffea_chunk_size(layout) == by_bytes
+    assert default_coffea_chunk_size(layout, 10 * by_bytes, workers=2) == by_bytes
+    # few entries: at least two chunks per worker, never under 1000 entries
+    assert default_coffea_chunk_size(layout, 100_000, workers=2) == 25_000
+    assert default_coffea_chunk_size(layout, 100_001, workers=4) == 12_501
+    assert default_coffea_chunk_size(layout, 500, workers=2) == 1_000

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import math
 import multiprocessing
 import os
 import shutil
@@ -41,7 +42,9 @@ from utils.settings import EXECUTORS, ExportSettings
 
 DEBUG_MAX_CHUNKS = 3
 DEBUG_CHUNK_ROWS = 5_000
-TARGET_CHUNK_BYTES = 64 * 1024**2
+# padded float32 bytes of one coffea chunk: big chunks open each TTree and parse its
+# metadata fewer times (100k-entry chunks export 1.1x faster than 27k-entry ones)
+TARGET_CHUNK_BYTES = 256 * 1024**2
 STAGING_PREFIX = "bhive-staging-"
 ABORT = "ABORT"  # marker in the staging directory: a chunk failed, the others stop early
 REMOTE_RETRIES = 2  # coffea retries of a chunk that reads root:// files (network hiccups)
@@ -73,9 +76,15 @@ class ExportSummary:
         return [f for f, entry in self.inputs.items() if entry["selected"] == 0]
 
 
-def default_coffea_chunk_size(layout: ColumnLayout) -> int:
-    """Entries per coffea chunk so that one chunk's float32 rows take about 64 MB."""
-    return int(np.clip(TARGET_CHUNK_BYTES // (4 * layout.n_columns), 1_000, 200_000))
+def default_coffea_chunk_size(layout: ColumnLayout, entries: int | None = None,
+                              workers: int = 1) -> int:
+    """Entries per coffea chunk so that one chunk's padded float32 rows would take about
+    256 MB (staged are only the real candidates: less), and, given the total ``entries``,
+    at least two chunks per worker."""
+    size = TARGET_CHUNK_BYTES // (4 * layout.n_columns)
+    if entries:
+        size = min(size, math.ceil(entries / (2 * max(workers, 1))))
+    return int(np.clip(size, 1_000, 200_000))
 
 
 @contextlib.contextmanager
@@ -186,8 +195,11 @@ def run_processor(config: Config, by_process: dict[str, list[str]],
                   workers: int = ExportSettings.coffea_worker, debug: bool = False,
                   coffea_chunk_size: int | None = None,
                   scheduler_address: str | None = None,
-                  retries: int | None = None) -> dict[str, Any]:
+                  retries: int | None = None, entries: int | None = None) -> dict[str, Any]:
     """Run the config's coffea processor over the files; staged rows go to ``staging``.
+
+    ``entries``: the files' total entries, if known (sizes the coffea chunks, see
+    :func:`default_coffea_chunk_size`).
 
     ``retries``: coffea's retries of a failing chunk (default: a few for root:// inputs,
     whose reads can fail transiently, else none); b-hive's own input errors are never
@@ -203,8 +215,8 @@ def run_processor(config: Config, by_process: dict[str, list[str]],
     processor_cls = get_processor(config.processor)
     layout = ColumnLayout.from_config(config)
     proc = processor_cls(config, staging, file_index, seed=seed)
-    rows_per_chunk = DEBUG_CHUNK_ROWS if debug else (coffea_chunk_size or
-                                                      default_coffea_chunk_size(layout))
+    rows_per_chunk = DEBUG_CHUNK_ROWS if debug else (
+        coffea_chunk_size or default_coffea_chunk_size(layout, entries, workers))
     # preload: read all needed branches of a chunk in one uproot call (faster than lazily)
     preload = processor_cls.preload_branches(config)
     fileset = {name: {"files": {f: config.tree_name for f in fs},
@@ -279,7 +291,7 @@ def export_dataset(config: Config, files: Sequence[str], out_dir: Path, work_dir
     try:
         result = run_processor(config, by_process, {f: i for i, f in enumerate(used)},
                                staging, seed, executor, workers, debug, coffea_chunk_size,
-                               scheduler_address)
+                               scheduler_address, entries=sum(entries.values()))
         timing = {"pre-flight check": checked - start,
                   "processing": time.perf_counter() - checked}
         return finish_export(config, [result], by_process, entries, out_dir, work_dir,

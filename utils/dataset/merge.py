@@ -213,10 +213,12 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
                 at += b - a
             first = np.cumsum(counts, dtype=np.int64) - counts
             slot = np.arange(n_candidates, dtype=np.int64) - np.repeat(first, counts)
-            block = rows[:, columns].reshape(n, length, n_features)
+            # each candidate's features as one item: one index per candidate, not per value
+            item = np.dtype((np.void, n_features * rows.itemsize))
+            block = rows[:, columns].reshape(n, length, n_features).view(item)[..., 0]
             if not np.may_share_memory(block, rows):  # numpy reshapes this view in place
                 raise RuntimeError("candidate block is not a view of the rows")
-            block[np.repeat(dest, counts), slot] = values
+            block[np.repeat(dest, counts), slot] = values.view(item)[:, 0]
         labels = np.argmax(rows[:, truth], axis=1)
         rows[:, w_col] = jet_weights(tables, labels, rows[:, pt_col], rows[:, eta_col],
                                      pt_bins, eta_bins)

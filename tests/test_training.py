@@ -284,7 +284,7 @@ DEMO = ("--config", "demo", "--dataset-version", "d1", "--DatasetConstructorTask
 def test_resume_after_kill_and_parameter_errors(run_law, law_env):
     run_law("DatasetConstructorTask", *DEMO, "--workers", 2)
     train = ("TrainingTask", *DEMO, "--training-version", "t1", "--model-name", "DeepJet",
-             "--epochs", 3, "--batch-size", 32, "--n-threads", 1)
+             "--epochs", 3, "--batch-size", 128, "--n-threads", 1)
     out = (run_law.data_path / "TrainingTask" / "demo" / "d1" / "t1" / "DeepJet" / "epochs_3" /
            "nominal")
     # SIGKILL when epoch 2 starts (deterministic: tests/faults.py)
@@ -300,7 +300,7 @@ def test_resume_after_kill_and_parameter_errors(run_law, law_env):
     assert len(metrics["loss"]) == 3 and len(np.load(out / "validation_metrics.npz")["loss"]) == 3
     assert (out / "model_2.pt").exists() and not list(out.glob(".*tmp*"))
     params = json.loads((out / "parameters.json").read_text())["parameters"]
-    assert params["batch_size"] == "32" and params["learning_rate"] == "0.001"
+    assert params["batch_size"] == "128" and params["learning_rate"] == "0.001"
     # a different hyper-parameter into the same training version is an error
     clash = run_law(*train, "--learning-rate", 0.01, check=False)
     assert clash.returncode != 0

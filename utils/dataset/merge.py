@@ -105,6 +105,14 @@ class _Run:
         return np.fromfile(path, dtype=dtype)
 
 
+def _flat_column(flat_ranges: list[tuple[slice, slice]], column: int) -> int:
+    """Column of the flat part holding row column ``column`` (a per-jet column)."""
+    for columns, staged in flat_ranges:
+        if columns.start <= column < columns.stop:
+            return staged.start + column - columns.start
+    raise ValueError(f"row column {column} is not a per-jet column")
+
+
 def _read_rows(path: str, start: int, out: np.ndarray) -> None:
     """Fill ``out`` from the raw file ``path``, starting at row ``start``."""
     view = memoryview(out).cast("B")
@@ -164,8 +172,10 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
     flat_ranges = layout.flat_ranges()
     groups = [(layout.slice(b.name), b.length, len(b.features))
               for b in layout.candidate_blocks]
-    truth = layout.slice("truth")
-    pt_col, eta_col, w_col = layout.column(pt_key), layout.column(eta_key), layout.weight_column
+    # per-jet values for the weights come from the flat part (a row's columns are strided)
+    truth = layout.flat_slice("truth")
+    pt_col, eta_col = (_flat_column(flat_ranges, layout.column(key)) for key in (pt_key, eta_key))
+    w_col = layout.weight_column
     pool_size = max(1, min(workers, len(sizes)))
     free: queue.Queue[_Buffers] = queue.Queue()
     for _ in range(pool_size):
@@ -219,9 +229,13 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
             if not np.may_share_memory(block, rows):  # numpy reshapes this view in place
                 raise RuntimeError("candidate block is not a view of the rows")
             block[np.repeat(dest, counts), slot] = values.view(item)[:, 0]
-        labels = np.argmax(rows[:, truth], axis=1)
-        rows[:, w_col] = jet_weights(tables, labels, rows[:, pt_col], rows[:, eta_col],
-                                     pt_bins, eta_bins)
+        labels = np.argmax(in_order[:, truth], axis=1)
+        weights = jet_weights(tables, labels, in_order[:, pt_col], in_order[:, eta_col],
+                              pt_bins, eta_bins)
+        if layout.dtype == "float16":
+            weights = np.clip(weights, -FLOAT16_MAX, FLOAT16_MAX)
+        weights = weights.astype(rows.dtype)
+        rows[:, w_col] = weights
         if layout.dtype == "float16":  # values, not the observers' float64 bit words
             for block in layout.blocks:
                 if block.kind != "observers":
@@ -229,7 +243,7 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
                     np.clip(part, -FLOAT16_MAX, FLOAT16_MAX, out=part)
         path = out_dir / chunk_name(k)
         size = write_chunk(path, rows, layout)
-        sum_weight = float(rows[:, w_col].sum(dtype=np.float64))
+        sum_weight = float(weights.sum(dtype=np.float64))
         head = rows[:max(0, min(n, sample - int(edges[k])))].copy() \
             if edges[k] < sample else None
         if advance:

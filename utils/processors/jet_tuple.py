@@ -129,12 +129,12 @@ class Chunk:
 @dataclass
 class Gathered:
     """The stored values of a chunk's jets: per-jet features (float32), observers
-    (float64) and, per candidate group, ``(jet of each candidate, its place in the jet,
-    one content array per feature)``."""
+    (float64) and, per candidate group, ``(candidates per jet, one content array per
+    feature)``."""
 
     scalars: dict[str, np.ndarray]
     observers: np.ndarray
-    candidates: dict[str, tuple[np.ndarray, np.ndarray, list[np.ndarray]]]
+    candidates: dict[str, tuple[np.ndarray, list[np.ndarray]]]
 
 
 class JetTupleProcessor(processor.ProcessorABC):
@@ -219,8 +219,8 @@ class JetTupleProcessor(processor.ProcessorABC):
 
     def gather(self, chunk: Chunk) -> Gathered:
         """Every stored value: per-jet features as float32, observers as float64, and the
-        candidate groups (sorted by ``sort_by`` if set) as flat contents with each
-        candidate's jet and place, ready to be padded/clipped into the rows."""
+        candidate groups (sorted by ``sort_by`` if set) as flat contents with the
+        candidates per jet, ready to be clipped into the rows."""
         config = self.config
         scalars = {name: chunk.scalar(name).astype(np.float32, copy=False)
                    for g in config.groups if not g.is_candidates for name in g.features}
@@ -233,7 +233,7 @@ class JetTupleProcessor(processor.ProcessorABC):
             if group.sort_by is not None:
                 order = ak.argsort(chunk.column(group.sort_by), axis=1, ascending=False,
                                    stable=True)
-            counts_ref, contents, rows, local = None, [], None, None
+            counts_ref, contents = None, []
             for feature in group.features:
                 try:
                     values = chunk.column(feature)
@@ -243,16 +243,13 @@ class JetTupleProcessor(processor.ProcessorABC):
                     raise ColumnError(f"{chunk.filename}: branch '{feature}': {exc}") from exc
                 if counts_ref is None:
                     counts_ref = counts
-                    rows = np.repeat(np.arange(chunk.n), counts)
-                    local = np.arange(len(content)) - np.repeat(np.cumsum(counts) - counts,
-                                                                counts)
                 elif not np.array_equal(counts, counts_ref):
                     raise ColumnError(
                         f"{chunk.filename}: branch '{feature}' of group '{group.name}' has "
                         f"other candidate counts than '{group.features[0]}'; all features of "
                         "a candidate group must share one counter")
                 contents.append(content)
-            candidates[group.name] = (rows, local, contents)
+            candidates[group.name] = (counts_ref, contents)
         return Gathered(scalars, observers, candidates)
 
     def drop_non_finite(self, values: Gathered, keep: np.ndarray
@@ -282,9 +279,12 @@ class JetTupleProcessor(processor.ProcessorABC):
                 if not finite.all():
                     mark(name, ~finite)
         for group in (g for g in self.config.groups if g.is_candidates):
-            rows, local, contents = values.candidates[group.name]
+            counts, contents = values.candidates[group.name]
             for name, content in zip(group.features, contents, strict=True):
                 if not np.isfinite(content).all():  # rare: find the jets (stored part only)
+                    rows = np.repeat(np.arange(len(counts)), counts)
+                    local = np.arange(len(content)) - np.repeat(np.cumsum(counts) - counts,
+                                                                counts)
                     mark(name, rows[(local < group.length) & ~np.isfinite(content)])
         dropped = int((keep & bad).sum())
         return keep & ~bad, dropped, by_branch
@@ -305,8 +305,7 @@ class JetTupleProcessor(processor.ProcessorABC):
                 for j, feature in enumerate(group.features):
                     block[:, j] = values.scalars[feature][selected]
                 continue
-            rows, _, contents = values.candidates[group.name]
-            per_jet = np.bincount(rows, minlength=len(label))
+            per_jet, contents = values.candidates[group.name]
             counts = np.minimum(per_jet[selected], group.length).astype(np.int32)
             first = np.cumsum(per_jet) - per_jet  # each jet's first candidate in the contents
             offsets = np.cumsum(counts, dtype=np.int64) - counts

@@ -33,6 +33,7 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
     events_per_file = setting(GenerationSettings, "events_per_file")
     pthat_min = setting(GenerationSettings, "pthat_min")
     seed = setting(GenerationSettings, "seed")
+    detector = setting(GenerationSettings, "detector")
     sample_version = luigi.Parameter(
         default="v1",
         description="version tag of the generated sample (a directory name); default: v1",
@@ -98,7 +99,8 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
         with progress_bar(f"Generating {label}", total=self.n_events, unit="events") as bar:
             stats = generate_file(path, process=self.process, n_events=self.n_events,
                                   seed=self.branch_seed(), pthat_min=self.settings.pthat_min,
-                                  progress=bar.advance)
+                                  progress=bar.advance,
+                                  detector_model=self.settings.detector)
         console.print(f"{label}: {stats['n_jets']:,} jets from {stats['n_events']:,} events in "
                       f"{stats['seconds']:.1f} s -> {path}")
         self._finish_workflow()

@@ -10,7 +10,16 @@ import pytest
 import uproot
 
 from utils.generation import BRANCHES, TREE_NAME, generate_file
-from utils.generation.generator import ParticleBatch
+from utils.generation.detector import (
+    DETECTOR_MODELS,
+    NEUTRAL_HADRON,
+    TRACK,
+    reconstruct_particles,
+    secondary_vertices,
+    track_features,
+    tracking_efficiency,
+)
+from utils.generation.generator import EventGenerator, ParticleBatch
 from utils.generation.truth import (
     B_LABELS,
     C_LABELS,
@@ -243,6 +252,128 @@ def test_signed_impact_parameters_favour_positive_values_in_b_jets(samples):
     assert abs((sig_light > 0).mean() - 0.5) < 0.05  # prompt tracks: symmetric resolution
 
 
+# --- detector models ------------------------------------------------------------------------
+
+REALISTIC, IDEAL = DETECTOR_MODELS["realistic"], DETECTOR_MODELS["ideal"]
+
+
+def test_tracking_efficiency_falls_with_production_radius():
+    radius = np.array([0.0, 15.0, 30.0, 60.0, 100.0])
+    np.testing.assert_allclose(tracking_efficiency(radius, REALISTIC),
+                               [0.95, 0.7125, 0.475, 0.0, 0.0])
+    np.testing.assert_array_equal(tracking_efficiency(radius, IDEAL), np.ones(5))
+
+
+def test_lost_tracks_become_calorimeter_deposits():
+    n = 40_000
+    rng = np.random.default_rng(3)
+    pid = np.where(np.arange(n) % 2 == 0, 211, 13)  # pions and muons, pT 5 GeV, eta 0
+    radius_mm = np.where(np.arange(n) < n // 2, 0.0, 450.0)  # at the PV / at r = 45 cm
+    args = (pid, np.ones(n, dtype=np.int64), np.ones(n), np.full(n, 5.0), np.zeros(n),
+            np.zeros(n), np.full(n, 5.0))
+    ideal = reconstruct_particles(*args, rng, radius_mm, IDEAL)
+    assert np.array_equal(np.sort(ideal.row), np.arange(n))  # every particle is a track
+    real = reconstruct_particles(*args, rng, radius_mm, REALISTIC)
+    tracked = real.row[real.kind == TRACK]
+    prompt, displaced = tracked < n // 2, tracked >= n // 2
+    assert prompt.sum() / (n // 2) == pytest.approx(0.95, abs=0.01)
+    assert displaced.sum() / (n // 2) == pytest.approx(0.95 * 0.25, abs=0.01)
+    lost = np.setdiff1d(np.arange(n), tracked)
+    in_calo = real.row[real.kind == NEUTRAL_HADRON]
+    assert set(in_calo) <= set(lost[pid[lost] == 211])  # lost muons leave nothing
+    assert len(in_calo) > 0.9 * (pid[lost] == 211).sum()  # (minus the HCAL threshold)
+
+
+def _prompt_tracks(n: int, model, seed: int = 4) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    phi = rng.uniform(-np.pi, np.pi, n)
+    momentum = (10 * np.cos(phi), 10 * np.sin(phi), rng.normal(0, 5, n))
+    axis = tuple(m / np.sqrt(sum(c**2 for c in momentum)) for m in momentum)
+    zero = (np.zeros(n),) * 3
+    return track_features(momentum, zero, axis, np.zeros(n), phi, rng, model)
+
+
+def test_impact_parameter_tails_and_informative_chi2():
+    n = 200_000
+    ideal, real = _prompt_tracks(n, IDEAL), _prompt_tracks(n, REALISTIC)
+    assert np.all(ideal["ip_scale"] == 1)
+    assert (np.abs(ideal["sip2d_sig"]) > 5).mean() < 1e-4  # Gaussian
+    tail = real["ip_scale"] > 1
+    assert tail.mean() == pytest.approx(REALISTIC.tail_fraction, abs=0.003)
+    assert np.all(real["ip_scale"][tail] == REALISTIC.tail_scale)
+    # |pull| > 5 from the wide component: 5 % x P(|N(0, 4)| > 5) = 5 % x 0.211
+    assert (np.abs(real["sip2d_sig"]) > 5).mean() == pytest.approx(0.05 * 0.211, rel=0.1)
+    ratio = real["chi2"][tail].mean() / real["chi2"][~tail].mean()
+    assert ratio == pytest.approx(REALISTIC.tail_chi2_scale, rel=0.03)
+    assert ideal["chi2"].mean() == pytest.approx(1.0, abs=0.01)
+
+
+def _pion_pairs(mass: float, n_jets: int) -> tuple:
+    """``n_jets`` jets with one displaced pion pair of invariant ``mass`` each."""
+    pion = 0.13957
+    py = math.sqrt(mass**2 / 4 - pion**2)
+    jet = np.repeat(np.arange(n_jets), 2)
+    momentum = (np.full(2 * n_jets, 5.0), np.tile([py, -py], n_jets), np.zeros(2 * n_jets))
+    vertex_mm = (np.full(2 * n_jets, 5.0), np.zeros(2 * n_jets), np.zeros(2 * n_jets))
+    jets = {"eta": np.zeros(n_jets), "phi": np.zeros(n_jets), "e": np.full(n_jets, 20.0)}
+    return jet, jet.copy(), momentum, vertex_mm, np.full(2 * n_jets, 20e-4), jets
+
+
+@pytest.mark.parametrize("mass", [0.4976, 1.5])
+def test_v0_veto_of_secondary_vertices(mass):
+    found = {}
+    for name, model in (("ideal", IDEAL), ("realistic", REALISTIC)):
+        *args, jets = _pion_pairs(mass, 400)
+        vertices = secondary_vertices(*args, jets, np.random.default_rng(5),
+                                      np.ones(800), model)
+        found[name] = len(vertices["jet"])
+        assert np.all(vertices["ntracks"] == 2)
+    assert found["ideal"] > 200  # both tracks used: 0.8^2 of the pairs
+    if mass == 1.5:
+        assert found["realistic"] == found["ideal"]
+    else:  # a K0S: rejected only by the realistic model, which decays K0S in flight
+        assert found["realistic"] == 0
+
+
+def test_sv_chi2_grows_with_mismeasured_tracks():
+    *args, jets = _pion_pairs(1.5, 400)
+    rng = np.random.default_rng(6)
+    nominal = secondary_vertices(*args, jets, rng, np.ones(800), REALISTIC)
+    rng = np.random.default_rng(6)
+    spoiled = secondary_vertices(*args, jets, rng, np.full(800, 4.0), REALISTIC)
+    assert np.array_equal(nominal["jet"], spoiled["jet"]) or len(spoiled["jet"]) < len(
+        nominal["jet"])  # wider true resolution: some vertices fail dxy significance
+    assert spoiled["normchi2"].mean() == pytest.approx(16 * nominal["normchi2"].mean(), rel=0.2)
+
+
+@pytest.mark.parametrize("in_flight", [False, True])
+def test_strange_hadrons_decay_in_flight_only_in_the_realistic_model(in_flight):
+    batch = EventGenerator("TT", 3, 30.0, decays_in_flight=in_flight).next_batch(20)
+    final = batch.status > 0
+    long_lived = np.isin(np.abs(batch.pid), (310, 3122))
+    assert long_lived.sum() > 20
+    if in_flight:
+        assert not (final & long_lived).any()
+    else:
+        assert (final & long_lived).sum() == long_lived.sum()
+
+
+def test_ideal_model_is_the_easy_sample(tmp_path):
+    """The ideal detector: no lost tracks, Gaussian IPs (chi2 ~ chi2(20)/20), no V0s."""
+    real = generate_file(tmp_path / "r.root", process="TT", n_events=150, seed=8)
+    ideal = generate_file(tmp_path / "i.root", process="TT", n_events=150, seed=8,
+                          detector_model="ideal")
+    a = {m: uproot.open(tmp_path / f"{m}.root")[TREE_NAME].arrays() for m in ("r", "i")}
+    tracks = {m: ak.sum(a[m]["n_Cpfcand"]) for m in a}
+    assert tracks["r"] < 0.97 * tracks["i"]  # 95 % efficiency (V0 daughters add a few)
+    light = {m: a[m][_flag(a[m], LIGHT_LABELS)] for m in a}
+    lead = {m: ak.to_numpy(ak.fill_none(ak.firsts(light[m]["Cpfcan_BtagPf_trackSip3dSig"]),
+                                        0.0)) for m in a}
+    # displaced tracks from V0 decays and IP tails in light jets
+    assert (lead["r"] > 3).mean() > 2 * (lead["i"] > 3).mean()
+    assert real["n_events"] == ideal["n_events"] == 150
+
+
 # --- reproducibility and errors ------------------------------------------------------------
 
 def test_same_seed_is_bit_identical_and_different_seed_differs(tmp_path):
@@ -264,6 +395,7 @@ def test_same_seed_is_bit_identical_and_different_seed_differs(tmp_path):
     ({"seed": 1.0}, "seed"),
     ({"process": "QCD", "pthat_min": 0.0}, "pthat_min"),
     ({"process": "QCD", "pthat_min": math.nan}, "pthat_min"),
+    ({"detector_model": "perfect"}, "detector"),
 ])
 def test_bad_parameters_raise(tmp_path, kwargs, parameter):
     with pytest.raises(ValueError, match=parameter):

@@ -288,6 +288,10 @@ class GenerationSettings(_Validated):
                               "GeV", positive, "> 0", stored=False)
     seed: int = option(DEFAULT_SEED, "base seed of the sample (each file gets its own)",
                        at_least(0), ">= 0")
+    detector: str = option(
+        "realistic", "detector model: realistic (tracking efficiency, impact-parameter tails, "
+        "informative chi2, K0S/Lambda/hyperon decays in flight) or ideal (the easy sample of "
+        "earlier versions)", choices=("realistic", "ideal"), absent="ideal")
 
     def events(self, process: str) -> int:
         return self.events_per_file or DEFAULT_EVENTS[process]

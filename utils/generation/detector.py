@@ -6,6 +6,7 @@ a name says otherwise; Pythia vertices (mm) are converted on input.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,29 @@ TRACK_QUALITY = 7  # qualityMask: loose | tight | highPurity
 VTX_ASS_PV_FIT, VTX_ASS_DZ = 7, 5  # pvAssociationQuality UsedInFitTight / CompatibilityDz
 VTX_ASS_SIP3D_SIG_MAX = 3.0
 
+# --- tracking realism (the "realistic" detector; "ideal": none of it) -----------------
+@dataclass(frozen=True)
+class TrackingModel:
+    """Track reconstruction effects of a detector model (documented in README.md)."""
+
+    efficiency: float  # of charged particles with pT >= 1 GeV, |eta| < 2.5, made at the PV
+    efficiency_radius: float  # cm: the efficiency falls linearly with production radius to 0
+    tail_fraction: float  # tracks with a wide impact-parameter error (hit mis-assignment...)
+    tail_scale: float  # their true resolution / the quoted one
+    tail_chi2_scale: float  # their normalised chi2 is scaled by this (chi2 carries information)
+    decays_in_flight: bool  # K0S, Lambda, Sigma, Xi, Omega decay in the tracker volume
+
+
+DETECTOR_MODELS = {
+    "realistic": TrackingModel(efficiency=0.95, efficiency_radius=60.0, tail_fraction=0.05,
+                               tail_scale=4.0, tail_chi2_scale=1.6, decays_in_flight=True),
+    "ideal": TrackingModel(efficiency=1.0, efficiency_radius=math.inf, tail_fraction=0.0,
+                           tail_scale=1.0, tail_chi2_scale=1.0, decays_in_flight=False),
+}
+# long-lived strange hadrons decaying in flight (their daughters form V0-like vertices)
+V0_IDS = (310, 3122, 3222, 3112, 3322, 3312, 3334)
+K0S_MASS, V0_MASS_WINDOW = 0.4976, 0.05  # GeV: 2-track SVs in the window are rejected
+
 # --- secondary vertices ---------------------------------------------------------------
 SV_TRACK_EFFICIENCY = 0.8
 SV_SIN_OPENING_MIN = 0.02
@@ -75,13 +99,22 @@ class RecoParticles:
     e: np.ndarray
 
 
+def tracking_efficiency(radius_cm: np.ndarray, model: TrackingModel) -> np.ndarray:
+    """Probability that a charged particle made at ``radius_cm`` from the beam becomes a
+    track: ``model.efficiency`` at the PV, falling linearly to 0 at
+    ``model.efficiency_radius``."""
+    return model.efficiency * np.clip(1.0 - radius_cm / model.efficiency_radius, 0.0, 1.0)
+
+
 def reconstruct_particles(pid: np.ndarray, status: np.ndarray, charge: np.ndarray,
                           px: np.ndarray, py: np.ndarray, pz: np.ndarray, e: np.ndarray,
-                          rng: np.random.Generator) -> RecoParticles:
+                          rng: np.random.Generator, radius_mm: np.ndarray | None = None,
+                          model: TrackingModel = DETECTOR_MODELS["ideal"]) -> RecoParticles:
     """Visible stable particles as tracks (true momentum) or smeared calorimeter deposits.
 
-    Charged particles inside the tracker are tracks (``SOFT_CHARGED`` below 1 GeV). Photons,
-    neutral hadrons and charged particles beyond the tracker (electrons: ECAL, muons: lost,
+    Charged particles inside the tracker are tracks (``SOFT_CHARGED`` below 1 GeV) with the
+    probability :func:`tracking_efficiency` of their production radius ``radius_mm``.
+    Photons, neutral hadrons and the other charged particles (electrons: ECAL, muons: lost,
     hadrons: HCAL) become massless calorimeter candidates with a Gaussian energy smearing;
     deposits below the thresholds are lost.
     """
@@ -89,6 +122,9 @@ def reconstruct_particles(pid: np.ndarray, status: np.ndarray, charge: np.ndarra
     pt, eta, _ = pt_eta_phi(px, py, pz)
     visible = (status > 0) & ~np.isin(abs_id, NEUTRINO_IDS) & (np.abs(eta) < CALO_ABS_ETA_MAX)
     in_tracker = (charge != 0) & (np.abs(eta) < TRACKER_ABS_ETA_MAX)
+    if model.efficiency < 1.0 or math.isfinite(model.efficiency_radius):
+        radius = np.zeros(len(pid)) if radius_mm is None else radius_mm * MM_TO_CM
+        in_tracker &= rng.random(len(pid)) < tracking_efficiency(radius, model)
     charged = np.flatnonzero(visible & in_tracker)
     electromagnetic = (abs_id == 22) | (abs_id == 11)
     calo = np.flatnonzero(visible & ~in_tracker & (abs_id != 13))
@@ -133,14 +169,18 @@ def _sign(x: np.ndarray) -> np.ndarray:
 
 def track_features(momentum: tuple[np.ndarray, ...], vertex_mm: tuple[np.ndarray, ...],
                    jet_axis: tuple[np.ndarray, ...], jet_eta: np.ndarray,
-                   jet_phi: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+                   jet_phi: np.ndarray, rng: np.random.Generator,
+                   model: TrackingModel = DETECTOR_MODELS["ideal"]) -> dict[str, np.ndarray]:
     """Measured impact parameters and track-to-jet variables (CMS TrackInfoBuilder meaning).
 
     The true track is a straight line from its production vertex. Its transverse (d0) and
     longitudinal (z0) impact parameters w.r.t. the primary vertex at the origin are smeared
-    with Gaussian resolutions; the 3D impact parameter and the distance to the jet axis
+    with Gaussian resolutions, for a fraction ``model.tail_fraction`` of the tracks
+    ``model.tail_scale`` times wider than the quoted uncertainty (their chi2 is scaled by
+    ``model.tail_chi2_scale``); the 3D impact parameter and the distance to the jet axis
     follow from the measured line. Signs: positive if the point of closest approach lies
     downstream along the jet axis. ``jet_axis`` is the unit vector of the jet momentum.
+    ``ip_scale`` in the result is each track's true / quoted resolution.
     """
     px, py, pz = momentum
     vx, vy, vz = (v * MM_TO_CM for v in vertex_mm)
@@ -152,8 +192,12 @@ def track_features(momentum: tuple[np.ndarray, ...], vertex_mm: tuple[np.ndarray
     sigma_xy = np.hypot(IP_XY_CONSTANT, IP_XY_MS / pt)
     sigma_z = np.hypot(IP_Z_CONSTANT, IP_Z_MS / pt)
     normal_x, normal_y = py / pt, -px / pt  # transverse unit vector with d0 > 0 along it
-    d0 = vx * normal_x + vy * normal_y + sigma_xy * rng.standard_normal(len(px))
-    z0 = vz - (vx * px + vy * py) / pt**2 * pz + sigma_z * rng.standard_normal(len(px))
+    g_xy, g_z = rng.standard_normal(len(px)), rng.standard_normal(len(px))
+    ip_scale = np.ones(len(px))
+    if model.tail_fraction > 0:
+        ip_scale[rng.random(len(px)) < model.tail_fraction] = model.tail_scale
+    d0 = vx * normal_x + vy * normal_y + sigma_xy * ip_scale * g_xy
+    z0 = vz - (vx * px + vy * py) / pt**2 * pz + sigma_z * ip_scale * g_z
 
     # measured line: point (d0 * n, z0) at the transverse closest approach, direction unit
     point = (d0 * normal_x, d0 * normal_y, z0)
@@ -194,21 +238,29 @@ def track_features(momentum: tuple[np.ndarray, ...], vertex_mm: tuple[np.ndarray
         "p_par": p_par,
         "p_par_ratio": p_par / p,
         "delta_r": delta_r(eta, phi, jet_eta, jet_phi),
-        "chi2": rng.chisquare(TRACK_CHI2_NDOF, len(px)) / TRACK_CHI2_NDOF,
+        "chi2": rng.chisquare(TRACK_CHI2_NDOF, len(px)) / TRACK_CHI2_NDOF
+        * np.where(ip_scale > 1.0, model.tail_chi2_scale, 1.0),
+        "ip_scale": ip_scale,
     }
 
 
 def secondary_vertices(track_jet: np.ndarray, chain: np.ndarray,
                        momentum: tuple[np.ndarray, ...], vertex_mm: tuple[np.ndarray, ...],
                        sigma_xy: np.ndarray, jets: dict[str, np.ndarray],
-                       rng: np.random.Generator) -> dict[str, np.ndarray]:
+                       rng: np.random.Generator, ip_scale: np.ndarray | None = None,
+                       model: TrackingModel = DETECTOR_MODELS["ideal"]
+                       ) -> dict[str, np.ndarray]:
     """Secondary vertices from the displaced tracks of one jet and one decay chain.
 
     ``chain`` identifies the decay chain of each track (-1: produced at the PV), so the
     products of a B hadron and of its C-hadron daughter form one vertex. Each track enters
     the vertexing with probability ``SV_TRACK_EFFICIENCY``; groups of >= 2 tracks become
     vertices at the mean true production point of their tracks, smeared with an
-    anisotropic resolution (see docs). Returns per-vertex arrays (rows grouped by jet,
+    anisotropic resolution (see docs): the true one from each track's ``ip_scale`` (true /
+    quoted IP resolution), the quoted errors and chi2 ~ chi2(2n - 3) times the tracks' mean
+    ``ip_scale**2`` (a mis-measured track spoils the fit). With ``model.decays_in_flight``,
+    2-track vertices within ``V0_MASS_WINDOW`` of the K0S mass are rejected (the V0 veto of
+    the CMS b-tag vertexing). Returns per-vertex arrays (rows grouped by jet,
     ``d3dsig`` descending; key "jet" is the jet index) after the CMS-like vertex selection.
     """
     used = np.flatnonzero((rng.random(len(track_jet)) < SV_TRACK_EFFICIENCY) & (chain >= 0))
@@ -237,12 +289,17 @@ def secondary_vertices(track_jet: np.ndarray, chain: np.ndarray,
     cos2 = safe_divide(_dot((px, py, pz), tuple(a[group] for a in axis)) ** 2, p2)
     sin_open = np.sqrt(np.maximum(segment_sum(group, 1.0 - cos2, n_groups), 0.0) / n_vtx_tracks)
     sigma_par = sigma_perp / np.maximum(sin_open, SV_SIN_OPENING_MIN)
+    scale2 = np.ones(n_groups) if ip_scale is None else \
+        segment_sum(group, ip_scale[used] ** 2, n_groups) / n_vtx_tracks
+    true_perp = sigma_perp if ip_scale is None else \
+        1.0 / np.sqrt(segment_sum(group, 1.0 / (ip_scale[used] * sigma_xy[used]) ** 2, n_groups))
+    true_par = true_perp / np.maximum(sin_open, SV_SIN_OPENING_MIN)
     p_t = np.hypot(total[0], total[1])
     ortho1 = (safe_divide(-total[1], p_t), safe_divide(total[0], p_t), np.zeros(n_groups))
     ortho2 = _cross(axis, ortho1)
     g = rng.standard_normal((3, n_groups))
     flight = tuple(
-        x + sigma_par * g[0] * a + sigma_perp * (g[1] * o1 + g[2] * o2)
+        x + true_par * g[0] * a + true_perp * (g[1] * o1 + g[2] * o2)
         for x, a, o1, o2 in zip(true_position, axis, ortho1, ortho2, strict=True))
 
     d3d = _norm(flight)
@@ -253,7 +310,7 @@ def secondary_vertices(track_jet: np.ndarray, chain: np.ndarray,
     d3d_err = np.sqrt(sigma_perp**2 + extra * cos_3d**2)
     dxy_err = np.sqrt(sigma_perp**2 + extra * cos_xy**2)
     ndof = 2 * n_vtx_tracks - 3
-    chi2 = rng.chisquare(ndof)
+    chi2 = rng.chisquare(ndof) * scale2
     pt, eta, phi = pt_eta_phi(*total)
     mass = invariant_mass(energy, *total)
     jet_delta_r = delta_r(eta, phi, jets["eta"][jet], jets["phi"][jet])
@@ -267,6 +324,8 @@ def secondary_vertices(track_jet: np.ndarray, chain: np.ndarray,
     }
     selected = ((dxy > SV_DXY_MIN) & (dxy < SV_DXY_MAX) & (vertices["dxysig"] > SV_DXY_SIG_MIN)
                 & (mass < SV_MASS_MAX) & (jet_delta_r < SV_JET_DELTA_R_MAX))
+    if model.decays_in_flight:
+        selected &= ~((n_vtx_tracks == 2) & (np.abs(mass - K0S_MASS) < V0_MASS_WINDOW))
     order = np.flatnonzero(selected)
     order = order[np.lexsort((-vertices["d3dsig"][order], jet[order]))]
     return {name: values[order] for name, values in vertices.items()}

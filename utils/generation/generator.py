@@ -18,15 +18,19 @@ COMMON_SETTINGS = (
     "Beams:idB = 2212",
     "Beams:eCM = 13600.",
     # CMS convention: particles with c*tau0 > 10 mm (K0S, Lambda, Sigma, Xi, Omega, pi+-, K+-)
-    # are stable; B and C hadrons and tau leptons decay with displaced vertices.
+    # are stable; B and C hadrons and tau leptons decay with displaced vertices. With decays
+    # in flight (DECAYS_IN_FLIGHT) the strange hadrons decay too, as Geant4 does in CMS.
     "ParticleDecays:limitTau0 = on",
-    "ParticleDecays:tau0Max = 10.",
     # underlying event off: speed (x4), see README.md, "Built-in samples"
     "PartonLevel:MPI = off",
     "Print:quiet = on",
     "Next:numberCount = 0",
     "Random:setSeed = on",
 )
+TAU0_MAX_MM = 10.0
+# c*tau0 up to 100 mm: K0S (26.8), Lambda (78.9), Sigma+- (24.0, 44.3), Xi (87.1, 49.1) and
+# Omega (24.6) decay; pi+- (7,800), K+- (3,700) and K0L (15,300) stay stable
+TAU0_MAX_IN_FLIGHT_MM = 100.0
 PROCESS_SETTINGS = {
     "TT": ("Top:gg2ttbar = on", "Top:qqbar2ttbar = on"),
     "QCD": ("HardQCD:all = on",),
@@ -68,10 +72,14 @@ class ParticleBatch:
 class EventGenerator:
     """A configured Pythia8 instance delivering :class:`ParticleBatch` objects."""
 
-    def __init__(self, process: str, seed: int, pthat_min: float) -> None:
-        """Configure Pythia for ``process``; ``pthat_min`` (GeV) is used for QCD only."""
+    def __init__(self, process: str, seed: int, pthat_min: float,
+                 decays_in_flight: bool = False) -> None:
+        """Configure Pythia for ``process``; ``pthat_min`` (GeV) is used for QCD only;
+        ``decays_in_flight``: long-lived strange hadrons decay (``TAU0_MAX_IN_FLIGHT_MM``)."""
         self._pythia = pythia8mc.Pythia("", False)
-        settings = [*COMMON_SETTINGS, f"Random:seed = {seed + 1}", *PROCESS_SETTINGS[process]]
+        tau0_max = TAU0_MAX_IN_FLIGHT_MM if decays_in_flight else TAU0_MAX_MM
+        settings = [*COMMON_SETTINGS, f"ParticleDecays:tau0Max = {tau0_max!r}",
+                    f"Random:seed = {seed + 1}", *PROCESS_SETTINGS[process]]
         if process == "QCD":
             settings.append(f"PhaseSpace:pTHatMin = {float(pthat_min)!r}")
         for line in settings:

@@ -129,7 +129,8 @@ def cluster_jets(batch: ParticleBatch, truth: FlavourTruth,
 
 
 def charged_candidates(batch: ParticleBatch, jets: dict[str, np.ndarray],
-                       tracks_in_jets: Constituents, rng: np.random.Generator
+                       tracks_in_jets: Constituents, rng: np.random.Generator,
+                       model: detector.TrackingModel = detector.DETECTOR_MODELS["ideal"]
                        ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray],
                                   dict[str, np.ndarray]]:
     """Tracks, secondary vertices and CSV variables of the jets.
@@ -142,9 +143,13 @@ def charged_candidates(batch: ParticleBatch, jets: dict[str, np.ndarray],
     momentum = (batch.px[row], batch.py[row], batch.pz[row])
     vertex = (batch.vx[row], batch.vy[row], batch.vz[row])
     tracks = detector.track_features(momentum, vertex, tuple(a[jet] for a in jets["axis"]),
-                                     jets["eta"][jet], jets["phi"][jet], rng)
-    vertices = detector.secondary_vertices(jet, decay_chain_origin(batch, row), momentum,
-                                           vertex, tracks["sigma_xy"], jets, rng)
+                                     jets["eta"][jet], jets["phi"][jet], rng, model)
+    chain = decay_chain_origin(batch, row)
+    if model.decays_in_flight:  # the daughters of a V0 or hyperon form their own vertex
+        mother = batch.mother1[row]
+        chain = np.where(np.isin(np.abs(batch.pid[mother]), detector.V0_IDS), mother, chain)
+    vertices = detector.secondary_vertices(jet, chain, momentum, vertex, tracks["sigma_xy"],
+                                           jets, rng, tracks["ip_scale"], model)
 
     sort = np.lexsort((-tracks["sip2d_sig"], jet))
     jet, row = jet[sort], row[sort]
@@ -202,18 +207,21 @@ def neutral_candidates(reco: detector.RecoParticles, jets: dict[str, np.ndarray]
     return segment_count(jet, n_jets), fields
 
 
-def process_batch(batch: ParticleBatch, rng: np.random.Generator, first_event: int) -> JetTable:
+def process_batch(batch: ParticleBatch, rng: np.random.Generator, first_event: int,
+                  model: detector.TrackingModel = detector.DETECTOR_MODELS["ideal"]
+                  ) -> JetTable:
     """Truth, detector simulation, clustering and jet variables for one batch of events."""
     truth = find_truth(batch)
     reco = detector.reconstruct_particles(batch.pid, batch.status, batch.charge, batch.px,
-                                          batch.py, batch.pz, batch.e, rng)
+                                          batch.py, batch.pz, batch.e, rng,
+                                          np.hypot(batch.vx, batch.vy), model)
     jets, constituents = cluster_jets(batch, truth, reco)
     n_jets = len(jets["pt"])
     ghosts = {name: (c.jet, c.row) for name, c in (
         ("b", constituents.of_kind(GHOST_B)), ("c", constituents.of_kind(GHOST_C)),
         ("parton", constituents.of_kind(GHOST_PARTON)))}
     n_tracks, charged, vertices, csv = charged_candidates(
-        batch, jets, constituents.of_kind(TRACK), rng)
+        batch, jets, constituents.of_kind(TRACK), rng, model)
     n_neutrals, neutral = neutral_candidates(
         reco, jets, constituents.of_kind(PHOTON, NEUTRAL_HADRON), vertices)
     out = {
@@ -232,9 +240,12 @@ def process_batch(batch: ParticleBatch, rng: np.random.Generator, first_event: i
                           "sv": (segment_count(vertices["jet"], n_jets), sv_fields)})
 
 
-def _validate(process: str, n_events: int, seed: int, pthat_min: float) -> None:
+def _validate(process: str, n_events: int, seed: int, pthat_min: float, model: str) -> None:
     if process not in PROCESSES:
         raise ValueError(f"process must be one of {PROCESSES}, got {process!r}")
+    if model not in detector.DETECTOR_MODELS:
+        raise ValueError(f"detector must be one of {tuple(detector.DETECTOR_MODELS)}, got "
+                         f"{model!r}")
     if isinstance(n_events, bool) or not isinstance(n_events, numbers.Integral) or n_events < 1:
         raise ValueError(f"n_events must be an integer >= 1, got {n_events!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not (
@@ -249,18 +260,23 @@ def _validate(process: str, n_events: int, seed: int, pthat_min: float) -> None:
 
 def generate_file(path: str | os.PathLike, process: str = "TT", n_events: int = 1000,
                   seed: int = 1, pthat_min: float = GenerationSettings.pthat_min,
-                  progress: Callable[[int], object] | None = None) -> dict:
+                  progress: Callable[[int], object] | None = None,
+                  detector_model: str = GenerationSettings.detector) -> dict:
     """Generate ``n_events`` Pythia8 events of ``process`` and write the jets to ``path``.
 
     ``process`` is "TT" (ttbar) or "QCD" (hard QCD 2 -> 2 with pT-hat > ``pthat_min`` GeV).
     The file appears only when complete. ``progress`` is called with the number of newly
-    generated events after every batch. Returns {"n_events", "n_jets", "labels", "seconds"}.
+    generated events after every batch. ``detector_model`` names one of
+    :data:`detector.DETECTOR_MODELS` ("realistic": tracking efficiency, IP tails,
+    informative chi2, decays in flight; "ideal": none of them).
+    Returns {"n_events", "n_jets", "labels", "seconds"}.
     """
-    _validate(process, n_events, seed, pthat_min)
+    _validate(process, n_events, seed, pthat_min, detector_model)
+    model = detector.DETECTOR_MODELS[detector_model]
     start = time.perf_counter()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    generator = EventGenerator(process, int(seed), pthat_min)
+    generator = EventGenerator(process, int(seed), pthat_min, model.decays_in_flight)
     rng = np.random.default_rng(int(seed))
     labels = dict.fromkeys(LABELS, 0)
     n_jets = 0
@@ -270,7 +286,7 @@ def generate_file(path: str | os.PathLike, process: str = "TT", n_events: int = 
             pending: list[JetTable] = []
             for first_event in range(0, n_events, EVENTS_PER_BATCH):
                 size = min(EVENTS_PER_BATCH, n_events - first_event)
-                table = process_batch(generator.next_batch(size), rng, first_event)
+                table = process_batch(generator.next_batch(size), rng, first_event, model)
                 pending.append(table)
                 n_jets += len(table)
                 for label in LABELS:

@@ -35,7 +35,7 @@ def make_run(rng, n, first_jet):
     flat = np.zeros((n, LAYOUT.n_flat), np.float32)
     flat[:, 0] = ids
     flat[:, 1] = 0.5
-    flat[:, 3 + (ids % 2)] = 1.0  # truth one-hot
+    flat[np.arange(n), 3 + ids % 2] = 1.0  # truth one-hot: b for even, l for odd ids
     cpf_counts = rng.integers(0, 4, n).astype(np.int32)
     slot = np.concatenate([np.arange(c) for c in cpf_counts]) if n else np.zeros(0)
     jet = np.repeat(ids, cpf_counts)
@@ -103,3 +103,32 @@ def test_inconsistent_staged_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"\.keys has 80 bytes, expected 88"):
         merge_staged([(str(path), 11)], **kwargs)
     assert not list(tmp_path.glob("file_*"))
+
+
+def test_slices_without_candidates_and_weights_from_label_and_pt(tmp_path):
+    """A staged chunk whose jets have no SVs at all merges (padding only), and every row's
+    weight is the table entry of its truth label and pT bin."""
+    rng = np.random.default_rng(7)
+    staged = []
+    for i, first in enumerate((0, 500)):
+        keys, flat, candidates = make_run(rng, 60, first)
+        if i == 1:  # no SV in any jet of this chunk
+            candidates[1] = (np.zeros(60, np.int32), np.zeros((0, 1), np.float32))
+        path = tmp_path / f"{i:06d}_000000000000.raw"
+        write_staged(path, keys, flat, candidates)
+        staged.append((str(path), 60))
+    out = tmp_path / "out"
+    out.mkdir()
+    tables = np.array([[[2.0], [3.0]], [[5.0], [7.0]]])  # label x pT bin (edge at 300) x eta
+    result = merge_staged(staged, LAYOUT, out, chunk_size=25, tables=tables, pt_key="pt",
+                          eta_key="eta", pt_bins=(0.0, 300.0, 1e9), eta_bins=(-5.0, 5.0),
+                          workers=2)
+    rows = np.concatenate([read_chunk(p)[0] for p in result.files])
+    assert len(rows) == 120
+    ids = rows[:, 0].astype(int)
+    label = ids % 2
+    expected = tables[label, (ids >= 300).astype(int), 0]
+    np.testing.assert_array_equal(rows[:, 13], expected)
+    assert np.all(rows[ids >= 500][:, 8:10] == 0)  # the chunk without SVs: padding only
+    assert np.any(rows[ids < 500][:, 8:10] != 0)
+    assert sum(result.sum_weight) == pytest.approx(expected.sum())

@@ -114,7 +114,10 @@ def _flat_column(flat_ranges: list[tuple[slice, slice]], column: int) -> int:
 
 
 def _read_rows(path: str, start: int, out: np.ndarray) -> None:
-    """Fill ``out`` from the raw file ``path``, starting at row ``start``."""
+    """Fill ``out`` from the raw file ``path``, starting at row ``start`` (nothing to read
+    for an empty ``out``, e.g. a slice of jets without candidates of a group)."""
+    if out.size == 0:
+        return
     view = memoryview(out).cast("B")
     with open(path, "rb") as handle:
         handle.seek(start * out.itemsize * math.prod(out.shape[1:]))

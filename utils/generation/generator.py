@@ -17,9 +17,10 @@ COMMON_SETTINGS = (
     "Beams:idA = 2212",
     "Beams:idB = 2212",
     "Beams:eCM = 13600.",
-    # CMS convention: particles with c*tau0 > 10 mm (K0S, Lambda, Sigma, Xi, Omega, pi+-, K+-)
-    # are stable; B and C hadrons and tau leptons decay with displaced vertices. With decays
-    # in flight (DECAYS_IN_FLIGHT) the strange hadrons decay too, as Geant4 does in CMS.
+    # only particles with c*tau0 < tau0Max decay: TAU0_MAX_MM (the CMS generator convention:
+    # B and C hadrons and tau leptons decay, K0S, Lambda, hyperons, pi+-, K+- are stable) or,
+    # with decays in flight, TAU0_MAX_IN_FLIGHT_MM (the strange hadrons decay too, as Geant4
+    # decays them in CMS)
     "ParticleDecays:limitTau0 = on",
     # underlying event off: speed (x4), see README.md, "Built-in samples"
     "PartonLevel:MPI = off",

@@ -12,6 +12,7 @@ keeps them in ``self.settings``; task code reads plain values from there.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -41,10 +42,12 @@ def help_text(text: str) -> str:
     return text.replace("%", "%%")
 
 
+_EXPLICIT = luigi.BoolParameter.EXPLICIT_PARSING  # `--flag` means True, `--flag False` False
 _OPTIONAL = {"int": luigi.OptionalIntParameter, "float": luigi.OptionalFloatParameter,
-             "str": luigi.OptionalParameter, "bool": luigi.OptionalBoolParameter}
+             "str": luigi.OptionalParameter,
+             "bool": functools.partial(luigi.OptionalBoolParameter, parsing=_EXPLICIT)}
 _PLAIN = {"int": luigi.IntParameter, "float": luigi.FloatParameter, "str": luigi.Parameter,
-          "bool": luigi.BoolParameter}
+          "bool": functools.partial(luigi.BoolParameter, parsing=_EXPLICIT)}
 
 
 def setting(settings_class: type, name: str, significant: bool = True,

@@ -19,7 +19,9 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
     """Generate flat DeepNTuples-style ROOT files; one workflow branch per file.
 
     Outputs in ``GenerateSamplesTask/<sample_version>/<process>/``: ``<process>_<i>.root`` and
-    ``filelist.txt`` (written when the last file is complete). Branches run in parallel with
+    ``filelist.txt`` (written when the last file is complete). With pileup, the pool of
+    minimum-bias events is ``GenerateSamplesTask/<sample_version>/pileup_pool_*.npz``, made
+    by the first branch that needs it and shared by both processes. Branches run in parallel with
     law's ``--workers N`` (``--workflow local``) or as batch jobs (``--workflow htcondor`` or
     ``slurm``).
     """
@@ -34,6 +36,8 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
     pthat_min = setting(GenerationSettings, "pthat_min")
     seed = setting(GenerationSettings, "seed")
     detector = setting(GenerationSettings, "detector")
+    mpi = setting(GenerationSettings, "mpi")
+    pileup = setting(GenerationSettings, "pileup")
     sample_version = luigi.Parameter(
         default="v1",
         description="version tag of the generated sample (a directory name); default: v1",
@@ -85,6 +89,28 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
                                         PROCESSES.index(self.process), self.branch])
         return int(state.generate_state(1)[0]) % (SEED_MAX + 1)
 
+    def pileup_pool(self) -> Any:
+        """The sample version's minimum-bias pool (generated and stored on first use).
+
+        Its content is a function of (--seed, sample version, detector), so branches making
+        it at the same time write the same file (atomically)."""
+        import zlib
+
+        from utils.generation import pileup
+        from utils.io import remove_stale
+        from utils.progress import console
+
+        seed = pileup.pool_seed(self.settings.seed, zlib.crc32(self.sample_version.encode()))
+        directory = self.local_path().parent
+        path = directory / f"pileup_pool_{self.settings.detector}_{seed}.npz"
+        if not path.exists():
+            remove_stale(directory)
+            console.print(f"Generating the pileup pool ({pileup.POOL_EVENTS:,} minimum-bias "
+                          f"events) -> {path}")
+            pileup.generate_pool(pileup.POOL_EVENTS, seed,
+                                 self.settings.detector == "realistic").save(path)
+        return pileup.MinBiasPool.load(path)
+
     def run(self) -> None:
         from utils.generation import generate_file
         from utils.io import remove_stale
@@ -95,12 +121,15 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
         remove_stale(path.parent)  # temporaries of killed generations
         if not self.holds_result():  # recorded before the first file of the sample exists
             self.write_parameters(path.parent)
+        pool = self.pileup_pool() if self.settings.pileup > 0 else None
         label = f"{self.process} file {self.branch + 1}/{self.n_files}"
         with progress_bar(f"Generating {label}", total=self.n_events, unit="events") as bar:
             stats = generate_file(path, process=self.process, n_events=self.n_events,
                                   seed=self.branch_seed(), pthat_min=self.settings.pthat_min,
                                   progress=bar.advance,
-                                  detector_model=self.settings.detector)
+                                  detector_model=self.settings.detector,
+                                  mpi=self.settings.mpi, pileup_mu=self.settings.pileup,
+                                  pileup_pool=pool)
         console.print(f"{label}: {stats['n_jets']:,} jets from {stats['n_events']:,} events in "
                       f"{stats['seconds']:.1f} s -> {path}")
         self._finish_workflow()

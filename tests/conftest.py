@@ -13,6 +13,10 @@ import pytest
 from utils.config import load_config
 from utils.synthetic import write_synthetic_ntuple
 
+# generated files for tests that need jets, not the physics of the default sample: no
+# underlying event and no pileup (GenerateSamplesTask --mpi False --pileup 0)
+FAST_SAMPLE = {"mpi": False, "pileup_mu": 0.0}
+
 REPO = Path(__file__).resolve().parents[1]
 # real CMS NanoAOD/PFNano test files (not part of a user's clone; tests skip without them)
 CMS_DATA = Path(os.environ.get("BHIVE_CMS_DATA", REPO.parent / "shared" / "data" / "cms-nanoaod"))
@@ -97,8 +101,8 @@ def demo_dataset(tmp_path_factory):
     config = load_config("demo_part")
     directory = tmp_path_factory.mktemp("demo")
     files = [directory / "TT_0.root", directory / "QCD_0.root"]
-    generate_file(files[0], process="TT", n_events=500, seed=11)
-    generate_file(files[1], process="QCD", n_events=1500, seed=12)
+    generate_file(files[0], process="TT", n_events=500, seed=11, **FAST_SAMPLE)
+    generate_file(files[1], process="QCD", n_events=1500, seed=12, **FAST_SAMPLE)
     out = directory / "dataset"
     out.mkdir()
     export_dataset(config, [str(f) for f in files], out, out, chunk_size=800, seed=3,

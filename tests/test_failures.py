@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, need_private_mounts
+from tests.conftest import FAST_SAMPLE, REPO, need_private_mounts
 from utils.generation import generate_file
 
 pytestmark = pytest.mark.slow
@@ -27,8 +27,8 @@ def demo_files(tmp_path_factory):
     """Two small generated files (TT, QCD) and their file list, for the demo config."""
     directory = tmp_path_factory.mktemp("demo_inputs")
     tt, qcd = directory / "TT_0.root", directory / "QCD_0.root"
-    generate_file(tt, process="TT", n_events=250, seed=21)
-    generate_file(qcd, process="QCD", n_events=600, seed=22)
+    generate_file(tt, process="TT", n_events=250, seed=21, **FAST_SAMPLE)
+    generate_file(qcd, process="QCD", n_events=600, seed=22, **FAST_SAMPLE)
     filelist = directory / "files.txt"
     filelist.write_text(f"{tt}\n{qcd}\n")
     return tt, qcd, filelist

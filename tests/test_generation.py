@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import uproot
 
-from utils.generation import BRANCHES, TREE_NAME, generate_file
+from tests.conftest import FAST_SAMPLE
+from utils.generation import BRANCHES, TREE_NAME, generate_file, pileup
 from utils.generation.detector import (
     DETECTOR_MODELS,
     NEUTRAL_HADRON,
@@ -20,6 +21,7 @@ from utils.generation.detector import (
     tracking_efficiency,
 )
 from utils.generation.generator import EventGenerator, ParticleBatch
+from utils.generation.kinematics import pt_eta_phi
 from utils.generation.truth import (
     B_LABELS,
     C_LABELS,
@@ -224,7 +226,11 @@ def test_candidates_are_sorted_like_cms(samples):
 def test_detector_conventions(samples):
     a = samples["TT"]["arrays"]
     flat = {name: ak.to_numpy(ak.flatten(a[name], axis=None)) for name in a.fields}
-    assert np.all(flat["npv"] == 1) and np.all(flat["Cpfcan_puppiw"] == 1)
+    # pileup 30 (default): the hard-scatter vertex plus the resolved pileup vertices
+    npv = ak.to_numpy(a["npv"])
+    assert np.all(npv >= 1) and np.all(npv == np.round(npv)) and 24 < npv.mean() < 32
+    assert np.all(flat["Cpfcan_puppiw"] == 1)  # charged candidates passed CHS
+    assert np.all((flat["Npfcan_puppiw"] >= 0) & (flat["Npfcan_puppiw"] <= 1))
     assert np.all(flat["Cpfcan_pt"] >= 1.0) and np.all(np.abs(flat["Cpfcan_eta"]) < 2.5)
     assert np.all(flat["Cpfcan_BtagPf_trackJetDistVal"] <= 0)
     assert np.all(flat["Cpfcan_drminsv"] <= 0.4) and np.all(flat["Npfcan_drminsv"] <= 0.4)
@@ -360,9 +366,10 @@ def test_strange_hadrons_decay_in_flight_only_in_the_realistic_model(in_flight):
 
 def test_ideal_model_is_the_easy_sample(tmp_path):
     """The ideal detector: no lost tracks, Gaussian IPs (chi2 ~ chi2(20)/20), no V0s."""
-    real = generate_file(tmp_path / "r.root", process="TT", n_events=150, seed=8)
+    real = generate_file(tmp_path / "r.root", process="TT", n_events=150, seed=8,
+                         **FAST_SAMPLE)
     ideal = generate_file(tmp_path / "i.root", process="TT", n_events=150, seed=8,
-                          detector_model="ideal")
+                          detector_model="ideal", **FAST_SAMPLE)
     a = {m: uproot.open(tmp_path / f"{m}.root")[TREE_NAME].arrays() for m in ("r", "i")}
     tracks = {m: ak.sum(a[m]["n_Cpfcand"]) for m in a}
     assert tracks["r"] < 0.97 * tracks["i"]  # 95 % efficiency (V0 daughters add a few)
@@ -372,6 +379,103 @@ def test_ideal_model_is_the_easy_sample(tmp_path):
     # displaced tracks from V0 decays and IP tails in light jets
     assert (lead["r"] > 3).mean() > 2 * (lead["i"] > 3).mean()
     assert real["n_events"] == ideal["n_events"] == 150
+
+
+# --- underlying event and pileup -------------------------------------------------------------
+
+def test_pileup_pool_round_trip_and_damaged_files(tmp_path):
+    pool = pileup.generate_pool(20, seed=3, decays_in_flight=True)
+    assert pool.n_events == 20 and pool.offsets[-1] == len(pool.pid) > 20 * 30
+    _, eta, _ = pt_eta_phi(pool.px, pool.py, pool.pz)
+    assert np.all(np.abs(eta) < pileup.POOL_ABS_ETA_MAX)
+    assert not np.isin(np.abs(pool.pid), (12, 14, 16)).any()
+    path = tmp_path / "pool.npz"
+    pool.save(path)
+    again = pileup.MinBiasPool.load(path)
+    for field in ("offsets", "vertex_tracks", "pid", "px", "vz"):
+        np.testing.assert_array_equal(getattr(pool, field), getattr(again, field))
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="pool.npz: not a readable pileup pool"):
+        pileup.MinBiasPool.load(path)
+    fields = {f: getattr(pool, f) for f in ("offsets", "vertex_tracks", "pid", "charge", "px",
+                                            "py", "pz", "e", "vx", "vy", "vz")}
+    np.savez(path, format=np.int64(pileup.POOL_FORMAT + 1), **fields)
+    with pytest.raises(ValueError, match="pileup pool format"):
+        pileup.MinBiasPool.load(path)
+    np.savez(path, format=np.int64(pileup.POOL_FORMAT), **{**fields, "px": fields["px"][:-1]})
+    with pytest.raises(ValueError, match="inconsistent pileup pool"):
+        pileup.MinBiasPool.load(path)
+
+
+def test_overlay_appends_rotated_pileup_along_z():
+    pool = pileup.generate_pool(30, seed=4, decays_in_flight=False)
+    batch = EventGenerator("TT", seed=5, pthat_min=30.0, mpi=False).next_batch(20)
+    combined, overlay = pileup.overlay(batch, pool, 8.0, np.random.default_rng(1))
+    n = len(batch)
+    assert overlay.first_row == n and len(overlay.dz_cm) == len(combined) - n > 0
+    for field in ("pid", "px", "vz", "mother1", "event"):
+        np.testing.assert_array_equal(getattr(combined, field)[:n], getattr(batch, field))
+    # a rotation in phi and a mirror in z keep pT, |pz| and E of the pool particles
+    pu = slice(n, None)
+    pt = np.hypot(combined.px[pu], combined.py[pu])
+    pool_pt = np.hypot(pool.px, pool.py)
+    assert np.isin(np.round(pt, 6), np.round(pool_pt, 6)).all()
+    assert np.isin(np.round(np.abs(combined.pz[pu]), 6), np.round(np.abs(pool.pz), 6)).all()
+    # no history: the mother is the event's system row, so no ghost and no decay chain
+    np.testing.assert_array_equal(combined.mother1[pu], batch.offsets[combined.event[pu]])
+    assert np.all(decay_chain_origin(combined, np.arange(n, len(combined))) ==
+                  combined.mother1[pu])
+    # vertices along z with the luminous width; CHS removes only resolved vertices' tracks
+    assert 2.0 < np.std(np.unique(overlay.dz_cm)) < 8.0
+    assert not overlay.removed[np.abs(overlay.dz_cm) < pileup.PV_MERGE_DZ_CM].any()
+    assert overlay.removed[np.abs(overlay.dz_cm) >= pileup.DZ_COMPATIBLE_CM].all()
+    kept = ~overlay.removed & (np.abs(overlay.dz_cm) >= pileup.PV_MERGE_DZ_CM)
+    assert 0 < kept.sum() < 0.5 * (~overlay.removed).sum() + 1
+    assert np.all(overlay.npv >= 1) and 4 < overlay.npv.mean() < 10
+    empty, none = pileup.overlay(batch, pool, 0.0, np.random.default_rng(1))
+    assert len(empty) == n and np.all(none.npv == 1)
+
+
+def test_puppi_weights_follow_the_pileup_alpha_distribution():
+    # jet 0: one PV track (pT 10) at the origin; jet 1: none
+    neutral_jet = np.array([0, 0, 0, 1])
+    eta = np.array([0.05, 0.2, 0.35, 0.0])
+    phi = np.zeros(4)
+    is_pileup = np.array([False, True, True, False])
+    args = (neutral_jet, eta, phi, is_pileup, np.array([0]), np.array([10.0]),
+            np.array([0.0]), np.array([0.0]), 2)
+    weights = pileup.puppi_weights(*args)
+    alpha = np.log((10.0 / eta[:3]) ** 2)
+    median = np.median(alpha[1:])
+    rms = np.sqrt(np.mean((alpha[1:] - median) ** 2))
+    expected = [math.erf((alpha[0] - median) / (rms * math.sqrt(2))),
+                math.erf((alpha[1] - median) / (rms * math.sqrt(2))), 0.0, 0.0]
+    np.testing.assert_allclose(weights, expected, rtol=1e-12)
+    assert weights[0] > 0.99 and weights[1] == pytest.approx(math.erf(1 / math.sqrt(2)))
+    no_pileup = pileup.puppi_weights(neutral_jet, eta, phi, np.zeros(4, bool), *args[4:])
+    np.testing.assert_array_equal(no_pileup, 1.0)
+
+
+def test_underlying_event_and_pileup_options(tmp_path):
+    """--mpi False --pileup 0 is the earlier sample; MPI and pileup add soft candidates."""
+    pool = pileup.generate_pool(200, seed=9, decays_in_flight=True)
+    a = {}
+    for name, kwargs in (("easy", FAST_SAMPLE), ("mpi", {"pileup_mu": 0.0}),
+                         ("pileup", {"pileup_pool": pool})):
+        generate_file(tmp_path / f"{name}.root", process="TT", n_events=100, seed=4, **kwargs)
+        a[name] = uproot.open(tmp_path / f"{name}.root")[TREE_NAME].arrays()
+    for name in ("easy", "mpi"):
+        assert np.all(a[name]["npv"] == 1) and ak.all(a[name]["Npfcan_puppiw"] == 1)
+    assert ak.mean(a["pileup"]["npv"]) > 20
+    hard = {name: arrays[arrays["jet_pt"] > 30] for name, arrays in a.items()}
+    neutrals = {name: float(ak.mean(jets["n_Npfcand"])) for name, jets in hard.items()}
+    assert neutrals["easy"] < neutrals["mpi"] < 0.5 * neutrals["pileup"]
+    # pileup neutrals (low alpha) get small weights; the pT offset correction keeps the
+    # jet energy scale
+    weights = ak.to_numpy(ak.flatten(a["pileup"]["Npfcan_puppiw"]))
+    assert 0.1 < (weights < 0.05).mean() < 0.9
+    assert abs(ak.mean(a["pileup"]["jet_pt"][a["pileup"]["jet_pt"] > 30]) /
+               ak.mean(a["mpi"]["jet_pt"][a["mpi"]["jet_pt"] > 30]) - 1) < 0.1
 
 
 # --- reproducibility and errors ------------------------------------------------------------
@@ -396,6 +500,9 @@ def test_same_seed_is_bit_identical_and_different_seed_differs(tmp_path):
     ({"process": "QCD", "pthat_min": 0.0}, "pthat_min"),
     ({"process": "QCD", "pthat_min": math.nan}, "pthat_min"),
     ({"detector_model": "perfect"}, "detector"),
+    ({"pileup_mu": -1.0}, "pileup"),
+    ({"pileup_mu": math.inf}, "pileup"),
+    ({"mpi": 1}, "mpi"),
 ])
 def test_bad_parameters_raise(tmp_path, kwargs, parameter):
     with pytest.raises(ValueError, match=parameter):

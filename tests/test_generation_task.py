@@ -37,6 +37,9 @@ def test_generate_workflow_reproducible(run_law, tmp_path):
     record = json.loads((sample / "parameters.json").read_text())["parameters"]
     assert record["events_per_file"] == "60" and record["n_files"] == "2"
     first = [_arrays(f) for f in files]
+    pools = sorted(sample.parent.glob("pileup_pool_*.npz"))  # one pool, shared by the files
+    assert [p.name.split("_")[2] for p in pools] == ["realistic"]
+    assert record["pileup"] == "30.0" and record["mpi"] == "True"
     assert not np.array_equal(first[0]["jet_pt"][:10], first[1]["jet_pt"][:10])
     # same parameters in another output area -> bit-identical arrays
     other = tmp_path / "again"

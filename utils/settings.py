@@ -31,6 +31,7 @@ PRECISIONS = ("float32", "float16", "bfloat16")
 EXECUTORS = ("iterative", "futures", "dask")
 # built-in samples: events per file by process (about 6,500 jets per file each)
 DEFAULT_EVENTS = {"TT": 1200, "QCD": 4000}
+PILEUP_MU = 30.0  # default mean pileup of the built-in samples
 
 
 class SettingsError(BHiveError, ValueError):
@@ -292,6 +293,12 @@ class GenerationSettings(_Validated):
         "realistic", "detector model: realistic (tracking efficiency, impact-parameter tails, "
         "informative chi2, K0S/Lambda/hyperon decays in flight) or ideal (the easy sample of "
         "earlier versions)", choices=("realistic", "ideal"), absent="ideal")
+    mpi: bool = option(True, "multi-parton interactions (the underlying event) in the hard "
+                       "events", absent=False)
+    pileup: float = option(
+        PILEUP_MU, "mean number of pileup interactions (Poisson) overlaid on every event from "
+        "a pool of minimum-bias events made once per sample version (0: no pileup)",
+        lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0", absent=0.0)
 
     def events(self, process: str) -> int:
         return self.events_per_file or DEFAULT_EVENTS[process]

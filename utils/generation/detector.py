@@ -109,14 +109,16 @@ def tracking_efficiency(radius_cm: np.ndarray, model: TrackingModel) -> np.ndarr
 def reconstruct_particles(pid: np.ndarray, status: np.ndarray, charge: np.ndarray,
                           px: np.ndarray, py: np.ndarray, pz: np.ndarray, e: np.ndarray,
                           rng: np.random.Generator, radius_mm: np.ndarray | None = None,
-                          model: TrackingModel = DETECTOR_MODELS["ideal"]) -> RecoParticles:
+                          model: TrackingModel = DETECTOR_MODELS["ideal"],
+                          removed: np.ndarray | None = None) -> RecoParticles:
     """Visible stable particles as tracks (true momentum) or smeared calorimeter deposits.
 
     Charged particles inside the tracker are tracks (``SOFT_CHARGED`` below 1 GeV) with the
     probability :func:`tracking_efficiency` of their production radius ``radius_mm``.
     Photons, neutral hadrons and the other charged particles (electrons: ECAL, muons: lost,
     hadrons: HCAL) become massless calorimeter candidates with a Gaussian energy smearing;
-    deposits below the thresholds are lost.
+    deposits below the thresholds are lost. Tracks flagged in ``removed`` (pileup tracks
+    removed by charged-hadron subtraction) are dropped.
     """
     abs_id = np.abs(pid)
     pt, eta, _ = pt_eta_phi(px, py, pz)
@@ -125,7 +127,11 @@ def reconstruct_particles(pid: np.ndarray, status: np.ndarray, charge: np.ndarra
     if model.efficiency < 1.0 or math.isfinite(model.efficiency_radius):
         radius = np.zeros(len(pid)) if radius_mm is None else radius_mm * MM_TO_CM
         in_tracker &= rng.random(len(pid)) < tracking_efficiency(radius, model)
-    charged = np.flatnonzero(visible & in_tracker)
+    charged = visible & in_tracker
+    if removed is not None:
+        visible &= ~(charged & removed)
+        charged &= ~removed
+    charged = np.flatnonzero(charged)
     electromagnetic = (abs_id == 22) | (abs_id == 11)
     calo = np.flatnonzero(visible & ~in_tracker & (abs_id != 13))
 

@@ -22,8 +22,6 @@ COMMON_SETTINGS = (
     # with decays in flight, TAU0_MAX_IN_FLIGHT_MM (the strange hadrons decay too, as Geant4
     # decays them in CMS)
     "ParticleDecays:limitTau0 = on",
-    # underlying event off: speed (x4), see README.md, "Built-in samples"
-    "PartonLevel:MPI = off",
     "Print:quiet = on",
     "Next:numberCount = 0",
     "Random:setSeed = on",
@@ -35,6 +33,7 @@ TAU0_MAX_IN_FLIGHT_MM = 100.0
 PROCESS_SETTINGS = {
     "TT": ("Top:gg2ttbar = on", "Top:qqbar2ttbar = on"),
     "QCD": ("HardQCD:all = on",),
+    "MinBias": ("SoftQCD:nonDiffractive = on",),  # the pileup pool (MPI always on)
 }
 
 
@@ -74,13 +73,17 @@ class EventGenerator:
     """A configured Pythia8 instance delivering :class:`ParticleBatch` objects."""
 
     def __init__(self, process: str, seed: int, pthat_min: float,
-                 decays_in_flight: bool = False) -> None:
-        """Configure Pythia for ``process``; ``pthat_min`` (GeV) is used for QCD only;
-        ``decays_in_flight``: long-lived strange hadrons decay (``TAU0_MAX_IN_FLIGHT_MM``)."""
+                 decays_in_flight: bool = False, mpi: bool = True) -> None:
+        """Configure Pythia for ``process`` (TT, QCD or MinBias); ``pthat_min`` (GeV) is used
+        for QCD only; ``decays_in_flight``: long-lived strange hadrons decay
+        (``TAU0_MAX_IN_FLIGHT_MM``); ``mpi``: multi-parton interactions (the underlying
+        event; always on for MinBias)."""
         self._pythia = pythia8mc.Pythia("", False)
         tau0_max = TAU0_MAX_IN_FLIGHT_MM if decays_in_flight else TAU0_MAX_MM
         settings = [*COMMON_SETTINGS, f"ParticleDecays:tau0Max = {tau0_max!r}",
                     f"Random:seed = {seed + 1}", *PROCESS_SETTINGS[process]]
+        if not mpi and process != "MinBias":
+            settings.append("PartonLevel:MPI = off")
         if process == "QCD":
             settings.append(f"PhaseSpace:pTHatMin = {float(pthat_min)!r}")
         for line in settings:

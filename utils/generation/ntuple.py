@@ -16,8 +16,8 @@ import uproot
 from utils.io import atomic_path
 from utils.settings import GenerationSettings
 
-from . import detector
-from .clustering import JET_ABS_ETA_MAX, cluster
+from . import detector, pileup
+from .clustering import JET_ABS_ETA_MAX, JET_PT_MIN, JET_R, cluster
 from .detector import NEUTRAL_HADRON, PHOTON, TRACK
 from .generator import PROCESSES, SEED_MAX, EventGenerator, ParticleBatch
 from .kinematics import (
@@ -95,10 +95,12 @@ class Constituents:
         return Constituents(self.jet[mask], self.kind[mask], self.row[mask], self.reco[mask])
 
 
-def cluster_jets(batch: ParticleBatch, truth: FlavourTruth,
-                 reco: detector.RecoParticles) -> tuple[dict[str, np.ndarray], Constituents]:
+def cluster_jets(batch: ParticleBatch, truth: FlavourTruth, reco: detector.RecoParticles,
+                 rho: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], Constituents]:
     """Anti-kT jets (pT > 15 GeV, |eta| < 2.5) of the detector-level particles plus ghosts.
 
+    ``rho`` (per event, GeV per unit area): the pileup offset correction, the jet
+    four-momentum is scaled by 1 - rho * pi R^2 / pT before the pT threshold.
     Returns the jet kinematics (keys event, pt, eta, phi, e, px, py, pz, axis) and the jet
     constituents, ghosts included.
     """
@@ -114,11 +116,15 @@ def cluster_jets(batch: ParticleBatch, truth: FlavourTruth,
     found = cluster(batch.event[row][order], *(m[order] for m in momenta), batch.n_events)
 
     pt, eta, phi = pt_eta_phi(found.px, found.py, found.pz)
-    keep = np.abs(eta) < JET_ABS_ETA_MAX
+    scale = np.ones(len(pt))
+    if rho is not None:
+        scale = np.maximum(1.0 - rho[found.event] * np.pi * JET_R**2 / pt, 0.0)
+    keep = (np.abs(eta) < JET_ABS_ETA_MAX) & (scale * pt > JET_PT_MIN)
     p = np.sqrt(found.px**2 + found.py**2 + found.pz**2)[keep]
-    jets = {"event": found.event[keep], "pt": pt[keep], "eta": eta[keep], "phi": phi[keep],
-            "e": found.e[keep], "px": found.px[keep], "py": found.py[keep],
-            "pz": found.pz[keep]}
+    s = scale[keep]
+    jets = {"event": found.event[keep], "pt": s * pt[keep], "eta": eta[keep],
+            "phi": phi[keep], "e": s * found.e[keep], "px": s * found.px[keep],
+            "py": s * found.py[keep], "pz": s * found.pz[keep]}
     jets["axis"] = (jets["px"] / p, jets["py"] / p, jets["pz"] / p)
 
     kept = keep[found.constituent_jet]
@@ -130,11 +136,13 @@ def cluster_jets(batch: ParticleBatch, truth: FlavourTruth,
 
 def charged_candidates(batch: ParticleBatch, jets: dict[str, np.ndarray],
                        tracks_in_jets: Constituents, rng: np.random.Generator,
-                       model: detector.TrackingModel = detector.DETECTOR_MODELS["ideal"]
+                       model: detector.TrackingModel = detector.DETECTOR_MODELS["ideal"],
+                       overlay: pileup.Overlay | None = None
                        ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray],
                                   dict[str, np.ndarray]]:
     """Tracks, secondary vertices and CSV variables of the jets.
 
+    Pileup tracks (rows of ``overlay``) belong to no decay chain, so they form no SV.
     Returns (tracks per jet, Cpfcan fields sorted by decreasing Sip2dSig, SV arrays,
     TagVarCSV branches).
     """
@@ -148,6 +156,8 @@ def charged_candidates(batch: ParticleBatch, jets: dict[str, np.ndarray],
     if model.decays_in_flight:  # the daughters of a V0 or hyperon form their own vertex
         mother = batch.mother1[row]
         chain = np.where(np.isin(np.abs(batch.pid[mother]), detector.V0_IDS), mother, chain)
+    if overlay is not None:
+        chain = np.where(overlay.is_pileup(row), -1, chain)
     vertices = detector.secondary_vertices(jet, chain, momentum, vertex, tracks["sigma_xy"],
                                            jets, rng, tracks["ip_scale"], model)
 
@@ -184,9 +194,15 @@ def charged_candidates(batch: ParticleBatch, jets: dict[str, np.ndarray],
 
 
 def neutral_candidates(reco: detector.RecoParticles, jets: dict[str, np.ndarray],
-                       neutrals_in_jets: Constituents, vertices: dict[str, np.ndarray]
+                       neutrals_in_jets: Constituents, vertices: dict[str, np.ndarray],
+                       overlay: pileup.Overlay | None = None,
+                       charged: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
                        ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Npfcan fields sorted by decreasing pT / jet pT, and the number per jet."""
+    """Npfcan fields sorted by decreasing pT / jet pT, and the number per jet.
+
+    With pileup (``overlay`` and ``charged``: tracks per jet and Cpfcan fields) the PUPPI
+    weights come from :func:`pileup.puppi_weights`; without, they are 1.
+    """
     n_jets = len(jets["pt"])
     pt, eta, phi = pt_eta_phi(*(getattr(reco, c)[neutrals_in_jets.reco]
                                 for c in ("px", "py", "pz")))
@@ -195,35 +211,61 @@ def neutral_candidates(reco: detector.RecoParticles, jets: dict[str, np.ndarray]
     jet, index = neutrals_in_jets.jet[sort], neutrals_in_jets.reco[sort]
     pt, eta, phi = pt[sort], eta[sort], phi[sort]
     photon = (reco.kind[index] == PHOTON).astype(np.float64)
+    puppiw = np.ones(len(jet))
+    if overlay is not None and charged is not None:
+        counts, fields = charged
+        track_jet = np.repeat(np.arange(n_jets), counts)
+        pv = fields["VTX_ass"] == detector.VTX_ASS_PV_FIT
+        puppiw = pileup.puppi_weights(jet, eta, phi, overlay.is_pileup(reco.row[index]),
+                                      track_jet[pv], fields["pt"][pv], fields["eta"][pv],
+                                      fields["phi"][pv], n_jets)
     fields = {
         "ptrel": ptrel[sort],
         "deltaR": delta_r(eta, phi, jets["eta"][jet], jets["phi"][jet]),
         "isGamma": photon,
         "HadFrac": 1.0 - photon,
         "drminsv": detector.min_delta_r_to_vertex(jet, eta, phi, vertices, n_jets),
-        "puppiw": np.ones(len(jet)),
+        "puppiw": puppiw,
         "pt": pt, "eta": eta, "phi": phi, "e": reco.e[index],
     }
     return segment_count(jet, n_jets), fields
 
 
 def process_batch(batch: ParticleBatch, rng: np.random.Generator, first_event: int,
-                  model: detector.TrackingModel = detector.DETECTOR_MODELS["ideal"]
+                  model: detector.TrackingModel = detector.DETECTOR_MODELS["ideal"],
+                  pileup_pool: pileup.MinBiasPool | None = None, mu: float = 0.0
                   ) -> JetTable:
-    """Truth, detector simulation, clustering and jet variables for one batch of events."""
+    """Truth, pileup overlay (``mu`` > 0 events from ``pileup_pool`` per event), detector
+    simulation, clustering and jet variables for one batch of events."""
     truth = find_truth(batch)
+    overlay = None
+    npv = np.ones(batch.n_events)
+    removed = None
+    if pileup_pool is not None and mu > 0:
+        batch, overlay = pileup.overlay(batch, pileup_pool, mu, rng)
+        npv = overlay.npv.astype(np.float64)
+        removed = np.zeros(len(batch), dtype=bool)
+        removed[overlay.first_row:] = overlay.removed
     reco = detector.reconstruct_particles(batch.pid, batch.status, batch.charge, batch.px,
                                           batch.py, batch.pz, batch.e, rng,
-                                          np.hypot(batch.vx, batch.vy), model)
-    jets, constituents = cluster_jets(batch, truth, reco)
+                                          np.hypot(batch.vx, batch.vy), model, removed)
+    rho = None
+    if overlay is not None:  # the neutral pileup deposits per unit area in |eta| < 2.5
+        neutral = (reco.kind >= PHOTON) & overlay.is_pileup(reco.row)
+        pt, eta, _ = pt_eta_phi(reco.px[neutral], reco.py[neutral], reco.pz[neutral])
+        central = np.abs(eta) < JET_ABS_ETA_MAX
+        rho = segment_sum(batch.event[reco.row[neutral]][central], pt[central],
+                          batch.n_events) / (2 * np.pi * 2 * JET_ABS_ETA_MAX)
+    jets, constituents = cluster_jets(batch, truth, reco, rho)
     n_jets = len(jets["pt"])
     ghosts = {name: (c.jet, c.row) for name, c in (
         ("b", constituents.of_kind(GHOST_B)), ("c", constituents.of_kind(GHOST_C)),
         ("parton", constituents.of_kind(GHOST_PARTON)))}
     n_tracks, charged, vertices, csv = charged_candidates(
-        batch, jets, constituents.of_kind(TRACK), rng, model)
+        batch, jets, constituents.of_kind(TRACK), rng, model, overlay)
     n_neutrals, neutral = neutral_candidates(
-        reco, jets, constituents.of_kind(PHOTON, NEUTRAL_HADRON), vertices)
+        reco, jets, constituents.of_kind(PHOTON, NEUTRAL_HADRON), vertices, overlay,
+        (n_tracks, charged))
     out = {
         "event": first_event + jets["event"],
         "jet_pt": jets["pt"], "jet_eta": jets["eta"], "jet_phi": jets["phi"],
@@ -231,7 +273,7 @@ def process_batch(batch: ParticleBatch, rng: np.random.Generator, first_event: i
         "jet_energy": jets["e"],
         "n_Cpfcand": n_tracks,
         "n_Npfcand": n_neutrals,
-        "npv": np.ones(n_jets),
+        "npv": npv[jets["event"]],
         **csv,
         **jet_labels(n_jets, batch, truth, ghosts),
     }
@@ -240,7 +282,8 @@ def process_batch(batch: ParticleBatch, rng: np.random.Generator, first_event: i
                           "sv": (segment_count(vertices["jet"], n_jets), sv_fields)})
 
 
-def _validate(process: str, n_events: int, seed: int, pthat_min: float, model: str) -> None:
+def _validate(process: str, n_events: int, seed: int, pthat_min: float, model: str,
+              mpi: bool, mu: float) -> None:
     if process not in PROCESSES:
         raise ValueError(f"process must be one of {PROCESSES}, got {process!r}")
     if model not in detector.DETECTOR_MODELS:
@@ -252,6 +295,12 @@ def _validate(process: str, n_events: int, seed: int, pthat_min: float, model: s
             0 <= seed <= SEED_MAX):
         raise ValueError(f"seed must be an integer in 0..{SEED_MAX} (Pythia runs with "
                          f"Random:seed = seed + 1 <= 900000000), got {seed!r}")
+    if not isinstance(mpi, bool):
+        raise ValueError(f"mpi must be True or False, got {mpi!r}")
+    if isinstance(mu, bool) or not isinstance(mu, numbers.Real) or not (
+            np.isfinite(mu) and mu >= 0):
+        raise ValueError(f"pileup must be a finite number >= 0 (mean pileup interactions), "
+                         f"got {mu!r}")
     if process == "QCD" and not (isinstance(pthat_min, numbers.Real)
                                  and not isinstance(pthat_min, bool)
                                  and np.isfinite(pthat_min) and pthat_min > 0):
@@ -261,22 +310,30 @@ def _validate(process: str, n_events: int, seed: int, pthat_min: float, model: s
 def generate_file(path: str | os.PathLike, process: str = "TT", n_events: int = 1000,
                   seed: int = 1, pthat_min: float = GenerationSettings.pthat_min,
                   progress: Callable[[int], object] | None = None,
-                  detector_model: str = GenerationSettings.detector) -> dict:
+                  detector_model: str = GenerationSettings.detector,
+                  mpi: bool = GenerationSettings.mpi, pileup_mu: float = GenerationSettings.pileup,
+                  pileup_pool: pileup.MinBiasPool | None = None) -> dict:
     """Generate ``n_events`` Pythia8 events of ``process`` and write the jets to ``path``.
 
     ``process`` is "TT" (ttbar) or "QCD" (hard QCD 2 -> 2 with pT-hat > ``pthat_min`` GeV).
     The file appears only when complete. ``progress`` is called with the number of newly
     generated events after every batch. ``detector_model`` names one of
     :data:`detector.DETECTOR_MODELS` ("realistic": tracking efficiency, IP tails,
-    informative chi2, decays in flight; "ideal": none of them).
+    informative chi2, decays in flight; "ideal": none of them); ``mpi``: multi-parton
+    interactions; ``pileup_mu``: mean number of pileup interactions overlaid from
+    ``pileup_pool`` (if not given, a pool of :func:`pileup.standalone_pool_events` events is
+    generated here).
     Returns {"n_events", "n_jets", "labels", "seconds"}.
     """
-    _validate(process, n_events, seed, pthat_min, detector_model)
+    _validate(process, n_events, seed, pthat_min, detector_model, mpi, pileup_mu)
     model = detector.DETECTOR_MODELS[detector_model]
     start = time.perf_counter()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    generator = EventGenerator(process, int(seed), pthat_min, model.decays_in_flight)
+    if pileup_mu > 0 and pileup_pool is None:
+        pileup_pool = pileup.generate_pool(pileup.standalone_pool_events(n_events),
+                                           pileup.pool_seed(int(seed)), model.decays_in_flight)
+    generator = EventGenerator(process, int(seed), pthat_min, model.decays_in_flight, mpi)
     rng = np.random.default_rng(int(seed))
     labels = dict.fromkeys(LABELS, 0)
     n_jets = 0
@@ -286,7 +343,8 @@ def generate_file(path: str | os.PathLike, process: str = "TT", n_events: int = 
             pending: list[JetTable] = []
             for first_event in range(0, n_events, EVENTS_PER_BATCH):
                 size = min(EVENTS_PER_BATCH, n_events - first_event)
-                table = process_batch(generator.next_batch(size), rng, first_event, model)
+                table = process_batch(generator.next_batch(size), rng, first_event, model,
+                                      pileup_pool, float(pileup_mu))
                 pending.append(table)
                 n_jets += len(table)
                 for label in LABELS:

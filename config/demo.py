@@ -43,7 +43,7 @@ config = offline.replace(
     },
     generated_samples={
         "TT": {"n_files": 4, "events_per_file": 1200},
-        "QCD": {"n_files": 4, "events_per_file": 4000, "pthat_min": 30},
+        "QCD": {"n_files": 4, "events_per_file": 3000, "pthat_min": 30},
     },
     # ~53k jets in 11 files: training and validation are split by file
     chunk_size=5000,

@@ -92,8 +92,10 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
     def pileup_pool(self) -> Any:
         """The sample version's minimum-bias pool (generated and stored on first use).
 
-        Its content is a function of (--seed, sample version, detector), so branches making
+        Its content is a function of (--seed, sample version, detector). Local branches
+        wait for the one making it (a file lock); where locks do not work, branches making
         it at the same time write the same file (atomically)."""
+        import fcntl
         import zlib
 
         from utils.generation import pileup
@@ -103,12 +105,17 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
         seed = pileup.pool_seed(self.settings.seed, zlib.crc32(self.sample_version.encode()))
         directory = self.local_path().parent
         path = directory / f"pileup_pool_{self.settings.detector}_{seed}.npz"
-        if not path.exists():
-            remove_stale(directory)
-            console.print(f"Generating the pileup pool ({pileup.POOL_EVENTS:,} minimum-bias "
-                          f"events) -> {path}")
-            pileup.generate_pool(pileup.POOL_EVENTS, seed,
-                                 self.settings.detector == "realistic").save(path)
+        with open(directory / f".{path.name}.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError:  # file systems without locks: generate concurrently
+                pass
+            if not path.exists():
+                remove_stale(directory)
+                console.print(f"Generating the pileup pool ({pileup.POOL_EVENTS:,} "
+                              f"minimum-bias events) -> {path}")
+                pileup.generate_pool(pileup.POOL_EVENTS, seed,
+                                     self.settings.detector == "realistic").save(path)
         return pileup.MinBiasPool.load(path)
 
     def run(self) -> None:

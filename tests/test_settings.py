@@ -47,7 +47,7 @@ def test_other_steps_validate_too():
         ExportSettings(executor="spark")
     with pytest.raises(SettingsError, match="--n-files must be >= 1; got 0"):
         GenerationSettings(n_files=0)
-    assert GenerationSettings().events("QCD") == 4000
+    assert GenerationSettings().events("QCD") == 3000
     assert GenerationSettings(events_per_file=10).events("TT") == 10
 
 

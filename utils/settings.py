@@ -29,8 +29,8 @@ DEFAULT_SEED = 123456
 SCHEDULERS = ("none", "epoch_lin_decay", "batch_lin_decay", "batch_cosine_warmup")
 PRECISIONS = ("float32", "float16", "bfloat16")
 EXECUTORS = ("iterative", "futures", "dask")
-# built-in samples: events per file by process (about 6,500 jets per file each)
-DEFAULT_EVENTS = {"TT": 1200, "QCD": 4000}
+# built-in samples: events per file by process (about 7,000 jets per file each)
+DEFAULT_EVENTS = {"TT": 1200, "QCD": 3000}
 PILEUP_MU = 30.0  # default mean pileup of the built-in samples
 
 
@@ -284,7 +284,7 @@ class GenerationSettings(_Validated):
     events_per_file: int | None = option(
         None, "events per file; default: "
         + ", ".join(f"{n} for {p}" for p, n in DEFAULT_EVENTS.items())
-        + " (about 6,500 jets per file)", at_least(1), ">= 1")
+        + " (about 7,000 jets per file)", at_least(1), ">= 1")
     pthat_min: float = option(30.0, "QCD only: minimum pT-hat of the hard scattering in "
                               "GeV", positive, "> 0", stored=False)
     seed: int = option(DEFAULT_SEED, "base seed of the sample (each file gets its own)",

@@ -56,14 +56,33 @@ class TrackingModel:
     tail_scale: float  # their true resolution / the quoted one
     tail_chi2_scale: float  # their normalised chi2 is scaled by this (chi2 carries information)
     decays_in_flight: bool  # K0S, Lambda, Sigma, Xi, Omega decay in the tracker volume
+    magnetic_field: float  # tesla along z; 0: straight tracks
+    conversions: bool  # photons convert in the tracker material
+    fake_rate: float  # fake tracks per real track of a jet (Poisson mean)
 
 
 DETECTOR_MODELS = {
     "realistic": TrackingModel(efficiency=0.95, efficiency_radius=60.0, tail_fraction=0.05,
-                               tail_scale=4.0, tail_chi2_scale=1.6, decays_in_flight=True),
+                               tail_scale=4.0, tail_chi2_scale=1.6, decays_in_flight=True,
+                               magnetic_field=3.8, conversions=True, fake_rate=0.02),
     "ideal": TrackingModel(efficiency=1.0, efficiency_radius=math.inf, tail_fraction=0.0,
-                           tail_scale=1.0, tail_chi2_scale=1.0, decays_in_flight=False),
+                           tail_scale=1.0, tail_chi2_scale=1.0, decays_in_flight=False,
+                           magnetic_field=0.0, conversions=False, fake_rate=0.0),
 }
+# photon conversions: material X/X0 = CONVERSION_X0_CENTRAL + CONVERSION_X0_SLOPE * |eta|,
+# probability 1 - exp(-7/9 X/X0), at a radius uniform in the tracker volume; particle flow
+# identifies CONVERSION_ID_EFFICIENCY of them and keeps the photon
+CONVERSION_X0_CENTRAL, CONVERSION_X0_SLOPE = 0.4, 0.5
+CONVERSION_ID_EFFICIENCY = 0.5
+CONVERSION_E_MIN = 1.0  # GeV
+CONVERSION_R_MIN, CONVERSION_R_MAX = 3.0, 60.0  # cm: beam pipe .. end of the tracking volume
+# fake tracks: pT 1 GeV + exponential(FAKE_PT_SCALE), uniform in the jet cone, impact
+# parameters N(0, FAKE_D0_SIGMA) and N(0, FAKE_Z0_SIGMA), chi2 scaled by FAKE_CHI2_SCALE
+FAKE_PT_SCALE = 2.0  # GeV
+FAKE_DELTA_R_MAX = 0.4
+FAKE_D0_SIGMA, FAKE_Z0_SIGMA = 0.05, 0.2  # cm
+FAKE_CHI2_SCALE = 2.5
+CURVATURE_CM_PER_GEV = 100.0 / 0.2998  # helix radius R = pT / (0.2998 B) m
 # long-lived strange hadrons decaying in flight (their daughters form V0-like vertices)
 V0_IDS = (310, 3122, 3222, 3112, 3322, 3312, 3334)
 K0S_MASS, V0_MASS_WINDOW = 0.4976, 0.05  # GeV: 2-track SVs in the window are rejected
@@ -173,10 +192,73 @@ def _sign(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0, -1.0)
 
 
+def convert_photons(pid: np.ndarray, status: np.ndarray, px: np.ndarray, py: np.ndarray,
+                    pz: np.ndarray, e: np.ndarray, vertex_mm: tuple[np.ndarray, ...],
+                    rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Photon conversions in the tracker material (the realistic model).
+
+    Final-state photons with E > ``CONVERSION_E_MIN`` and |eta| < 2.5 convert with
+    probability 1 - exp(-7/9 X/X0(eta)) and are not identified as conversions by particle
+    flow (``CONVERSION_ID_EFFICIENCY``, those stay photons) at a transverse radius uniform in
+    ``CONVERSION_R_MIN`` .. ``CONVERSION_R_MAX`` along their flight; the e+ and e- share the
+    energy uniformly and keep the photon direction. Returns (rows of the converted photons,
+    per electron: "photon" (the photon's row), "pid", "charge", "px", "py", "pz", "e",
+    "vx", "vy", "vz" in mm), two electrons per photon, e- first.
+    """
+    pt, eta, _ = pt_eta_phi(px, py, pz)
+    candidate = np.flatnonzero((pid == 22) & (status > 0) & (e > CONVERSION_E_MIN)
+                               & (np.abs(eta) < TRACKER_ABS_ETA_MAX))
+    material = CONVERSION_X0_CENTRAL + CONVERSION_X0_SLOPE * np.abs(eta[candidate])
+    probability = (1.0 - np.exp(-7.0 / 9.0 * material)) * (1.0 - CONVERSION_ID_EFFICIENCY)
+    converted = candidate[rng.random(len(candidate)) < probability]
+    radius = rng.uniform(CONVERSION_R_MIN, CONVERSION_R_MAX, len(converted)) / MM_TO_CM
+    share = rng.random(len(converted))
+    path = radius / pt[converted]  # mm per GeV of pT: the point is vertex + path * p
+    point = [v[converted] + path * m[converted]
+             for v, m in zip(vertex_mm, (px, py, pz), strict=True)]
+    fraction = np.stack([share, 1.0 - share], axis=1).ravel()
+    photon = np.repeat(converted, 2)
+    electrons = {
+        "photon": photon,
+        "pid": np.tile([11, -11], len(converted)),
+        "charge": np.tile([-1.0, 1.0], len(converted)),
+        **{name: m[photon] * fraction for name, m in (("px", px), ("py", py), ("pz", pz),
+                                                      ("e", e))},
+        **{name: np.repeat(x, 2) for name, x in zip(("vx", "vy", "vz"), point, strict=True)},
+    }
+    return converted, electrons
+
+
+def fake_tracks(n_tracks: np.ndarray, jet_eta: np.ndarray, jet_phi: np.ndarray,
+                rng: np.random.Generator, model: TrackingModel
+                ) -> tuple[np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Fake tracks of the jets: Poisson(``model.fake_rate`` x real tracks) per jet.
+
+    Returns (jet of each fake, momentum (px, py, pz) in GeV, production point in mm): the
+    point is chosen on the measured line so that the straight track has d0 ~
+    N(0, ``FAKE_D0_SIGMA``) and z0 ~ N(0, ``FAKE_Z0_SIGMA``).
+    """
+    per_jet = rng.poisson(model.fake_rate * n_tracks)
+    jet = np.repeat(np.arange(len(n_tracks)), per_jet)
+    n = len(jet)
+    pt = TRACK_PT_MIN + rng.exponential(FAKE_PT_SCALE, n)
+    distance = FAKE_DELTA_R_MAX * np.sqrt(rng.random(n))
+    angle = rng.uniform(0.0, 2.0 * np.pi, n)
+    eta = np.clip(jet_eta[jet] + distance * np.cos(angle), -TRACKER_ABS_ETA_MAX + 1e-6,
+                  TRACKER_ABS_ETA_MAX - 1e-6)
+    phi = jet_phi[jet] + distance * np.sin(angle)
+    momentum = (pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta))
+    d0 = rng.normal(0.0, FAKE_D0_SIGMA, n) / MM_TO_CM
+    z0 = rng.normal(0.0, FAKE_Z0_SIGMA, n) / MM_TO_CM
+    point = (d0 * np.sin(phi), -d0 * np.cos(phi), z0)  # d0 along (py, -px) / pT
+    return jet, momentum, point
+
+
 def track_features(momentum: tuple[np.ndarray, ...], vertex_mm: tuple[np.ndarray, ...],
                    jet_axis: tuple[np.ndarray, ...], jet_eta: np.ndarray,
                    jet_phi: np.ndarray, rng: np.random.Generator,
-                   model: TrackingModel = DETECTOR_MODELS["ideal"]) -> dict[str, np.ndarray]:
+                   model: TrackingModel = DETECTOR_MODELS["ideal"],
+                   charge: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Measured impact parameters and track-to-jet variables (CMS TrackInfoBuilder meaning).
 
     The true track is a straight line from its production vertex. Its transverse (d0) and
@@ -186,7 +268,10 @@ def track_features(momentum: tuple[np.ndarray, ...], vertex_mm: tuple[np.ndarray
     ``model.tail_chi2_scale``); the 3D impact parameter and the distance to the jet axis
     follow from the measured line. Signs: positive if the point of closest approach lies
     downstream along the jet axis. ``jet_axis`` is the unit vector of the jet momentum.
-    ``ip_scale`` in the result is each track's true / quoted resolution.
+    With ``model.magnetic_field`` (and ``charge``) a track made away from the PV is a helix
+    through its production point: its d0 is that of the circle (R = pT / (0.3 B)), e.g.
+    a few mm for a 2 GeV conversion electron made at 10 cm; z0 and the direction stay those
+    of the straight line. ``ip_scale`` in the result is each track's true / quoted resolution.
     """
     px, py, pz = momentum
     vx, vy, vz = (v * MM_TO_CM for v in vertex_mm)
@@ -202,7 +287,16 @@ def track_features(momentum: tuple[np.ndarray, ...], vertex_mm: tuple[np.ndarray
     ip_scale = np.ones(len(px))
     if model.tail_fraction > 0:
         ip_scale[rng.random(len(px)) < model.tail_fraction] = model.tail_scale
-    d0 = vx * normal_x + vy * normal_y + sigma_xy * ip_scale * g_xy
+    d0 = vx * normal_x + vy * normal_y
+    if model.magnetic_field > 0 and charge is not None:
+        # circle through the production point tangent to the momentum; for B along +z a
+        # positive track bends clockwise: centre = point - sign(q) R (left normal)
+        radius = pt * CURVATURE_CM_PER_GEV / model.magnetic_field
+        bend = -np.sign(charge) * radius
+        centre_x, centre_y = vx - bend * py / pt, vy + bend * px / pt
+        helix = -np.sign(bend) * (np.hypot(centre_x, centre_y) - radius)
+        d0 = np.where(charge != 0, helix, d0)
+    d0 = d0 + sigma_xy * ip_scale * g_xy
     z0 = vz - (vx * px + vy * py) / pt**2 * pz + sigma_z * ip_scale * g_z
 
     # measured line: point (d0 * n, z0) at the transverse closest approach, direction unit

@@ -44,7 +44,9 @@ class ParticleBatch:
     Row ``i`` is a particle; every index (mother/daughter) is a *global* row of the batch.
     Pythia's index 0 of each event (the "system" entry, id 90) is kept, so a mother or
     daughter index of 0 points to that event's system row, which is neither a hadron nor a
-    parton. Momenta in GeV, production vertices in mm.
+    parton. Rows added after generation (pileup, conversion electrons: :meth:`append`)
+    follow all of Pythia's rows; ``offsets`` describes Pythia's rows only. Momenta in GeV,
+    production vertices in mm.
     """
 
     n_events: int
@@ -67,6 +69,30 @@ class ParticleBatch:
 
     def __len__(self) -> int:
         return len(self.pid)
+
+    def append(self, event: np.ndarray, mother: np.ndarray, pid: np.ndarray,
+               charge: np.ndarray, momentum: tuple[np.ndarray, ...],
+               vertex: tuple[np.ndarray, ...], status: np.ndarray | None = None
+               ) -> ParticleBatch:
+        """This batch with new final-state rows (status 1) after the existing ones; both
+        mother indices are ``mother`` (global rows), the daughters 0. ``status`` replaces
+        the status of the existing rows (e.g. to retire converted photons)."""
+        n = len(event)
+        zero = np.zeros(n, dtype=np.int64)
+
+        def join(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+            return np.concatenate([old, np.asarray(new, dtype=old.dtype)])
+
+        return ParticleBatch(
+            n_events=self.n_events, offsets=self.offsets, event=join(self.event, event),
+            pid=join(self.pid, pid),
+            status=join(self.status if status is None else status, np.ones(n, np.int64)),
+            mother1=join(self.mother1, mother), mother2=join(self.mother2, mother),
+            daughter1=join(self.daughter1, zero), daughter2=join(self.daughter2, zero),
+            px=join(self.px, momentum[0]), py=join(self.py, momentum[1]),
+            pz=join(self.pz, momentum[2]), e=join(self.e, momentum[3]),
+            vx=join(self.vx, vertex[0]), vy=join(self.vy, vertex[1]),
+            vz=join(self.vz, vertex[2]), charge=join(self.charge, charge))
 
 
 class EventGenerator:

@@ -21,6 +21,7 @@ from .clustering import JET_ABS_ETA_MAX, JET_PT_MIN, JET_R, cluster
 from .detector import NEUTRAL_HADRON, PHOTON, TRACK
 from .generator import PROCESSES, SEED_MAX, EventGenerator, ParticleBatch
 from .kinematics import (
+    PION_MASS,
     delta_r,
     invariant_mass,
     offsets_from_counts,
@@ -142,27 +143,44 @@ def charged_candidates(batch: ParticleBatch, jets: dict[str, np.ndarray],
                                   dict[str, np.ndarray]]:
     """Tracks, secondary vertices and CSV variables of the jets.
 
-    Pileup tracks (rows of ``overlay``) belong to no decay chain, so they form no SV.
-    Returns (tracks per jet, Cpfcan fields sorted by decreasing Sip2dSig, SV arrays,
-    TagVarCSV branches).
+    Pileup tracks (rows of ``overlay``) and fake tracks (``model.fake_rate``) belong to no
+    decay chain, so they form no SV. Returns (tracks per jet, Cpfcan fields sorted by
+    decreasing Sip2dSig, SV arrays, TagVarCSV branches).
     """
     n_jets = len(jets["pt"])
     jet, row = tracks_in_jets.jet, tracks_in_jets.row
-    momentum = (batch.px[row], batch.py[row], batch.pz[row])
-    vertex = (batch.vx[row], batch.vy[row], batch.vz[row])
-    tracks = detector.track_features(momentum, vertex, tuple(a[jet] for a in jets["axis"]),
-                                     jets["eta"][jet], jets["phi"][jet], rng, model)
     chain = decay_chain_origin(batch, row)
     if model.decays_in_flight:  # the daughters of a V0 or hyperon form their own vertex
         mother = batch.mother1[row]
         chain = np.where(np.isin(np.abs(batch.pid[mother]), detector.V0_IDS), mother, chain)
-    if overlay is not None:
-        chain = np.where(overlay.is_pileup(row), -1, chain)
+    from_pileup = np.zeros(len(row), dtype=bool) if overlay is None else overlay.is_pileup(row)
+    chain = np.where(from_pileup, -1, chain)
+    momentum = (batch.px[row], batch.py[row], batch.pz[row])
+    vertex = (batch.vx[row], batch.vy[row], batch.vz[row])
+    charge, energy = batch.charge[row], batch.e[row]
+    fake = np.zeros(len(row), dtype=bool)
+    if model.fake_rate > 0:
+        fake_jet, fake_momentum, fake_point = detector.fake_tracks(
+            segment_count(jet, n_jets), jets["eta"], jets["phi"], rng, model)
+        n_fake = len(fake_jet)
+        jet = np.concatenate([jet, fake_jet])
+        momentum = tuple(np.concatenate(pair) for pair in zip(momentum, fake_momentum,
+                                                                strict=True))
+        vertex = tuple(np.concatenate(pair) for pair in zip(vertex, fake_point, strict=True))
+        charge = np.concatenate([charge, np.zeros(n_fake)])  # straight: d0 as drawn
+        energy = np.concatenate([energy, np.sqrt(sum(m[-n_fake:] ** 2 for m in momentum)
+                                                 + PION_MASS**2)])
+        chain = np.concatenate([chain, np.full(n_fake, -1)])
+        from_pileup = np.concatenate([from_pileup, np.zeros(n_fake, dtype=bool)])
+        fake = np.concatenate([fake, np.ones(n_fake, dtype=bool)])
+    tracks = detector.track_features(momentum, vertex, tuple(a[jet] for a in jets["axis"]),
+                                     jets["eta"][jet], jets["phi"][jet], rng, model, charge)
+    tracks["chi2"] = np.where(fake, tracks["chi2"] * detector.FAKE_CHI2_SCALE, tracks["chi2"])
     vertices = detector.secondary_vertices(jet, chain, momentum, vertex, tracks["sigma_xy"],
                                            jets, rng, tracks["ip_scale"], model)
 
     sort = np.lexsort((-tracks["sip2d_sig"], jet))
-    jet, row = jet[sort], row[sort]
+    jet, energy, from_pileup = jet[sort], energy[sort], from_pileup[sort]
     tracks = {name: values[sort] for name, values in tracks.items()}
     csv = detector.csv_tag_variables(
         jet, tracks, tuple(m[sort] for m in momentum), jets,
@@ -188,7 +206,8 @@ def charged_candidates(batch: ParticleBatch, jets: dict[str, np.ndarray],
         "puppiw": np.ones(n_tracks),
         "chi2": tracks["chi2"],
         "quality": np.full(n_tracks, detector.TRACK_QUALITY),
-        "pt": tracks["pt"], "eta": tracks["eta"], "phi": tracks["phi"], "e": batch.e[row],
+        "pt": tracks["pt"], "eta": tracks["eta"], "phi": tracks["phi"], "e": energy,
+        "isPileup": from_pileup.astype(np.float64),
     }
     return segment_count(jet, n_jets), fields, vertices, csv
 
@@ -212,11 +231,13 @@ def neutral_candidates(reco: detector.RecoParticles, jets: dict[str, np.ndarray]
     pt, eta, phi = pt[sort], eta[sort], phi[sort]
     photon = (reco.kind[index] == PHOTON).astype(np.float64)
     puppiw = np.ones(len(jet))
+    from_pileup = np.zeros(len(jet), dtype=bool) if overlay is None else \
+        overlay.is_pileup(reco.row[index])
     if overlay is not None and charged is not None:
         counts, fields = charged
         track_jet = np.repeat(np.arange(n_jets), counts)
         pv = fields["VTX_ass"] == detector.VTX_ASS_PV_FIT
-        puppiw = pileup.puppi_weights(jet, eta, phi, overlay.is_pileup(reco.row[index]),
+        puppiw = pileup.puppi_weights(jet, eta, phi, from_pileup,
                                       track_jet[pv], fields["pt"][pv], fields["eta"][pv],
                                       fields["phi"][pv], n_jets)
     fields = {
@@ -227,6 +248,7 @@ def neutral_candidates(reco: detector.RecoParticles, jets: dict[str, np.ndarray]
         "drminsv": detector.min_delta_r_to_vertex(jet, eta, phi, vertices, n_jets),
         "puppiw": puppiw,
         "pt": pt, "eta": eta, "phi": phi, "e": reco.e[index],
+        "isPileup": from_pileup.astype(np.float64),
     }
     return segment_count(jet, n_jets), fields
 
@@ -244,8 +266,21 @@ def process_batch(batch: ParticleBatch, rng: np.random.Generator, first_event: i
     if pileup_pool is not None and mu > 0:
         batch, overlay = pileup.overlay(batch, pileup_pool, mu, rng)
         npv = overlay.npv.astype(np.float64)
-        removed = np.zeros(len(batch), dtype=bool)
-        removed[overlay.first_row:] = overlay.removed
+    if model.conversions:
+        converted, electrons = detector.convert_photons(
+            batch.pid, batch.status, batch.px, batch.py, batch.pz, batch.e,
+            (batch.vx, batch.vy, batch.vz), rng)
+        status = batch.status.copy()
+        status[converted] = -1  # the photon is gone: its e+ e- follow
+        photon = electrons["photon"]
+        batch = batch.append(batch.event[photon], photon, electrons["pid"],
+                             electrons["charge"],
+                             tuple(electrons[c] for c in ("px", "py", "pz", "e")),
+                             tuple(electrons[c] for c in ("vx", "vy", "vz")), status)
+        if overlay is not None:
+            overlay = overlay.extended(photon)
+    if overlay is not None:
+        removed = overlay.removed
     reco = detector.reconstruct_particles(batch.pid, batch.status, batch.charge, batch.px,
                                           batch.py, batch.pz, batch.e, rng,
                                           np.hypot(batch.vx, batch.vy), model, removed)

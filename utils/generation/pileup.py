@@ -134,16 +134,22 @@ def generate_pool(n_events: int, seed: int, decays_in_flight: bool) -> MinBiasPo
 
 @dataclass(frozen=True)
 class Overlay:
-    """Pileup rows of an overlaid batch: rows ``first_row..`` of the batch are pileup."""
+    """Pileup bookkeeping of an overlaid batch, one entry per row of the batch."""
 
-    first_row: int
-    dz_cm: np.ndarray  # per pileup row: z of its vertex w.r.t. the hard-scatter vertex
-    removed: np.ndarray  # per pileup row: its track is removed by charged-hadron subtraction
+    pileup: np.ndarray  # the row is a pileup particle
+    dz_cm: np.ndarray  # z of its vertex w.r.t. the hard-scatter vertex (0 for hard rows)
+    removed: np.ndarray  # a track from it is removed by charged-hadron subtraction
     npv: np.ndarray  # per event: reconstructed primary vertices
 
     def is_pileup(self, rows: np.ndarray) -> np.ndarray:
         """Whether each of ``rows`` is a pileup particle."""
-        return rows >= self.first_row
+        return self.pileup[rows]
+
+    def extended(self, parents: np.ndarray) -> Overlay:
+        """The bookkeeping after appending rows made by ``parents`` (e.g. conversion
+        electrons of photons): they inherit their parent's entries."""
+        return Overlay(*(np.concatenate([x, x[parents]])
+                         for x in (self.pileup, self.dz_cm, self.removed)), self.npv)
 
 
 def overlay(batch: ParticleBatch, pool: MinBiasPool, mu: float,
@@ -175,7 +181,6 @@ def overlay(batch: ParticleBatch, pool: MinBiasPool, mu: float,
     px, py = rotate(pool.px, pool.py)
     vx, vy = rotate(pool.vx, pool.vy)
     event = host[pick_of_row]
-    system = batch.offsets[:-1][event]
     row_dz = dz[pick_of_row]
     resolved = np.abs(row_dz) >= PV_MERGE_DZ_CM
     in_fit = rng.random(len(source)) < PU_TRACK_IN_FIT
@@ -183,24 +188,15 @@ def overlay(batch: ParticleBatch, pool: MinBiasPool, mu: float,
     counted = (np.abs(dz) >= PV_MERGE_DZ_CM) & (pool.vertex_tracks[picks] >= VERTEX_MIN_TRACKS)
     npv = 1 + np.bincount(host[counted], minlength=batch.n_events)
 
-    zero = np.zeros(len(source), dtype=np.int64)
-    combined = ParticleBatch(
-        n_events=batch.n_events, offsets=batch.offsets,
-        event=np.concatenate([batch.event, event]),
-        pid=np.concatenate([batch.pid, pool.pid[source]]),
-        status=np.concatenate([batch.status, np.ones(len(source), dtype=np.int64)]),
-        mother1=np.concatenate([batch.mother1, system]),
-        mother2=np.concatenate([batch.mother2, system]),
-        daughter1=np.concatenate([batch.daughter1, zero]),
-        daughter2=np.concatenate([batch.daughter2, zero]),
-        px=np.concatenate([batch.px, px]), py=np.concatenate([batch.py, py]),
-        pz=np.concatenate([batch.pz, flip * pool.pz[source]]),
-        e=np.concatenate([batch.e, pool.e[source]]),
-        vx=np.concatenate([batch.vx, vx]), vy=np.concatenate([batch.vy, vy]),
-        vz=np.concatenate([batch.vz, flip * pool.vz[source] + row_dz * MM_PER_CM]),
-        charge=np.concatenate([batch.charge, pool.charge[source]]),
-    )
-    return combined, Overlay(first_row=len(batch), dz_cm=row_dz, removed=removed, npv=npv)
+    combined = batch.append(
+        event, batch.offsets[:-1][event], pool.pid[source], pool.charge[source],
+        (px, py, flip * pool.pz[source], pool.e[source]),
+        (vx, vy, flip * pool.vz[source] + row_dz * MM_PER_CM))
+    hard = np.zeros(len(batch))
+    return combined, Overlay(
+        pileup=np.concatenate([hard.astype(bool), np.ones(len(source), dtype=bool)]),
+        dz_cm=np.concatenate([hard, row_dz]),
+        removed=np.concatenate([hard.astype(bool), removed]), npv=npv)
 
 
 def puppi_weights(neutral_jet: np.ndarray, neutral_eta: np.ndarray, neutral_phi: np.ndarray,

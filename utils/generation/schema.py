@@ -72,6 +72,7 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
         "eta": "track pseudorapidity",
         "phi": "track azimuth [rad]",
         "e": "track energy [GeV]",
+        "isPileup": "generator truth: 1 for a pileup track (validation only, not an input)",
     }),
     "Npfcan": ("nNpfcan", {
         "ptrel": "candidate pT / jet pT",
@@ -84,6 +85,7 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
         "eta": "candidate pseudorapidity",
         "phi": "candidate azimuth [rad]",
         "e": "candidate energy (smeared) [GeV]",
+        "isPileup": "generator truth: 1 for a pileup deposit (validation only, not an input)",
     }),
     "sv": ("nsv", {
         "pt": "SV transverse momentum (sum of tracks) [GeV]",

@@ -431,7 +431,7 @@ def test_overlay_appends_rotated_pileup_along_z():
                   combined.mother1[pu])
     # vertices along z with the luminous width; CHS removes only resolved vertices' tracks
     dz, removed = overlay.dz_cm[pu], overlay.removed[pu]
-    assert np.median(np.abs(combined.vz[pu] - dz * 10)) < 1e-9  # prompt: at their vertex
+    assert np.median(np.abs(combined.vz[pu] - dz * 10)) < 1e-4  # mm: most are prompt
     assert 2.0 < np.std(np.unique(dz)) < 8.0 and not overlay.removed[:n].any()
     assert not removed[np.abs(dz) < pileup.PV_MERGE_DZ_CM].any()
     assert removed[np.abs(dz) >= pileup.DZ_COMPATIBLE_CM].all()

@@ -447,24 +447,24 @@ def test_overlay_appends_rotated_pileup_along_z():
     assert len(empty) == n and np.all(none.npv == 1)
 
 
-def test_puppi_weights_follow_the_pileup_alpha_distribution():
-    # jet 0: one PV track (pT 10) at the origin; jet 1: none
-    neutral_jet = np.array([0, 0, 0, 1])
-    eta = np.array([0.05, 0.2, 0.35, 0.0])
-    phi = np.zeros(4)
-    is_pileup = np.array([False, True, True, False])
-    args = (neutral_jet, eta, phi, is_pileup, np.array([0]), np.array([10.0]),
-            np.array([0.0]), np.array([0.0]), 2)
-    weights = pileup.puppi_weights(*args)
-    alpha = np.log((10.0 / eta[:3]) ** 2)
-    median = np.median(alpha[1:])
-    rms = np.sqrt(np.mean((alpha[1:] - median) ** 2))
-    expected = [math.erf((alpha[0] - median) / (rms * math.sqrt(2))),
-                math.erf((alpha[1] - median) / (rms * math.sqrt(2))), 0.0, 0.0]
-    np.testing.assert_allclose(weights, expected, rtol=1e-12)
-    assert weights[0] > 0.99 and weights[1] == pytest.approx(math.erf(1 / math.sqrt(2)))
-    no_pileup = pileup.puppi_weights(neutral_jet, eta, phi, np.zeros(4, bool), *args[4:])
-    np.testing.assert_array_equal(no_pileup, 1.0)
+def test_puppi_alpha_and_weights():
+    # group 0: one track (pT 10) at the origin; group 1: none
+    group = np.array([0, 0, 0, 0, 1])
+    eta = np.array([0.05, 0.2, 0.35, 0.5, 0.0])
+    phi = np.zeros(5)
+    alpha = pileup.puppi_alpha(group, eta, phi, np.array([0]), np.array([10.0]),
+                               np.array([0.0]), np.array([0.0]), 2)
+    expected = np.log((10.0 / eta[:3]) ** 2)
+    np.testing.assert_allclose(alpha, [*expected, 0.0, 0.0], rtol=1e-12)  # dR >= 0.4: 0
+    median, rms = 5.0, 2.0
+    weights = pileup.puppi_weights(alpha, median, rms)
+    np.testing.assert_allclose(weights[:3], [math.erf((a - median) / (rms * math.sqrt(2)))
+                                             for a in expected], rtol=1e-12)
+    np.testing.assert_array_equal(weights[3:], 0.0)
+    # the reference: probes spread over |eta| < 2.5; an event without tracks gives alpha 0
+    median, rms = pileup.puppi_reference(np.zeros(0, int), np.zeros(0), np.zeros(0),
+                                         np.zeros(0), 3, np.random.default_rng(1))
+    assert median == 0.0 and rms == pileup.PUPPI_RMS_MIN
 
 
 def test_underlying_event_and_pileup_options(tmp_path):
@@ -481,10 +481,10 @@ def test_underlying_event_and_pileup_options(tmp_path):
     hard = {name: arrays[arrays["jet_pt"] > 30] for name, arrays in a.items()}
     neutrals = {name: float(ak.mean(jets["n_Npfcand"])) for name, jets in hard.items()}
     assert neutrals["easy"] < neutrals["mpi"] < 0.5 * neutrals["pileup"]
-    # pileup neutrals (low alpha) get small weights; the pT offset correction keeps the
-    # jet energy scale
+    # PUPPI-like weights in [0, 1], not all 1; the pT offset correction keeps the jet
+    # energy scale
     weights = ak.to_numpy(ak.flatten(a["pileup"]["Npfcan_puppiw"]))
-    assert 0.1 < (weights < 0.05).mean() < 0.9
+    assert 0.01 < (weights < 0.1).mean() < 0.5 and np.all((weights >= 0) & (weights <= 1))
     assert abs(ak.mean(a["pileup"]["jet_pt"][a["pileup"]["jet_pt"] > 30]) /
                ak.mean(a["mpi"]["jet_pt"][a["mpi"]["jet_pt"] > 30]) - 1) < 0.1
 
@@ -576,4 +576,7 @@ def test_pileup_truth_flags(samples):
     assert set(np.unique(tracks)) <= {0.0, 1.0} and 0 < tracks.mean() < 0.2
     assert 0.2 < neutrals.mean() < 0.9
     weights = ak.to_numpy(ak.flatten(a["Npfcan_puppiw"]))
-    assert weights[neutrals == 1].mean() < 0.7 * weights[neutrals == 0].mean()
+    # PUPPI keeps most neutrals near hard tracks (pileup ones in jets too), less often pileup
+    pu, hard = weights[neutrals == 1], weights[neutrals == 0]
+    assert pu.mean() < hard.mean() - 0.05 and hard.mean() > 0.8
+    assert (pu < 0.1).mean() > 3 * (hard < 0.1).mean()

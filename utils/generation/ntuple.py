@@ -215,12 +215,14 @@ def charged_candidates(batch: ParticleBatch, jets: dict[str, np.ndarray],
 def neutral_candidates(reco: detector.RecoParticles, jets: dict[str, np.ndarray],
                        neutrals_in_jets: Constituents, vertices: dict[str, np.ndarray],
                        overlay: pileup.Overlay | None = None,
-                       charged: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
+                       charged: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
+                       reference: tuple[float, float] | None = None
                        ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Npfcan fields sorted by decreasing pT / jet pT, and the number per jet.
 
-    With pileup (``overlay`` and ``charged``: tracks per jet and Cpfcan fields) the PUPPI
-    weights come from :func:`pileup.puppi_weights`; without, they are 1.
+    With pileup (``overlay``, ``charged``: tracks per jet and Cpfcan fields, and the alpha
+    ``reference`` (median, RMS) of :func:`pileup.puppi_reference`) the PUPPI weights come
+    from :func:`pileup.puppi_weights`; without, they are 1.
     """
     n_jets = len(jets["pt"])
     pt, eta, phi = pt_eta_phi(*(getattr(reco, c)[neutrals_in_jets.reco]
@@ -233,13 +235,11 @@ def neutral_candidates(reco: detector.RecoParticles, jets: dict[str, np.ndarray]
     puppiw = np.ones(len(jet))
     from_pileup = np.zeros(len(jet), dtype=bool) if overlay is None else \
         overlay.is_pileup(reco.row[index])
-    if overlay is not None and charged is not None:
+    if charged is not None and reference is not None:
         counts, fields = charged
-        track_jet = np.repeat(np.arange(n_jets), counts)
-        pv = fields["VTX_ass"] == detector.VTX_ASS_PV_FIT
-        puppiw = pileup.puppi_weights(jet, eta, phi, from_pileup,
-                                      track_jet[pv], fields["pt"][pv], fields["eta"][pv],
-                                      fields["phi"][pv], n_jets)
+        alpha = pileup.puppi_alpha(jet, eta, phi, np.repeat(np.arange(n_jets), counts),
+                                   fields["pt"], fields["eta"], fields["phi"], n_jets)
+        puppiw = pileup.puppi_weights(alpha, *reference)
     fields = {
         "ptrel": ptrel[sort],
         "deltaR": delta_r(eta, phi, jets["eta"][jet], jets["phi"][jet]),
@@ -284,8 +284,15 @@ def process_batch(batch: ParticleBatch, rng: np.random.Generator, first_event: i
     reco = detector.reconstruct_particles(batch.pid, batch.status, batch.charge, batch.px,
                                           batch.py, batch.pz, batch.e, rng,
                                           np.hypot(batch.vx, batch.vy), model, removed)
-    rho = None
-    if overlay is not None:  # the neutral pileup deposits per unit area in |eta| < 2.5
+    rho = reference = None
+    if overlay is not None:
+        tracks = np.flatnonzero(reco.kind == TRACK)
+        tracks = tracks[np.argsort(batch.event[reco.row[tracks]], kind="stable")]
+        reference = pileup.puppi_reference(batch.event[reco.row[tracks]],
+                                           *pt_eta_phi(*(getattr(reco, c)[tracks]
+                                                         for c in ("px", "py", "pz"))),
+                                           batch.n_events, rng)
+        # the neutral pileup deposits per unit area in |eta| < 2.5
         neutral = (reco.kind >= PHOTON) & overlay.is_pileup(reco.row)
         pt, eta, _ = pt_eta_phi(reco.px[neutral], reco.py[neutral], reco.pz[neutral])
         central = np.abs(eta) < JET_ABS_ETA_MAX
@@ -300,7 +307,7 @@ def process_batch(batch: ParticleBatch, rng: np.random.Generator, first_event: i
         batch, jets, constituents.of_kind(TRACK), rng, model, overlay)
     n_neutrals, neutral = neutral_candidates(
         reco, jets, constituents.of_kind(PHOTON, NEUTRAL_HADRON), vertices, overlay,
-        (n_tracks, charged))
+        (n_tracks, charged), reference)
     out = {
         "event": first_event + jets["event"],
         "jet_pt": jets["pt"], "jet_eta": jets["eta"], "jet_phi": jets["phi"],

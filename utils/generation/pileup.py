@@ -15,10 +15,11 @@ The model (all numbers documented in README.md, "Built-in samples"):
   hard-scatter vertex by dz if it lies within ``DZ_COMPATIBLE_CM`` and removed otherwise.
 - ``npv``: the hard-scatter vertex plus the resolved pileup vertices with at least
   ``VERTEX_MIN_TRACKS`` charged particles with pT > ``VERTEX_TRACK_PT_MIN`` in |eta| < 2.5.
-- PUPPI-like neutral weights: alpha_i = log sum_j (pT_j / dR_ij)^2 over the jet's tracks used
-  in the PV fit with ``PUPPI_DR_MIN`` < dR < ``PUPPI_DR_MAX``; w_i = F_chi2(1 dof) of
-  (alpha_i - median)^2 / RMS^2 above the median of the pileup neutrals' alpha in the batch,
-  0 below it (the per-event calibration of PUPPI, here per batch of events).
+- PUPPI-like neutral weights: alpha_i = log sum_j (pT_j / dR_ij)^2 over the jet's tracks
+  with ``PUPPI_DR_MIN`` < dR < ``PUPPI_DR_MAX``; w_i = F_chi2(1 dof) of
+  (alpha_i - median)^2 / RMS^2 above the median, 0 below it; median and RMS of alpha at
+  random points of the events against all their tracks (PUPPI calibrates on the pileup
+  charged particles, spread over the detector; here per batch of events).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ PU_TRACK_IN_FIT = 0.8
 DZ_COMPATIBLE_CM = 0.3
 VERTEX_MIN_TRACKS, VERTEX_TRACK_PT_MIN = 2, 0.4  # GeV
 PUPPI_DR_MIN, PUPPI_DR_MAX = 0.01, 0.4
+PUPPI_PROBES = 20  # random points per event for the pileup alpha distribution
+PUPPI_RMS_MIN = 0.1
 TRACKER_ABS_ETA_MAX = 2.5
 MM_PER_CM = 10.0
 NEUTRINO_IDS = (12, 14, 16)
@@ -199,35 +202,41 @@ def overlay(batch: ParticleBatch, pool: MinBiasPool, mu: float,
         removed=np.concatenate([hard.astype(bool), removed]), npv=npv)
 
 
-def puppi_weights(neutral_jet: np.ndarray, neutral_eta: np.ndarray, neutral_phi: np.ndarray,
-                  neutral_pileup: np.ndarray, track_jet: np.ndarray, track_pt: np.ndarray,
-                  track_eta: np.ndarray, track_phi: np.ndarray, n_jets: int) -> np.ndarray:
-    """PUPPI-like weights of neutral candidates (see module docs).
-
-    ``track_*`` are the jets' tracks used in the PV fit; both ``neutral_jet`` and
-    ``track_jet`` must be grouped by jet. Without pileup neutrals every weight is 1.
-    """
-    if not neutral_pileup.any():
-        return np.ones(len(neutral_jet))
-    per_jet = np.bincount(track_jet, minlength=n_jets)
-    first = offsets_from_counts(per_jet)[:-1]
-    n_pairs = per_jet[neutral_jet]
-    neutral = np.repeat(np.arange(len(neutral_jet)), n_pairs)
+def puppi_alpha(group: np.ndarray, eta: np.ndarray, phi: np.ndarray, track_group: np.ndarray,
+                track_pt: np.ndarray, track_eta: np.ndarray, track_phi: np.ndarray,
+                n_groups: int) -> np.ndarray:
+    """PUPPI's alpha = log sum_j (pT_j / dR_ij)^2 of each point over the tracks of its group
+    (jet or event) with ``PUPPI_DR_MIN`` < dR < ``PUPPI_DR_MAX``; 0 without such a track
+    (below any real value: a 1 GeV track at dR 0.4 gives 1.8). ``track_group`` must be
+    sorted."""
+    per_group = np.bincount(track_group, minlength=n_groups)
+    first = offsets_from_counts(per_group)[:-1]
+    n_pairs = per_group[group]
+    point = np.repeat(np.arange(len(group)), n_pairs)
     pair_starts = offsets_from_counts(n_pairs)[:-1]
-    track = first[neutral_jet][neutral] + np.arange(len(neutral)) - pair_starts[neutral]
-    distance = delta_r(neutral_eta[neutral], neutral_phi[neutral], track_eta[track],
-                       track_phi[track])
+    track = first[group][point] + np.arange(len(point)) - pair_starts[point]
+    distance = delta_r(eta[point], phi[point], track_eta[track], track_phi[track])
     near = (distance > PUPPI_DR_MIN) & (distance < PUPPI_DR_MAX)
-    total = segment_sum(neutral[near], (track_pt[track][near] / distance[near]) ** 2,
-                        len(neutral_jet))
-    with np.errstate(divide="ignore"):
-        alpha = np.log(total)
-    reference = alpha[neutral_pileup & np.isfinite(alpha)]
-    if len(reference) < 2:
-        return np.where(np.isfinite(alpha), 1.0, 0.0)
-    median = float(np.median(reference))
-    rms = max(float(np.sqrt(np.mean((reference - median) ** 2))), 1e-6)
-    above = np.isfinite(alpha) & (alpha > median)
-    weight = np.zeros(len(neutral_jet))
-    weight[above] = erf(np.abs(alpha[above] - median) / (rms * math.sqrt(2.0)))
+    total = segment_sum(point[near], (track_pt[track][near] / distance[near]) ** 2, len(group))
+    return np.log(np.maximum(total, 1.0))
+
+
+def puppi_reference(event: np.ndarray, pt: np.ndarray, eta: np.ndarray, phi: np.ndarray,
+                    n_events: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Median and RMS (around it) of alpha at ``PUPPI_PROBES`` random points per event with
+    |eta| < 2.5 (where pileup particles are, uniformly), against the event's tracks
+    (``event`` sorted): PUPPI's calibration on pileup particles, per batch of events."""
+    group = np.repeat(np.arange(n_events), PUPPI_PROBES)
+    probe_eta = rng.uniform(-TRACKER_ABS_ETA_MAX, TRACKER_ABS_ETA_MAX, len(group))
+    probe_phi = rng.uniform(-np.pi, np.pi, len(group))
+    alpha = puppi_alpha(group, probe_eta, probe_phi, event, pt, eta, phi, n_events)
+    median = float(np.median(alpha))
+    return median, max(float(np.sqrt(np.mean((alpha - median) ** 2))), PUPPI_RMS_MIN)
+
+
+def puppi_weights(alpha: np.ndarray, median: float, rms: float) -> np.ndarray:
+    """PUPPI-like weights: F_chi2,1dof((alpha - median)^2 / rms^2) above the median, else 0."""
+    weight = np.zeros(len(alpha))
+    above = alpha > median
+    weight[above] = erf((alpha[above] - median) / (rms * math.sqrt(2.0)))
     return weight

@@ -253,6 +253,40 @@ def neutral_candidates(reco: detector.RecoParticles, jets: dict[str, np.ndarray]
     return segment_count(jet, n_jets), fields
 
 
+def _convert_photons(batch: ParticleBatch, overlay: pileup.Overlay | None,
+                     rng: np.random.Generator) -> tuple[ParticleBatch, pileup.Overlay | None]:
+    """The batch with its converted photons replaced by their e+ e- pairs."""
+    converted, electrons = detector.convert_photons(
+        batch.pid, batch.status, batch.px, batch.py, batch.pz, batch.e,
+        (batch.vx, batch.vy, batch.vz), rng)
+    status = batch.status.copy()
+    status[converted] = -1  # the photon is gone: its e+ e- follow
+    photon = electrons["photon"]
+    batch = batch.append(batch.event[photon], photon, electrons["pid"], electrons["charge"],
+                         tuple(electrons[c] for c in ("px", "py", "pz", "e")),
+                         tuple(electrons[c] for c in ("vx", "vy", "vz")), status)
+    return batch, None if overlay is None else overlay.extended(photon)
+
+
+def _pileup_corrections(batch: ParticleBatch, reco: detector.RecoParticles,
+                        overlay: pileup.Overlay, rng: np.random.Generator
+                        ) -> tuple[tuple[float, float], np.ndarray]:
+    """The PUPPI alpha reference (median, RMS) and rho per event: the neutral pileup pT
+    per unit area in |eta| < 2.5 (the jets' offset correction)."""
+    tracks = np.flatnonzero(reco.kind == TRACK)
+    tracks = tracks[np.argsort(batch.event[reco.row[tracks]], kind="stable")]
+    reference = pileup.puppi_reference(
+        batch.event[reco.row[tracks]],
+        *pt_eta_phi(*(getattr(reco, c)[tracks] for c in ("px", "py", "pz"))),
+        batch.n_events, rng)
+    neutral = (reco.kind >= PHOTON) & overlay.is_pileup(reco.row)
+    pt, eta, _ = pt_eta_phi(reco.px[neutral], reco.py[neutral], reco.pz[neutral])
+    central = np.abs(eta) < JET_ABS_ETA_MAX
+    rho = segment_sum(batch.event[reco.row[neutral]][central], pt[central],
+                      batch.n_events) / (2 * np.pi * 2 * JET_ABS_ETA_MAX)
+    return reference, rho
+
+
 def process_batch(batch: ParticleBatch, rng: np.random.Generator, first_event: int,
                   model: detector.TrackingModel = detector.DETECTOR_MODELS["ideal"],
                   pileup_pool: pileup.MinBiasPool | None = None, mu: float = 0.0
@@ -261,43 +295,16 @@ def process_batch(batch: ParticleBatch, rng: np.random.Generator, first_event: i
     simulation, clustering and jet variables for one batch of events."""
     truth = find_truth(batch)
     overlay = None
-    npv = np.ones(batch.n_events)
-    removed = None
     if pileup_pool is not None and mu > 0:
         batch, overlay = pileup.overlay(batch, pileup_pool, mu, rng)
-        npv = overlay.npv.astype(np.float64)
     if model.conversions:
-        converted, electrons = detector.convert_photons(
-            batch.pid, batch.status, batch.px, batch.py, batch.pz, batch.e,
-            (batch.vx, batch.vy, batch.vz), rng)
-        status = batch.status.copy()
-        status[converted] = -1  # the photon is gone: its e+ e- follow
-        photon = electrons["photon"]
-        batch = batch.append(batch.event[photon], photon, electrons["pid"],
-                             electrons["charge"],
-                             tuple(electrons[c] for c in ("px", "py", "pz", "e")),
-                             tuple(electrons[c] for c in ("vx", "vy", "vz")), status)
-        if overlay is not None:
-            overlay = overlay.extended(photon)
-    if overlay is not None:
-        removed = overlay.removed
+        batch, overlay = _convert_photons(batch, overlay, rng)
     reco = detector.reconstruct_particles(batch.pid, batch.status, batch.charge, batch.px,
                                           batch.py, batch.pz, batch.e, rng,
-                                          np.hypot(batch.vx, batch.vy), model, removed)
-    rho = reference = None
-    if overlay is not None:
-        tracks = np.flatnonzero(reco.kind == TRACK)
-        tracks = tracks[np.argsort(batch.event[reco.row[tracks]], kind="stable")]
-        reference = pileup.puppi_reference(batch.event[reco.row[tracks]],
-                                           *pt_eta_phi(*(getattr(reco, c)[tracks]
-                                                         for c in ("px", "py", "pz"))),
-                                           batch.n_events, rng)
-        # the neutral pileup deposits per unit area in |eta| < 2.5
-        neutral = (reco.kind >= PHOTON) & overlay.is_pileup(reco.row)
-        pt, eta, _ = pt_eta_phi(reco.px[neutral], reco.py[neutral], reco.pz[neutral])
-        central = np.abs(eta) < JET_ABS_ETA_MAX
-        rho = segment_sum(batch.event[reco.row[neutral]][central], pt[central],
-                          batch.n_events) / (2 * np.pi * 2 * JET_ABS_ETA_MAX)
+                                          np.hypot(batch.vx, batch.vy), model,
+                                          None if overlay is None else overlay.removed)
+    reference, rho = (None, None) if overlay is None else \
+        _pileup_corrections(batch, reco, overlay, rng)
     jets, constituents = cluster_jets(batch, truth, reco, rho)
     n_jets = len(jets["pt"])
     ghosts = {name: (c.jet, c.row) for name, c in (
@@ -308,6 +315,7 @@ def process_batch(batch: ParticleBatch, rng: np.random.Generator, first_event: i
     n_neutrals, neutral = neutral_candidates(
         reco, jets, constituents.of_kind(PHOTON, NEUTRAL_HADRON), vertices, overlay,
         (n_tracks, charged), reference)
+    npv = np.ones(batch.n_events) if overlay is None else overlay.npv.astype(np.float64)
     out = {
         "event": first_event + jets["event"],
         "jet_pt": jets["pt"], "jet_eta": jets["eta"], "jet_phi": jets["phi"],

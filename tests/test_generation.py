@@ -10,7 +10,7 @@ import pytest
 import uproot
 
 from tests.conftest import FAST_SAMPLE
-from utils.generation import BRANCHES, TREE_NAME, generate_file, pileup
+from utils.generation import BRANCHES, TREE_NAME, detector, generate_file, pileup
 from utils.generation.detector import (
     DETECTOR_MODELS,
     NEUTRAL_HADRON,
@@ -313,6 +313,60 @@ def test_impact_parameter_tails_and_informative_chi2():
     ratio = real["chi2"][tail].mean() / real["chi2"][~tail].mean()
     assert ratio == pytest.approx(REALISTIC.tail_chi2_scale, rel=0.03)
     assert ideal["chi2"].mean() == pytest.approx(1.0, abs=0.01)
+
+
+def test_helix_impact_parameter_and_pixelless_resolution():
+    """A track made at r = 10 cm along x with pT 2 GeV in 3.8 T misses the PV by the circle's
+    distance; its resolution is that of a track with 3 of 4 pixel layers missing."""
+    import dataclasses
+    exact = dataclasses.replace(REALISTIC, tail_fraction=0.0)
+    momentum = (np.array([2.0, 2.0]), np.zeros(2), np.zeros(2))
+    vertex_mm = (np.array([100.0, 100.0]), np.zeros(2), np.zeros(2))
+    axis = (np.ones(2), np.zeros(2), np.zeros(2))
+    tracks = track_features(momentum, vertex_mm, axis, np.zeros(2), np.zeros(2),
+                            np.random.default_rng(1), exact, np.array([1.0, -1.0]))
+    radius = 2.0 * 100 / (0.2998 * 3.8)  # cm
+    expected = np.hypot(10.0, radius) - radius  # the circle's distance to the origin
+    sigma = np.hypot(10e-4, 30e-4 / 2.0) * (1 + 19 * (10.0 - 2.9) / (16.0 - 2.9))
+    np.testing.assert_allclose(tracks["sigma_xy"], sigma, rtol=1e-12)
+    # opposite charges bend to opposite sides: |d0| equal up to the smearing
+    np.testing.assert_allclose(np.abs(tracks["sip2d_val"]), expected, atol=6 * sigma)
+    assert expected > 0.25  # cm: ~3 mm for the 2 GeV track
+    straight = track_features(momentum, vertex_mm, axis, np.zeros(2), np.zeros(2),
+                              np.random.default_rng(1), IDEAL, np.array([1.0, -1.0]))
+    np.testing.assert_allclose(straight["sip2d_val"], 0.0, atol=5e-3)  # radial line: d0 = 0
+
+
+def test_conversions_and_fake_tracks():
+    n = 200_000
+    rng = np.random.default_rng(3)
+    e = np.full(n, 10.0)
+    eta = np.where(np.arange(n) < n // 2, 0.0, 2.0)
+    pt = e / np.cosh(eta)
+    pid, status = np.full(n, 22), np.ones(n, dtype=np.int64)
+    zero = np.zeros(n)
+    converted, electrons = detector.convert_photons(pid, status, pt, zero, pt * np.sinh(eta),
+                                                    e, (zero, zero, zero), rng)
+    material = 0.4 + 0.5 * np.array([0.0, 2.0])
+    expected = (1 - np.exp(-7 / 9 * material)) * (1 - detector.CONVERSION_ID_EFFICIENCY)
+    central = converted < n // 2
+    assert central.mean() * len(converted) / (n // 2) == pytest.approx(expected[0], rel=0.03)
+    assert (~central).sum() / (n // 2) == pytest.approx(expected[1], rel=0.03)
+    radius = np.hypot(electrons["vx"], electrons["vy"]) / 10
+    assert np.all((radius >= 3.0) & (radius <= 60.0))
+    # the pair shares the photon's four-momentum, e- then e+
+    np.testing.assert_allclose(electrons["e"][::2] + electrons["e"][1::2], 10.0)
+    np.testing.assert_array_equal(electrons["charge"][:4], [-1, 1, -1, 1])
+    np.testing.assert_array_equal(electrons["photon"][::2], converted)
+
+    n_tracks = np.full(50_000, 10)
+    jet, momentum, point = detector.fake_tracks(n_tracks, np.zeros(50_000), np.zeros(50_000),
+                                                rng, REALISTIC)
+    assert len(jet) / n_tracks.sum() == pytest.approx(REALISTIC.fake_rate, rel=0.03)
+    fake_pt, fake_eta, fake_phi = pt_eta_phi(*momentum)
+    assert fake_pt.min() >= 1.0 and np.hypot(fake_eta, fake_phi).max() <= 0.4 + 1e-9
+    d0 = (point[0] * momentum[1] - point[1] * momentum[0]) / fake_pt
+    assert np.std(d0) / 10 == pytest.approx(detector.FAKE_D0_SIGMA, rel=0.03)
 
 
 def _pion_pairs(mass: float, n_jets: int) -> tuple:

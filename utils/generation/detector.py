@@ -59,15 +59,18 @@ class TrackingModel:
     magnetic_field: float  # tesla along z; 0: straight tracks
     conversions: bool  # photons convert in the tracker material
     fake_rate: float  # fake tracks per real track of a jet (Poisson mean)
+    pixelless_scale: float  # IP resolution of a track made beyond the last pixel layer / PV
 
 
 DETECTOR_MODELS = {
     "realistic": TrackingModel(efficiency=0.95, efficiency_radius=60.0, tail_fraction=0.05,
                                tail_scale=4.0, tail_chi2_scale=1.6, decays_in_flight=True,
-                               magnetic_field=3.8, conversions=True, fake_rate=0.02),
+                               magnetic_field=3.8, conversions=True, fake_rate=0.02,
+                               pixelless_scale=20.0),
     "ideal": TrackingModel(efficiency=1.0, efficiency_radius=math.inf, tail_fraction=0.0,
                            tail_scale=1.0, tail_chi2_scale=1.0, decays_in_flight=False,
-                           magnetic_field=0.0, conversions=False, fake_rate=0.0),
+                           magnetic_field=0.0, conversions=False, fake_rate=0.0,
+                           pixelless_scale=1.0),
 }
 # photon conversions: material X/X0 = CONVERSION_X0_CENTRAL + CONVERSION_X0_SLOPE * |eta|,
 # probability 1 - exp(-7/9 X/X0), at a radius uniform in the tracker volume; particle flow
@@ -83,6 +86,9 @@ FAKE_DELTA_R_MAX = 0.4
 FAKE_D0_SIGMA, FAKE_Z0_SIGMA = 0.05, 0.2  # cm
 FAKE_CHI2_SCALE = 2.5
 CURVATURE_CM_PER_GEV = 100.0 / 0.2998  # helix radius R = pT / (0.2998 B) m
+# tracks made beyond the first pixel layer miss pixel hits: their IP resolution grows
+# linearly with the production radius to model.pixelless_scale times at the last layer
+PIXEL_R_FIRST, PIXEL_R_LAST = 2.9, 16.0  # cm (CMS Phase-1 barrel pixel layers 1 and 4)
 # long-lived strange hadrons decaying in flight (their daughters form V0-like vertices)
 V0_IDS = (310, 3122, 3222, 3112, 3322, 3312, 3334)
 K0S_MASS, V0_MASS_WINDOW = 0.4976, 0.05  # GeV: 2-track SVs in the window are rejected
@@ -271,7 +277,9 @@ def track_features(momentum: tuple[np.ndarray, ...], vertex_mm: tuple[np.ndarray
     With ``model.magnetic_field`` (and ``charge``) a track made away from the PV is a helix
     through its production point: its d0 is that of the circle (R = pT / (0.3 B)), e.g.
     a few mm for a 2 GeV conversion electron made at 10 cm; z0 and the direction stay those
-    of the straight line. ``ip_scale`` in the result is each track's true / quoted resolution.
+    of the straight line. Tracks made beyond the first pixel layer have a resolution (quoted
+    and true) up to ``model.pixelless_scale`` times wider (see ``PIXEL_R_FIRST``).
+    ``ip_scale`` in the result is each track's true / quoted resolution.
     """
     px, py, pz = momentum
     vx, vy, vz = (v * MM_TO_CM for v in vertex_mm)
@@ -282,6 +290,11 @@ def track_features(momentum: tuple[np.ndarray, ...], vertex_mm: tuple[np.ndarray
 
     sigma_xy = np.hypot(IP_XY_CONSTANT, IP_XY_MS / pt)
     sigma_z = np.hypot(IP_Z_CONSTANT, IP_Z_MS / pt)
+    if model.pixelless_scale != 1.0:
+        lever = np.clip((np.hypot(vx, vy) - PIXEL_R_FIRST) / (PIXEL_R_LAST - PIXEL_R_FIRST),
+                        0.0, 1.0)
+        hits = 1.0 + (model.pixelless_scale - 1.0) * lever
+        sigma_xy, sigma_z = sigma_xy * hits, sigma_z * hits
     normal_x, normal_y = py / pt, -px / pt  # transverse unit vector with d0 > 0 along it
     g_xy, g_z = rng.standard_normal(len(px)), rng.standard_normal(len(px))
     ip_scale = np.ones(len(px))

@@ -60,17 +60,18 @@ class TrackingModel:
     conversions: bool  # photons convert in the tracker material
     fake_rate: float  # fake tracks per real track of a jet (Poisson mean)
     pixelless_scale: float  # IP resolution of a track made beyond the last pixel layer / PV
+    fake_vertex_rate: float  # probability that a jet's displaced-looking prompt tracks fit
 
 
 DETECTOR_MODELS = {
     "realistic": TrackingModel(efficiency=0.95, efficiency_radius=60.0, tail_fraction=0.05,
-                               tail_scale=4.0, tail_chi2_scale=1.6, decays_in_flight=True,
+                               tail_scale=4.0, tail_chi2_scale=1.25, decays_in_flight=True,
                                magnetic_field=3.8, conversions=True, fake_rate=0.02,
-                               pixelless_scale=20.0),
+                               pixelless_scale=20.0, fake_vertex_rate=0.5),
     "ideal": TrackingModel(efficiency=1.0, efficiency_radius=math.inf, tail_fraction=0.0,
                            tail_scale=1.0, tail_chi2_scale=1.0, decays_in_flight=False,
                            magnetic_field=0.0, conversions=False, fake_rate=0.0,
-                           pixelless_scale=1.0),
+                           pixelless_scale=1.0, fake_vertex_rate=0.0),
 }
 # photon conversions: material X/X0 = CONVERSION_X0_CENTRAL + CONVERSION_X0_SLOPE * |eta|,
 # probability 1 - exp(-7/9 X/X0), at a radius uniform in the tracker volume; particle flow
@@ -84,8 +85,12 @@ CONVERSION_R_MIN, CONVERSION_R_MAX = 3.0, 60.0  # cm: beam pipe .. end of the tr
 FAKE_PT_SCALE = 2.0  # GeV
 FAKE_DELTA_R_MAX = 0.4
 FAKE_D0_SIGMA, FAKE_Z0_SIGMA = 0.05, 0.2  # cm
-FAKE_CHI2_SCALE = 2.5
+FAKE_CHI2_SCALE = 1.5
 CURVATURE_CM_PER_GEV = 100.0 / 0.2998  # helix radius R = pT / (0.2998 B) m
+# fake vertices: a jet's tracks of no decay chain with |Sip3dSig| > FAKE_VERTEX_SIP3D_SIG_MIN
+# (resolution tails, fakes, pileup, conversions) form one vertex at their measured points
+# of closest approach with probability model.fake_vertex_rate, if there are >= 2 of them
+FAKE_VERTEX_SIP3D_SIG_MIN = 2.0
 # tracks made beyond the first pixel layer miss pixel hits: their IP resolution grows
 # linearly with the production radius to model.pixelless_scale times at the last layer
 PIXEL_R_FIRST, PIXEL_R_LAST = 2.9, 16.0  # cm (CMS Phase-1 barrel pixel layers 1 and 4)
@@ -354,6 +359,7 @@ def track_features(momentum: tuple[np.ndarray, ...], vertex_mm: tuple[np.ndarray
         "chi2": rng.chisquare(TRACK_CHI2_NDOF, len(px)) / TRACK_CHI2_NDOF
         * np.where(ip_scale > 1.0, model.tail_chi2_scale, 1.0),
         "ip_scale": ip_scale,
+        "closest": closest,  # cm: the measured point of closest approach to the PV
     }
 
 
@@ -442,6 +448,19 @@ def secondary_vertices(track_jet: np.ndarray, chain: np.ndarray,
     order = np.flatnonzero(selected)
     order = order[np.lexsort((-vertices["d3dsig"][order], jet[order]))]
     return {name: values[order] for name, values in vertices.items()}
+
+
+def fake_vertex_chains(track_jet: np.ndarray, chain: np.ndarray, sip3d_sig: np.ndarray,
+                       n_jets: int, rng: np.random.Generator, model: TrackingModel,
+                       first_chain: int) -> np.ndarray:
+    """``chain`` with the displaced-looking tracks of no decay chain of a fraction
+    ``model.fake_vertex_rate`` of the jets grouped into one fake chain per jet
+    (``first_chain + jet``); see ``FAKE_VERTEX_SIP3D_SIG_MIN``."""
+    candidate = (chain < 0) & (np.abs(sip3d_sig) > FAKE_VERTEX_SIP3D_SIG_MIN)
+    fitted = rng.random(n_jets) < model.fake_vertex_rate
+    enough = np.bincount(track_jet[candidate], minlength=n_jets) >= 2
+    grouped = candidate & (fitted & enough)[track_jet]
+    return np.where(grouped, first_chain + track_jet, chain)
 
 
 def min_delta_r_to_vertex(jet: np.ndarray, eta: np.ndarray, phi: np.ndarray,

@@ -144,8 +144,9 @@ def charged_candidates(batch: ParticleBatch, jets: dict[str, np.ndarray],
     """Tracks, secondary vertices and CSV variables of the jets.
 
     Pileup tracks (rows of ``overlay``) and fake tracks (``model.fake_rate``) belong to no
-    decay chain, so they form no SV. Returns (tracks per jet, Cpfcan fields sorted by
-    decreasing Sip2dSig, SV arrays, TagVarCSV branches).
+    decay chain; they can only form fake vertices (``model.fake_vertex_rate``). Returns
+    (tracks per jet, Cpfcan fields sorted by decreasing Sip2dSig, SV arrays, TagVarCSV
+    branches).
     """
     n_jets = len(jets["pt"])
     jet, row = tracks_in_jets.jet, tracks_in_jets.row
@@ -176,6 +177,14 @@ def charged_candidates(batch: ParticleBatch, jets: dict[str, np.ndarray],
     tracks = detector.track_features(momentum, vertex, tuple(a[jet] for a in jets["axis"]),
                                      jets["eta"][jet], jets["phi"][jet], rng, model, charge)
     tracks["chi2"] = np.where(fake, tracks["chi2"] * detector.FAKE_CHI2_SCALE, tracks["chi2"])
+    if model.fake_vertex_rate > 0:  # fake vertices sit at the tracks' measured points
+        grouped = detector.fake_vertex_chains(jet, chain, tracks["sip3d_sig"], n_jets, rng,
+                                              model, len(batch))
+        faked = grouped != chain
+        vertex = tuple(np.where(faked, c / detector.MM_TO_CM, v)
+                       for c, v in zip(tracks["closest"], vertex, strict=True))
+        chain = grouped
+    del tracks["closest"]
     vertices = detector.secondary_vertices(jet, chain, momentum, vertex, tracks["sigma_xy"],
                                            jets, rng, tracks["ip_scale"], model)
 

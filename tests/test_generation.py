@@ -267,7 +267,7 @@ REALISTIC, IDEAL = DETECTOR_MODELS["realistic"], DETECTOR_MODELS["ideal"]
 def test_tracking_efficiency_falls_with_production_radius():
     radius = np.array([0.0, 15.0, 30.0, 60.0, 100.0])
     np.testing.assert_allclose(tracking_efficiency(radius, REALISTIC),
-                               [0.95, 0.7125, 0.475, 0.0, 0.0])
+                               REALISTIC.efficiency * np.array([1.0, 0.75, 0.5, 0.0, 0.0]))
     np.testing.assert_array_equal(tracking_efficiency(radius, IDEAL), np.ones(5))
 
 
@@ -283,8 +283,8 @@ def test_lost_tracks_become_calorimeter_deposits():
     real = reconstruct_particles(*args, rng, radius_mm, REALISTIC)
     tracked = real.row[real.kind == TRACK]
     prompt, displaced = tracked < n // 2, tracked >= n // 2
-    assert prompt.sum() / (n // 2) == pytest.approx(0.95, abs=0.01)
-    assert displaced.sum() / (n // 2) == pytest.approx(0.95 * 0.25, abs=0.01)
+    assert prompt.sum() / (n // 2) == pytest.approx(REALISTIC.efficiency, abs=0.01)
+    assert displaced.sum() / (n // 2) == pytest.approx(REALISTIC.efficiency * 0.25, abs=0.01)
     lost = np.setdiff1d(np.arange(n), tracked)
     in_calo = real.row[real.kind == NEUTRAL_HADRON]
     assert set(in_calo) <= set(lost[pid[lost] == 211])  # lost muons leave nothing
@@ -327,7 +327,8 @@ def test_helix_impact_parameter_and_pixelless_resolution():
                             np.random.default_rng(1), exact, np.array([1.0, -1.0]))
     radius = 2.0 * 100 / (0.2998 * 3.8)  # cm
     expected = np.hypot(10.0, radius) - radius  # the circle's distance to the origin
-    sigma = np.hypot(10e-4, 30e-4 / 2.0) * (1 + 19 * (10.0 - 2.9) / (16.0 - 2.9))
+    sigma = np.hypot(10e-4, 30e-4 / 2.0) * (
+        1 + (REALISTIC.pixelless_scale - 1) * (10.0 - 2.9) / (16.0 - 2.9))
     np.testing.assert_allclose(tracks["sigma_xy"], sigma, rtol=1e-12)
     # opposite charges bend to opposite sides: |d0| equal up to the smearing
     np.testing.assert_allclose(np.abs(tracks["sip2d_val"]), expected, atol=6 * sigma)
@@ -367,6 +368,23 @@ def test_conversions_and_fake_tracks():
     assert fake_pt.min() >= 1.0 and np.hypot(fake_eta, fake_phi).max() <= 0.4 + 1e-9
     d0 = (point[0] * momentum[1] - point[1] * momentum[0]) / fake_pt
     assert np.std(d0) / 10 == pytest.approx(detector.FAKE_D0_SIGMA, rel=0.03)
+
+
+def test_fake_vertex_chains_group_displaced_prompt_tracks():
+    import dataclasses
+    always = dataclasses.replace(REALISTIC, fake_vertex_rate=1.0)
+    jet = np.array([0, 0, 0, 1, 1, 2, 2])
+    chain = np.array([-1, -1, 7, -1, -1, -1, -1])
+    sig = np.array([5.0, -3.0, 9.0, 4.0, 1.0, 0.5, -8.0])
+    grouped = detector.fake_vertex_chains(jet, chain, sig, 3, np.random.default_rng(1),
+                                          always, 100)
+    # jet 0: the two prompt tracks beyond 2 sigma; the decay-chain track keeps its chain;
+    # jets 1 and 2 have only one such track each: no fake vertex
+    np.testing.assert_array_equal(grouped, [100, 100, 7, -1, -1, -1, -1])
+    never = dataclasses.replace(REALISTIC, fake_vertex_rate=0.0)
+    np.testing.assert_array_equal(
+        detector.fake_vertex_chains(jet, chain, sig, 3, np.random.default_rng(1), never, 100),
+        chain)
 
 
 def _pion_pairs(mass: float, n_jets: int) -> tuple:

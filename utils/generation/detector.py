@@ -64,10 +64,10 @@ class TrackingModel:
 
 
 DETECTOR_MODELS = {
-    "realistic": TrackingModel(efficiency=0.95, efficiency_radius=60.0, tail_fraction=0.05,
+    "realistic": TrackingModel(efficiency=0.90, efficiency_radius=60.0, tail_fraction=0.05,
                                tail_scale=4.0, tail_chi2_scale=1.25, decays_in_flight=True,
                                magnetic_field=3.8, conversions=True, fake_rate=0.02,
-                               pixelless_scale=20.0, fake_vertex_rate=0.5),
+                               pixelless_scale=10.0, fake_vertex_rate=0.7),
     "ideal": TrackingModel(efficiency=1.0, efficiency_radius=math.inf, tail_fraction=0.0,
                            tail_scale=1.0, tail_chi2_scale=1.0, decays_in_flight=False,
                            magnetic_field=0.0, conversions=False, fake_rate=0.0,

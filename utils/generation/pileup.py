@@ -35,6 +35,7 @@ from scipy.special import erf
 
 from utils.io import atomic_path
 
+from .detector import MM_TO_CM, NEUTRINO_IDS, TRACKER_ABS_ETA_MAX
 from .generator import SEED_MAX, EventGenerator, ParticleBatch
 from .kinematics import delta_r, offsets_from_counts, pt_eta_phi, segment_sum
 
@@ -51,9 +52,6 @@ VERTEX_MIN_TRACKS, VERTEX_TRACK_PT_MIN = 2, 0.4  # GeV
 PUPPI_DR_MIN, PUPPI_DR_MAX = 0.01, 0.4
 PUPPI_PROBES = 20  # random points per event for the pileup alpha distribution
 PUPPI_RMS_MIN = 0.1
-TRACKER_ABS_ETA_MAX = 2.5
-MM_PER_CM = 10.0
-NEUTRINO_IDS = (12, 14, 16)
 
 
 @dataclass(frozen=True)
@@ -194,7 +192,7 @@ def overlay(batch: ParticleBatch, pool: MinBiasPool, mu: float,
     combined = batch.append(
         event, batch.offsets[:-1][event], pool.pid[source], pool.charge[source],
         (px, py, flip * pool.pz[source], pool.e[source]),
-        (vx, vy, flip * pool.vz[source] + row_dz * MM_PER_CM))
+        (vx, vy, flip * pool.vz[source] + row_dz / MM_TO_CM))
     hard = np.zeros(len(batch))
     return combined, Overlay(
         pileup=np.concatenate([hard.astype(bool), np.ones(len(source), dtype=bool)]),

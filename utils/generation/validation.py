@@ -150,13 +150,13 @@ def _pileup_views(jets: ak.Array, masks: dict[str, np.ndarray], out: Path) -> li
 
     fig = Figure()
     ax = fig.subplots()
-    bins = np.linspace(0, 2.5, 51)
+    bins = np.linspace(0, 6.5, 131)  # 50 MeV: the K0S veto window shows
     peak = 0.0
     for name, mask in masks.items():
         masses = ak.to_numpy(ak.flatten(jets["sv_mass"][mask]))
         peak = max(peak, _fractions(ax, masses, bins, f"{name} jets, all SVs", COLOURS[name]))
     _finish(ax, "SV mass [GeV] (K0S veto: 0.448-0.548 GeV for 2-track SVs)",
-            "Fraction of SVs / bin", bins, peak, False)
+            "Fraction of SVs / bin", bins, peak, True)
     written += save(fig, out / "validation_sv_mass_all")
     return written
 

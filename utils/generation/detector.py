@@ -281,8 +281,9 @@ def track_features(momentum: tuple[np.ndarray, ...], vertex_mm: tuple[np.ndarray
     downstream along the jet axis. ``jet_axis`` is the unit vector of the jet momentum.
     With ``model.magnetic_field`` (and ``charge``) a track made away from the PV is a helix
     through its production point: its d0 is that of the circle (R = pT / (0.3 B)), e.g.
-    a few mm for a 2 GeV conversion electron made at 10 cm; z0 and the direction stay those
-    of the straight line. Tracks made beyond the first pixel layer have a resolution (quoted
+    a few mm for a 2 GeV conversion electron made at 10 cm, and its azimuth that of the
+    circle at the point of closest approach; z0 stays that of the straight line. Tracks
+    made beyond the first pixel layer have a resolution (quoted
     and true) up to ``model.pixelless_scale`` times wider (see ``PIXEL_R_FIRST``).
     ``ip_scale`` in the result is each track's true / quoted resolution.
     """
@@ -316,6 +317,15 @@ def track_features(momentum: tuple[np.ndarray, ...], vertex_mm: tuple[np.ndarray
         d0 = np.where(charge != 0, helix, d0)
     d0 = d0 + sigma_xy * ip_scale * g_xy
     z0 = vz - (vx * px + vy * py) / pt**2 * pz + sigma_z * ip_scale * g_z
+    if model.magnetic_field > 0 and charge is not None:
+        # the direction at the point of closest approach: the helix turned back over the
+        # transverse path from there to the production point (a conversion pair opens up)
+        turn = np.where(charge != 0, np.sign(charge) * (vx * px + vy * py) / pt / radius, 0.0)
+        px, py = px * np.cos(turn) - py * np.sin(turn), px * np.sin(turn) + py * np.cos(turn)
+        momentum = (px, py, pz)
+        phi = np.arctan2(py, px)
+        unit = (px / p, py / p, pz / p)
+        normal_x, normal_y = py / pt, -px / pt
 
     # measured line: point (d0 * n, z0) at the transverse closest approach, direction unit
     point = (d0 * normal_x, d0 * normal_y, z0)

@@ -66,7 +66,7 @@ def test_rows_follow_the_key_order_with_exact_sizes_and_padding(tmp_path):
     result = merge_staged(staged[::-1], LAYOUT, out, chunk_size=32, tables=tables,
                           pt_key="pt", eta_key="eta", pt_bins=(0.0, 1e9),
                           eta_bins=(-5.0, 5.0), workers=2, advance=seen.append, sample=40,
-                          on_sample=lambda rows: rows.copy())
+                          extract=lambda rows: rows.copy(), on_sample=np.concatenate)
     assert result.rows == [32, 32, 32, 32, 10] and sorted(seen) == [10, 32, 32, 32, 32]
     rows = np.concatenate([read_chunk(p)[0] for p in result.files])
     np.testing.assert_array_equal(result.sample_result, rows[:40])

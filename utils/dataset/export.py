@@ -34,7 +34,7 @@ from utils.dataset.reweighting import (
     reweighting_record,
     reweighting_table,
 )
-from utils.dataset.scales import SAMPLE_JETS, config_defaults, scales_of_rows
+from utils.dataset.scales import SAMPLE_JETS, config_defaults, row_entries, scales_of_entries
 from utils.errors import BHiveError
 from utils.io import disk_full, owned_directory, remove_stale
 from utils.progress import console, progress_bar
@@ -345,7 +345,8 @@ def finish_export(config: Config, results: Sequence[Mapping[str, Any]],
                               pt_key=config.pt_key, eta_key=config.eta_key,
                               pt_bins=config.pt_bins, eta_bins=config.eta_bins,
                               workers=workers, advance=bar.advance, sample=SAMPLE_JETS,
-                              on_sample=functools.partial(scales_of_rows, layout=layout,
+                              extract=functools.partial(row_entries, layout=layout),
+                              on_sample=functools.partial(scales_of_entries, layout=layout,
                                                           defaults=config_defaults(config)))
     timing["merge"] = time.perf_counter() - merge_start
     chunks = [Chunk(out_dir / p.name, rows, weight, size) for p, rows, weight, size in zip(

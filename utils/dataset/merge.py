@@ -16,9 +16,10 @@ The merge (:func:`merge_staged`):
    the input was split into chunks, jobs or workers;
 2. cuts that order into files of exactly ``chunk_size`` rows (the last one the remainder);
    the jets of one output file are a contiguous slice of every staged chunk;
-3. builds the output files in ``workers`` threads, each file on its own: it reads its
-   slices once, puts every jet's row at its place (candidates written candidate-major into
-   the zeroed padding), fills the weight column and writes ``file_<k>.lz4``.
+3. builds the output files in ``workers`` threads, each file on its own: it takes its slices
+   straight from the staged files (mapped, not copied), puts every jet's row at its place
+   (candidates written candidate-major into the zeroed padding), fills the weight column
+   and writes ``file_<k>.lz4``.
 
 Memory: the keys and ranks of all jets (16 bytes per jet) plus a few output files' buffers.
 """
@@ -92,6 +93,12 @@ class _Run:
             np.cumsum(counts, out=offsets[1:])
             self._expect(f"{path}.c{i}", int(offsets[-1]) * len(block.features) * 4)
             self.offsets.append(offsets)
+        # mapped, not read: the merge takes each jet's values straight from the page cache
+        self.flat = _map(path, (rows, layout.n_flat))
+        self.values = [_map(f"{path}.c{i}", (int(offsets[-1]), len(block.features)))
+                       for i, (offsets, block) in enumerate(zip(self.offsets,
+                                                                 layout.candidate_blocks,
+                                                                 strict=True))]
 
     @staticmethod
     def _expect(path: str, size: int) -> None:
@@ -113,16 +120,12 @@ def _flat_column(flat_ranges: list[tuple[slice, slice]], column: int) -> int:
     raise ValueError(f"row column {column} is not a per-jet column")
 
 
-def _read_rows(path: str, start: int, out: np.ndarray) -> None:
-    """Fill ``out`` from the raw file ``path``, starting at row ``start`` (nothing to read
-    for an empty ``out``, e.g. a slice of jets without candidates of a group)."""
-    if out.size == 0:
-        return
-    view = memoryview(out).cast("B")
-    with open(path, "rb") as handle:
-        handle.seek(start * out.itemsize * math.prod(out.shape[1:]))
-        if handle.readinto(view) != view.nbytes:
-            raise OSError(f"short read from staged file {path}")
+def _map(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """The staged float32 file ``path`` as a read-only array (mapped; a file without
+    values cannot be mapped and needs none)."""
+    if not shape[0]:
+        return np.empty(shape, dtype=np.float32)
+    return np.memmap(path, dtype=np.float32, mode="r", shape=shape)
 
 
 class _Buffers:
@@ -143,14 +146,16 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
                  out_dir: Path, chunk_size: int, tables: np.ndarray, pt_key: str,
                  eta_key: str, pt_bins: tuple[float, ...], eta_bins: tuple[float, ...],
                  workers: int = 1, advance: Callable[[int], None] | None = None,
-                 sample: int = 0, on_sample: Callable[[np.ndarray], Any] | None = None
-                 ) -> MergeResult:
+                 sample: int = 0, extract: Callable[[np.ndarray], Any] | None = None,
+                 on_sample: Callable[[list[Any]], Any] | None = None) -> MergeResult:
     """Merge the staged ``(path, rows)`` chunks (see :func:`write_staged`) into
     ``out_dir/file_<k>.lz4`` (the seed is in the keys: the order needs nothing else).
 
-    ``on_sample`` is called with the first ``sample`` rows of the dataset (e.g. the feature
-    scales) in its own thread while the later files are built; ``advance`` with the number
-    of rows written after each output file.
+    The first ``sample`` rows of the dataset feed e.g. the feature scales: ``extract`` is
+    called with (a view of) each output file's share of them while it is built and keeps
+    what it needs; ``on_sample`` gets the extracts in file order, in its own thread while
+    the later files are built. ``advance`` is called with the number of rows written after
+    each output file.
     """
     runs = [_Run(path, rows, layout) for path, rows in
             sorted(staged, key=lambda entry: Path(entry[0]).name)]
@@ -197,41 +202,32 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
                  for i, (run, r) in enumerate(zip(runs, ranks, strict=True))
                  if bounds[i, k + 1] > bounds[i, k]]
         dest = buffers.get("dest", (n,), np.int64)  # row of each staged jet (read order)
-        flat = buffers.get("flat", (n, n_flat))
+        in_order = buffers.get("in_order", (n, n_flat))
         at = 0
         for run, r, lo, hi in parts:
             dest[at:at + hi - lo] = r[lo:hi] - edges[k]
-            _read_rows(run.path, lo, flat[at:at + hi - lo])
+            in_order[dest[at:at + hi - lo]] = run.flat[lo:hi]
             at += hi - lo
-        source = buffers.get("source", (n,), np.int64)  # staged jet of each row
-        source[dest] = np.arange(n)
-        in_order = buffers.get("in_order", (n, n_flat))
-        np.take(flat, source, axis=0, out=in_order)
         rows = buffers.get("rows", (n, n_cols))
         rows.fill(0.0)
         for columns, staged_columns in flat_ranges:
             rows[:, columns] = in_order[:, staged_columns]
         for g, (columns, length, n_features) in enumerate(groups):
-            counts = buffers.get(f"counts{g}", (n,), np.int32)
-            at = 0
-            for run, _, lo, hi in parts:
-                _read_rows(f"{run.path}.c{g}.counts", lo, counts[at:at + hi - lo])
-                at += hi - lo
-            n_candidates = int(counts.sum(dtype=np.int64))
-            values = buffers.get(f"values{g}", (n_candidates, n_features))
-            at = 0
-            for run, _, lo, hi in parts:
-                a, b = int(run.offsets[g][lo]), int(run.offsets[g][hi])
-                _read_rows(f"{run.path}.c{g}", a, values[at:at + b - a])
-                at += b - a
-            first = np.cumsum(counts, dtype=np.int64) - counts
-            slot = np.arange(n_candidates, dtype=np.int64) - np.repeat(first, counts)
             # each candidate's features as one item: one index per candidate, not per value
             item = np.dtype((np.void, n_features * rows.itemsize))
             block = rows[:, columns].reshape(n, length, n_features).view(item)[..., 0]
             if not np.may_share_memory(block, rows):  # numpy reshapes this view in place
                 raise RuntimeError("candidate block is not a view of the rows")
-            block[np.repeat(dest, counts), slot] = values.view(item)[:, 0]
+            at = 0
+            for run, _, lo, hi in parts:
+                offsets = run.offsets[g][lo:hi + 1]
+                a, b = int(offsets[0]), int(offsets[-1])
+                if b > a:
+                    counts = np.diff(offsets)
+                    slot = np.arange(b - a, dtype=np.int64) - np.repeat(offsets[:-1] - a, counts)
+                    block[np.repeat(dest[at:at + hi - lo], counts), slot] = \
+                        run.values[g][a:b].view(item)[:, 0]
+                at += hi - lo
         labels = np.argmax(in_order[:, truth], axis=1)
         weights = jet_weights(tables, labels, in_order[:, pt_col], in_order[:, eta_col],
                               pt_bins, eta_bins)
@@ -247,8 +243,8 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
         path = out_dir / chunk_name(k)
         size = write_chunk(path, rows, layout)
         sum_weight = float(weights.sum(dtype=np.float64))
-        head = rows[:max(0, min(n, sample - int(edges[k])))].copy() \
-            if edges[k] < sample else None
+        head = extract(rows[:max(0, min(n, sample - int(edges[k])))]) \
+            if extract is not None and edges[k] < sample else None
         if advance:
             advance(n)
         return path, n, sum_weight, size, head
@@ -261,9 +257,7 @@ def merge_staged(staged: Sequence[tuple[str, int]], layout: ColumnLayout,
         for k, future in enumerate(futures):
             results.append(future.result())
             if on_sample is not None and k == max(n_heads, 1) - 1:
-                heads = [r[4] for r in results if r[4] is not None]
-                sampled = side.submit(on_sample, np.concatenate(heads) if heads else
-                                      np.empty((0, n_cols), np.float32))
+                sampled = side.submit(on_sample, [r[4] for r in results if r[4] is not None])
         sample_result = sampled.result() if sampled is not None else None
     return MergeResult([r[0] for r in results], [r[1] for r in results],
                        [r[2] for r in results], [r[3] for r in results], sample_result)

@@ -40,18 +40,36 @@ def robust_spread(values: np.ndarray) -> float:
     return float(high - low) / 2
 
 
-def group_scales(block: np.ndarray, length: int | None,
-                 defaults: Sequence[float | None] = ()) -> list[float]:
-    """Scales of the features of one group from its columns ``(jets, length * features)``
-    (candidate-major; ``length`` None for per-jet groups); entries equal to a feature's
-    default (``defaults[i]``, None: none declared) are left out."""
+ENTRY_BLOCK = 8192  # jets scanned at a time for real candidates (stops once enough)
+
+
+def sample_entries(block: np.ndarray, length: int | None) -> np.ndarray:
+    """The entries the scales of one group use, from its columns ``(jets, length *
+    features)`` (candidate-major; ``length`` None for per-jet groups): the real candidates
+    (not all-zero padding) in jet order, at most ``SAMPLE_ENTRIES``, as a (entries,
+    features) copy in the stored dtype. Scans the jets block by block and stops once it has
+    enough (the first jets of a big sample hold them)."""
     n_features = block.shape[1] // (length or 1)
-    values = block.reshape(len(block), length or 1, n_features)
-    real = (values != 0).any(axis=2) if length else np.ones(values.shape[:2], dtype=bool)
-    # (real candidates, features) of the first jets, still in the stored dtype
-    entries = values[real][:SAMPLE_ENTRIES]
+    if not length:
+        return block[:SAMPLE_ENTRIES].copy()
+    parts, taken = [], 0
+    for start in range(0, len(block), ENTRY_BLOCK):
+        values = block[start:start + ENTRY_BLOCK].reshape(-1, length, n_features)
+        parts.append(values[(values != 0).any(axis=2)])
+        taken += len(parts[-1])
+        if taken >= SAMPLE_ENTRIES:
+            break
+    if not parts:
+        return np.empty((0, n_features), dtype=block.dtype)
+    return np.concatenate(parts)[:SAMPLE_ENTRIES]
+
+
+def entry_scales(entries: np.ndarray, defaults: Sequence[float | None] = ()) -> list[float]:
+    """Scales of the features (columns) of ``entries`` (see :func:`sample_entries`);
+    entries equal to a feature's default (``defaults[i]``, None: none declared) are left
+    out."""
     scales = []
-    for i in range(n_features):
+    for i in range(entries.shape[1]):
         column = entries[:, i].astype(np.float64)  # exact: float64 only column by column
         default = defaults[i] if i < len(defaults) else None
         if default is not None:
@@ -63,36 +81,56 @@ def group_scales(block: np.ndarray, length: int | None,
     return scales
 
 
+def group_scales(block: np.ndarray, length: int | None,
+                 defaults: Sequence[float | None] = ()) -> list[float]:
+    """Scales of the features of one group from its columns ``(jets, length * features)``
+    (candidate-major; ``length`` None for per-jet groups); entries equal to a feature's
+    default (``defaults[i]``, None: none declared) are left out."""
+    return entry_scales(sample_entries(block, length), defaults)
+
+
+def row_entries(rows: np.ndarray, layout: ColumnLayout) -> tuple[int, dict[str, np.ndarray]]:
+    """``(jets, {group: entries})`` of consecutive dataset ``rows``: what
+    :func:`scales_of_entries` needs of them (small copies; ``rows`` may be reused after)."""
+    return len(rows), {block.name: sample_entries(rows[:, layout.slice(block.name)],
+                                                  block.length)
+                       for block in layout.feature_blocks}
+
+
+def scales_of_entries(parts: Sequence[tuple[int, Mapping[str, np.ndarray]]],
+                      layout: ColumnLayout,
+                      defaults: Mapping[str, Mapping[str, float]] | None = None
+                      ) -> dict[str, Any]:
+    """The scales (as :func:`compute_scales`) from the :func:`row_entries` of consecutive
+    pieces of the dataset's first rows, in order (the same as from the rows at once)."""
+    groups = {}
+    for block in layout.feature_blocks:
+        declared = (defaults or {}).get(block.name, {})
+        pieces = [entries[block.name] for _, entries in parts]
+        entries = np.concatenate(pieces)[:SAMPLE_ENTRIES] if pieces else \
+            np.empty((0, len(block.features)), dtype=layout.dtype)
+        scales = entry_scales(entries, [declared.get(f) for f in block.features])
+        groups[block.name] = dict(zip(block.features, scales, strict=True))
+    return {"groups": groups, "jets": int(sum(n for n, _ in parts)), "method": METHOD}
+
+
 def compute_scales(files: Iterable[str | Path], defaults: Mapping[str, Mapping[str, float]]
                    | None = None, sample: int = SAMPLE_JETS) -> dict[str, Any]:
     """``{"groups": {group: {feature: scale}}, "jets": n, "method": ...}`` from the first
     ``sample`` jets of the chunk ``files``, leaving out entries at the ``defaults``
     (``{group: {feature: value}}``, the config's ``default_values``)."""
-    parts: list[np.ndarray] = []
+    parts: list[tuple[int, dict[str, np.ndarray]]] = []
     layout: ColumnLayout | None = None
     taken = 0
     for path in files:
         rows, layout = read_chunk(path)
-        parts.append(rows[:sample - taken])
-        taken += len(parts[-1])
+        parts.append(row_entries(rows[:sample - taken], layout))
+        taken += parts[-1][0]
         if taken >= sample:
             break
     if layout is None:
         return {"groups": {}, "jets": 0, "method": METHOD}
-    return scales_of_rows(np.concatenate(parts), layout, defaults)
-
-
-def scales_of_rows(rows: np.ndarray, layout: ColumnLayout,
-                   defaults: Mapping[str, Mapping[str, float]] | None = None
-                   ) -> dict[str, Any]:
-    """The scales (as :func:`compute_scales`) of the feature groups of ``rows``."""
-    groups = {}
-    for block in layout.feature_blocks:
-        declared = (defaults or {}).get(block.name, {})
-        scales = group_scales(rows[:, layout.slice(block.name)], block.length,
-                              [declared.get(f) for f in block.features])
-        groups[block.name] = dict(zip(block.features, scales, strict=True))
-    return {"groups": groups, "jets": int(len(rows)), "method": METHOD}
+    return scales_of_entries(parts, layout, defaults)
 
 
 def config_defaults(config: Any) -> dict[str, dict[str, float]]:

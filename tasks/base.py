@@ -32,6 +32,37 @@ class ParameterMismatchError(BHiveError):
     """Outputs exist for the same version but were made with other significant parameters."""
 
 
+class ParameterValueError(BHiveError, ValueError):
+    """A parameter value (command line or config file) that its parameter cannot read."""
+
+
+def _parse_naming(parameter: luigi.Parameter, name: str) -> None:
+    """Make ``parameter`` name its option in the error for a value it cannot read (luigi's
+    own, e.g. ``invalid literal for int()``, names neither the option nor the task)."""
+    if getattr(parameter, "_names_option", False):
+        return
+    parse = parameter.parse
+    option = "--" + name.replace("_", "-")
+    if isinstance(parameter, luigi.IntParameter):
+        expected = "an integer"
+    elif isinstance(parameter, luigi.FloatParameter):
+        expected = "a number"
+    elif isinstance(parameter, luigi.BoolParameter):
+        expected = "True or False"
+    else:
+        expected = None
+
+    def parse_named(value: Any) -> Any:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            reason = f"{value!r} is not {expected}" if expected else str(exc)
+            raise ParameterValueError(f"{option}: {reason}") from None
+
+    parameter.parse = parse_named
+    parameter._names_option = True
+
+
 def data_path() -> Path:
     """Root of all outputs: ``$DATA_PATH`` (set by setup.sh), else ``./output``."""
     return Path(os.environ.get("DATA_PATH") or Path.cwd() / "output").resolve()
@@ -89,6 +120,13 @@ class BaseTask(law.Task):
         default=False, significant=False,
         description="report more: NaN/inf counts per branch, jets per process and class, "
         "time per stage")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for klass in cls.__mro__:  # (get_params does not work while the class is made)
+            for name, value in vars(klass).items():
+                if isinstance(value, luigi.Parameter):
+                    _parse_naming(value, name)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -333,14 +371,23 @@ def short_trace(text: str) -> str | None:
     return text[matches[-1].start():].rstrip()
 
 
+def parameter_message(exc: Exception) -> str:
+    """luigi's parameter error (e.g. a required parameter not given) with the option named
+    as typed: ``requires --process``."""
+    return re.sub(r"requires the '(\w+)' parameter",
+                  lambda m: f"requires --{m.group(1).replace('_', '-')}", str(exc))
+
+
 class UserErrorFilter(logging.Filter):
     """Shows b-hive's own errors (:class:`BHiveError`) in luigi's log as their message,
     without the Python traceback luigi would print; other errors keep their traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, BHiveError):
-            record.msg = f"{record.getMessage()}\n{type(exc).__name__}: {exc}"
+        if isinstance(exc, BHiveError | luigi.parameter.ParameterException):
+            text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BHiveError) else \
+                parameter_message(exc)
+            record.msg = f"{record.getMessage()}\n{text}"
             record.args, record.exc_info, record.exc_text = (), None, None
             return True
         if isinstance(record.msg, str):
@@ -357,6 +404,8 @@ def _excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
     the task is created): b-hive's own as one message, Ctrl-C as one line."""
     if isinstance(exc, BHiveError):
         print(f"b-hive: {type(exc).__name__}: {exc}", file=sys.stderr)
+    elif isinstance(exc, luigi.parameter.ParameterException):
+        print(f"b-hive: {parameter_message(exc)}", file=sys.stderr)
     elif isinstance(exc, KeyboardInterrupt):
         print("b-hive: interrupted; completed steps are kept, run the same command again to "
               "continue", file=sys.stderr)

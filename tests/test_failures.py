@@ -127,6 +127,22 @@ def test_invalid_values_write_nothing_and_failed_starts_do_not_lock(law, demo_fi
     assert clash.returncode != 0 and "--learning-rate: '0.003' -> '0.01'" in clash.log
 
 
+def test_unreadable_and_missing_values_name_the_option(law):
+    for args, message in ((training("ten"), "--epochs: 'ten' is not an integer"),
+                          (training(3, 64, "--learning-rate", "1e-3x"),
+                           "--learning-rate: '1e-3x' is not a number"),
+                          (("GenerateSamplesTask", "--process", "TT", "--mpi", "maybe"),
+                           "--mpi: 'maybe' is not True or False"),
+                          (("GenerateSamplesTask", "--process", "WW"),
+                           "--process: WW is not a valid choice from"),
+                          (("GenerateSamplesTask", "--pileup", "20"),
+                           "requires --process to be set")):
+        proc = law(*args)
+        assert proc.returncode != 0 and message in proc.log, proc.log[-2000:]
+        assert "Traceback" not in proc.log, proc.log[-2000:]
+        assert not law.data.exists()
+
+
 def test_interrupts_and_kill_during_checkpoint_resume(law, demo_files):
     export(law, demo_files)
     out = training_dir(law)

@@ -63,6 +63,13 @@ def _parse_naming(parameter: luigi.Parameter, name: str) -> None:
     parameter._names_option = True
 
 
+# Tasks that run PyTorch on every core take one unit of law's "torch" resource, of which
+# law.cfg holds one: ``--workers N`` runs them one after another (side by side their
+# threads fight over the cores, several times slower each) and everything else in parallel.
+# Raise ``torch`` in law.cfg's [luigi_resources] on machines with GPUs or many cores.
+TORCH_RESOURCES = {"torch": 1}
+
+
 def data_path() -> Path:
     """Root of all outputs: ``$DATA_PATH`` (set by setup.sh), else ``./output``."""
     return Path(os.environ.get("DATA_PATH") or Path.cwd() / "output").resolve()

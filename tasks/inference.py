@@ -8,7 +8,7 @@ from typing import Any
 import law
 import luigi
 
-from tasks.base import ConfigTask, setting
+from tasks.base import TORCH_RESOURCES, ConfigTask, setting
 from tasks.dataset import DatasetConstructorTask
 from tasks.deploy import ExportONNXTask
 from tasks.training import TrainingDependency, TrainingTask
@@ -93,6 +93,8 @@ class InferenceTask(TestDatasetDependency):
     exported graph (ExportONNXTask, best checkpoint, default opset) predicts in
     onnxruntime instead, into ``.../backend_onnx/``.
     """
+
+    resources = TORCH_RESOURCES
 
     def requires(self) -> dict[str, Any]:
         required = {"training": TrainingTask.req(self), "test_dataset": self.test_dataset_task()}

@@ -13,7 +13,7 @@ from typing import Any
 import law
 import luigi
 
-from tasks.base import DatasetDependency, setting
+from tasks.base import TORCH_RESOURCES, DatasetDependency, setting
 from tasks.dataset import DatasetConstructorTask
 from utils.settings import TrainSettings
 
@@ -106,6 +106,8 @@ class TrainingTask(TrainingDependency):
     nominal training made before attacks existed (its files directly in ``epochs_<N>/``)
     keeps being found there.
     """
+
+    resources = TORCH_RESOURCES
 
     def store_parts(self) -> tuple[str, ...]:
         parts = super().store_parts()

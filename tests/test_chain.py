@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -25,6 +26,19 @@ SMALL = ("--GenerateSamplesTask-n-files", 1, "--GenerateSamplesTask-events-per-f
 CHAIN = ("--config", "demo", "--dataset-version", "small", "--training-version", "small",
          "--test-dataset-version", "test_small", "--model-name", "DeepJet", "--epochs", 2,
          "--batch-size", 256)
+
+
+def most_at_once(log: str, family: str) -> tuple[int, int]:
+    """``(most tasks of family running at the same time, tasks of it run)`` from luigi's
+    log of a run."""
+    running = most = ran = 0
+    for match in re.finditer(rf"\b(running|done|failed)\s+{family}\(", log):
+        if match.group(1) == "running":
+            running, ran = running + 1, ran + 1
+            most = max(most, running)
+        else:
+            running -= 1
+    return most, ran
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +212,9 @@ def test_adversarial_training_and_robustness(chain):
         assert part in status, part
     run = chain(*robustness, "--workers", 2)
     assert "Robustness on test_small" in run.stdout
+    # the inferences (PyTorch on every core) ran one at a time, the rest alongside
+    most, ran = most_at_once(run.stdout + run.stderr, "InferenceTask")
+    assert most == 1 and ran >= 4, (most, ran)
     out = next((chain.data / "RobustnessTask").rglob("robustness.json"))
     report = json.loads(out.read_text())
     nominal, adversarial = "DeepJet (small)", "DeepJet (small, fgsm-trained 0.02)"

@@ -42,7 +42,7 @@ def _parse_naming(parameter: luigi.Parameter, name: str) -> None:
     if getattr(parameter, "_names_option", False):
         return
     parse = parameter.parse
-    option = "--" + name.replace("_", "-")
+    option = cli_name(name)
     if isinstance(parameter, luigi.IntParameter):
         expected = "an integer"
     elif isinstance(parameter, luigi.FloatParameter):
@@ -382,7 +382,7 @@ def parameter_message(exc: Exception) -> str:
     """luigi's parameter error (e.g. a required parameter not given) with the option named
     as typed: ``requires --process``."""
     return re.sub(r"requires the '(\w+)' parameter",
-                  lambda m: f"requires --{m.group(1).replace('_', '-')}", str(exc))
+                  lambda m: f"requires {cli_name(m.group(1))}", str(exc))
 
 
 class UserErrorFilter(logging.Filter):

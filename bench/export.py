@@ -9,7 +9,9 @@ directory, once with one basket per branch and once with CMS-like small baskets.
 is uproot reading the same branches of the same files with the same number of worker
 processes (one file per task); the export runs DatasetConstructorTask's code path (coffea
 futures executor, chunks aligned to the ROOT clusters, staging, shuffle-merge, LZ4
-compression). The last line is ``RESULT {json}`` with the ratios.
+compression). After one untimed round of each, ``--rounds`` rounds alternate the uproot read
+and the export(s); the ratio is of their medians.
+The last line is ``RESULT {json}`` with the ratios.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -47,28 +50,46 @@ def uproot_read(files: list[str], tree: str, branches: list[str], workers: int) 
     return n / (time.perf_counter() - start)
 
 
+def export_rate(config: Config, files: list[str], out: Path, executor: str,
+                args: argparse.Namespace) -> tuple[float, dict[str, float]]:
+    """One export of ``files`` into ``out`` (removed afterwards): jets/s and time per stage."""
+    work = out / "work"
+    work.mkdir(parents=True)
+    start = time.perf_counter()
+    with console.capture():
+        summary = export_dataset(config, files, out, work, chunk_size=args.chunk_size,
+                                 executor=executor, workers=args.workers)
+    rate = summary.counts["entries"] / (time.perf_counter() - start)
+    shutil.rmtree(out)
+    return rate, summary.timing
+
+
 def measure(config: Config, files: list[str], tmp: Path, args: argparse.Namespace,
             label: str) -> dict[str, float]:
-    """uproot read rate and export rate per executor on ``files`` (jets/s)."""
+    """Median uproot read rate and export rate per executor on ``files`` (jets/s), from
+    ``args.rounds`` interleaved rounds after an untimed one."""
     branches = list(config.branches)
     entries = sum(uproot.open(f)[config.tree_name].num_entries for f in files)
     print(f"{label}: {len(files)} files, {entries:,} jets, {len(branches)} branches, "
-          f"{args.workers} workers")
-    uproot_read(files, config.tree_name, branches, args.workers)  # warm the page cache
-    rates = {"uproot": max(uproot_read(files, config.tree_name, branches, args.workers)
-                           for _ in range(2))}
-    for executor in args.executor.split(","):
-        out = tmp / f"dataset_{label}_{executor}"
-        work = out / "work"
-        work.mkdir(parents=True)
-        start = time.perf_counter()
-        with console.capture():
-            summary = export_dataset(config, files, out, work, chunk_size=args.chunk_size,
-                                     executor=executor, workers=args.workers)
-        rates[executor] = summary.counts["entries"] / (time.perf_counter() - start)
-        print(f"  {executor}: " + ", ".join(f"{k} {v:.2f} s" for k, v in summary.timing.items()))
-        shutil.rmtree(out)
-    return rates
+          f"{args.workers} workers, {args.rounds} rounds")
+    executors = args.executor.split(",")
+    rates: dict[str, list[float]] = {name: [] for name in ["uproot", *executors]}
+    for round_ in range(args.rounds + 1):
+        read = uproot_read(files, config.tree_name, branches, args.workers)
+        line = [f"uproot {read:,.0f}"]
+        exported = {}
+        for executor in executors:
+            exported[executor], timing = export_rate(
+                config, files, tmp / f"dataset_{label}_{executor}", executor, args)
+            line.append(f"{executor} {exported[executor]:,.0f} (" + ", ".join(
+                f"{k} {v:.2f} s" for k, v in timing.items()) + ")")
+        if round_:  # the first round warms caches and the page cache: not counted
+            rates["uproot"].append(read)
+            for executor, rate in exported.items():
+                rates[executor].append(rate)
+        print(f"  round {round_}{'' if round_ else ' (warm-up)'}: " + "; ".join(line) +
+              " jets/s")
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def main() -> None:
@@ -83,6 +104,8 @@ def main() -> None:
                         "of this many entries (CMS ntuples: a few thousand)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed rounds (uproot read, export) after an untimed one")
     parser.add_argument("--executor", default="futures",
                         help="comma-separated executors to measure (futures, dask, iterative)")
     args = parser.parse_args()
@@ -110,7 +133,7 @@ def main() -> None:
                 Path(f).unlink()
     result = {}
     for label, rates in results.items():
-        print(f"{label}: uproot read (limit) {rates['uproot']:12,.0f} jets/s")
+        print(f"{label}: uproot read (limit) {rates['uproot']:12,.0f} jets/s (medians)")
         for executor, rate in rates.items():
             if executor == "uproot":
                 continue

@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--executor", default="futures",
                         help="comma-separated executors to measure (futures, dask, iterative)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
 
     import coffea.processor  # noqa: F401  (import time is not throughput)
 

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import synthetic_dataset  # noqa: E402
 from train_step import runner  # noqa: E402
 
+from utils.allocator import keep_freed_memory  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.settings import TrainSettings  # noqa: E402
-from utils.torch.allocator import keep_freed_memory  # noqa: E402
 from utils.torch.data import training_batches  # noqa: E402
 from utils.torch.run import run_training  # noqa: E402
 

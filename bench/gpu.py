@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import synthetic_dataset  # noqa: E402
 from train_step import demo_multiplicities, random_batch  # noqa: E402
 
+from utils.allocator import keep_freed_memory  # noqa: E402
 from utils.config import label_to_class, load_config  # noqa: E402
 from utils.models import InputSpec, get_model  # noqa: E402
-from utils.torch.allocator import keep_freed_memory  # noqa: E402
 
 MODELS = ("DeepJet", "ParticleTransformer")
 VARIANTS = ("float32", "bf16", "fp16", "compile")

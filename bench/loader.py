@@ -40,10 +40,10 @@ import yaml  # noqa: E402
 from common import synthetic_dataset  # noqa: E402
 from peers import weaver_available  # noqa: E402
 
+from utils.allocator import keep_freed_memory  # noqa: E402
 from utils.config import Config, label_to_class, load_config  # noqa: E402
 from utils.dataset.chunk_format import decompress_into, read_chunk  # noqa: E402
 from utils.dataset.directory import DatasetDirectory  # noqa: E402
-from utils.torch.allocator import keep_freed_memory  # noqa: E402
 from utils.torch.data import TRAIN, ChunkDataset, dataset_shards, make_loader  # noqa: E402
 
 GOAL = 0.85

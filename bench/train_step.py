@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import PlainDeepJet, weaver_available, weaver_part, weaver_particle_net  # noqa: E402
 
+from utils.allocator import keep_freed_memory  # noqa: E402
 from utils.config import Config, load_config  # noqa: E402
 from utils.models import InputSpec, available_models, get_model  # noqa: E402
-from utils.torch.allocator import keep_freed_memory  # noqa: E402
 
 FOUR_VECTOR_PREFIX = {"cpf": "Cpfcan_", "npf": "Npfcan_", "vtx": "sv_"}
 COUNTERS = {"cpf": "nCpfcan", "npf": "nNpfcan", "vtx": "nsv"}

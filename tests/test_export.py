@@ -326,3 +326,23 @@ def test_coffea_chunk_size(offline_config):
     assert default_coffea_chunk_size(layout, 100_000, workers=2) == 25_000
     assert default_coffea_chunk_size(layout, 100_001, workers=4) == 12_501
     assert default_coffea_chunk_size(layout, 500, workers=2) == 1_000
+
+
+def test_only_worker_processes_keep_freed_memory(monkeypatch, tmp_path):
+    """The allocator setting applies in the processor's worker processes, not in the one
+    that merges (where it slowed the merge)."""
+    import os
+
+    import utils.dataset.export as export
+
+    calls = []
+    monkeypatch.setattr(export, "keep_freed_memory", lambda: calls.append(os.getpid()))
+
+    class Processor:
+        def process(self, events):
+            return {"n": len(events)}
+
+    guarded = export._Guarded(Processor(), tmp_path)
+    assert guarded([1, 2]) == {"n": 2} and calls == []  # the merging process itself
+    guarded.parent = os.getpid() + 1  # as seen from a forked worker
+    assert guarded([1, 2, 3]) == {"n": 3} and calls == [os.getpid()]

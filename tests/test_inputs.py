@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import uproot
 
 from utils.config import Process
 from utils.dataset.inputs import (
@@ -12,6 +13,7 @@ from utils.dataset.inputs import (
     inspect_files,
     parse_root_url,
     read_filelist,
+    uproot_options,
 )
 from utils.synthetic import synthetic_arrays, write_ntuple
 
@@ -99,3 +101,10 @@ def test_inspect_files(tmp_path, offline_config):
     assert f"{other_tree}: no tree 'deepntuplizer/tree'" in message
     assert f"{empty}: tree 'deepntuplizer/tree' has no entries" in message
     assert f"{garbage}: cannot be read as a ROOT file" in message
+
+
+def test_uproot_options_read_local_files_with_the_file_source():
+    local = uproot_options(["/data/TT_0.root", "file:///data/TT_1.root"])
+    assert local == {"handler": uproot.source.file.MultithreadedFileSource}
+    # one remote file: uproot's default sources (per scheme) for all
+    assert uproot_options(["/data/TT_0.root", "root://eoscms.cern.ch//eos/TT_1.root"]) == {}

@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from utils.allocator import keep_freed_memory
 from utils.config import Config, label_to_class
 from utils.dataset.directory import Chunk, dataset_info, write_bookkeeping
-from utils.dataset.inputs import assign_processes, inspect_files, is_remote
+from utils.dataset.inputs import assign_processes, inspect_files, is_remote, uproot_options
 from utils.dataset.layout import ColumnLayout
 from utils.dataset.merge import merge_staged
 from utils.dataset.reweighting import (
@@ -167,15 +168,19 @@ class _Guarded:
     """Wraps a processor: an expected error (:class:`BHiveError`: bad branch structure,
     full disk, ...) in a chunk is returned as a result instead of raised, so coffea neither
     retries it nor prints a traceback, and the remaining chunks stop early (a marker file in
-    the staging directory)."""
+    the staging directory). In worker processes (not the one that merges) freed memory is
+    kept for the next chunk (:func:`keep_freed_memory`)."""
 
     def __init__(self, processor: Any, staging: Path) -> None:
         self.processor = processor
         self.abort = Path(staging) / ABORT
+        self.parent = os.getpid()
 
     def __call__(self, events: Any) -> dict[str, Any]:
         if self.abort.exists():
             return {}
+        if os.getpid() != self.parent:
+            keep_freed_memory()
         try:
             return self.processor.process(events)
         except BHiveError as exc:
@@ -227,7 +232,9 @@ def run_processor(config: Config, by_process: dict[str, list[str]],
         retries = REMOTE_RETRIES if remote else 0
     with _runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None,
                  retries, scheduler_address) as runner:
-        result = dict(runner(fileset, _Guarded(proc, staging), treename=config.tree_name))
+        result = dict(runner(fileset, _Guarded(proc, staging), treename=config.tree_name,
+                             uproot_options=uproot_options([f for fs in by_process.values()
+                                                            for f in fs])))
     errors = result.get("errors") or {}
     if errors:
         raise ExportError(f"{len(errors)} input file(s) could not be exported:\n  " +

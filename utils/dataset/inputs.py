@@ -14,7 +14,10 @@ from utils.config import Process
 from utils.errors import BHiveError
 
 MAX_LISTED = 20
-LAST_BASKET_CHECK = 4 << 20  # bytes: larger last baskets are not decompressed by the check
+# compressed bytes: larger last baskets are not decompressed by the check (CMS ntuples'
+# baskets are smaller; a larger one is most of its branch, which the processor decompresses
+# anyway and reports if corrupt: checking it first doubled the pre-flight's time)
+LAST_BASKET_CHECK = 256 << 10
 
 
 class InputError(BHiveError, ValueError):
@@ -24,6 +27,16 @@ class InputError(BHiveError, ValueError):
 def is_remote(path: str) -> bool:
     """True for URLs such as ``root://eoscms.cern.ch//eos/...``."""
     return "://" in path and not path.startswith("file://")
+
+
+def uproot_options(files: Sequence[str]) -> dict[str, object]:
+    """Options of ``uproot.open`` for reading ``files``: local files are read with plain
+    file reads into uproot's buffers (``MultithreadedFileSource``), which on this project's
+    benchmark files reads all branches 1.3-1.5x faster than uproot's default (fsspec) source
+    and faults in half the fresh memory; remote files keep uproot's default."""
+    if any(is_remote(f) for f in files):
+        return {}
+    return {"handler": uproot.source.file.MultithreadedFileSource}
 
 
 def parse_root_url(url: str) -> tuple[str, str]:
@@ -130,10 +143,11 @@ def inspect_files(files: Sequence[str], tree_name: str,
         branches = lambda available: ([b for b in required if b in available],  # noqa: E731
                                       [b for b in required if b not in available])
     check_remote_support(files)
+    options = uproot_options(files)
 
     def check(path: str) -> tuple[str, int | None, str | None]:
         try:
-            with uproot.open(path) as f:
+            with uproot.open(path, **options) as f:
                 if tree_name not in f:
                     return path, None, f"{path}: no tree '{tree_name}' (found " \
                                        f"{sorted(f.keys(cycle=False))[:10]})"

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.allocator import keep_freed_memory
 from utils.attacks.methods import Attack, AttackError, ChangeMonitor, attack_mode
 from utils.config import label_to_class
 from utils.io import atomic_path, file_sha256, save_npy, write_json
 from utils.models import BaseModel
 from utils.progress import console, progress_bar
 from utils.settings import AttackSettings, TrainSettings
-from utils.torch.allocator import keep_freed_memory
 from utils.torch.checkpoint import CheckpointError, check_classes, load_checkpoint, pick_device
 from utils.torch.data import TEST, ChunkDataset, dataset_shards, make_loader
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.allocator import keep_freed_memory
 from utils.config import label_to_class
 from utils.dataset.directory import DatasetDirectory
 from utils.dataset.reweighting import reweighting_table
@@ -19,7 +20,6 @@ from utils.errors import InterruptedRun
 from utils.models import BaseModel, InputSpec, ModelInputError, get_model
 from utils.progress import console
 from utils.settings import SettingsError, TrainSettings
-from utils.torch.allocator import keep_freed_memory
 from utils.torch.checkpoint import CheckpointError, completed_epochs, pick_device
 from utils.torch.data import (
     TRAIN,

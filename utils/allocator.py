@@ -6,6 +6,8 @@ on ``free``, so the next step faults in fresh zeroed pages: on a 2-core machine 
 up to a third of a DeepJet training step. Raising the mmap and trim thresholds keeps those
 blocks in the heap for reuse (as caching allocators such as jemalloc, or PyTorch's own on
 CUDA, do); the process keeps its peak memory instead of returning it between steps.
+The export's worker processes do the same for uproot's buffers and the staged rows of
+each chunk.
 """
 
 from __future__ import annotations

@@ -313,8 +313,11 @@ class JetTupleProcessor(processor.ProcessorABC):
                 np.arange(int(counts.sum()), dtype=np.int64)
             # gathered feature by feature (contiguous writes), then transposed in blocks
             by_feature = _buffer(f"features:{group.name}", len(contents), len(take))
-            for j, content in enumerate(contents):  # into the buffer: no temporary array
-                np.take(content.astype(np.float32, copy=False), take, out=by_feature[j])
+            # into the buffer (no temporary); the indices lie in range by construction, and
+            # mode "wrap" skips numpy's buffered bounds check (1.5x faster than "raise")
+            for j, content in enumerate(contents):
+                np.take(content.astype(np.float32, copy=False), take, out=by_feature[j],
+                        mode="wrap")
             stored = _buffer(f"group:{group.name}", len(take), len(contents))
             for a in range(0, len(take), TRANSPOSE_BLOCK):
                 stored[a:a + TRANSPOSE_BLOCK] = by_feature[:, a:a + TRANSPOSE_BLOCK].T

@@ -103,8 +103,13 @@ def test_inspect_files(tmp_path, offline_config):
     assert f"{garbage}: cannot be read as a ROOT file" in message
 
 
-def test_uproot_options_read_local_files_with_the_file_source():
-    local = uproot_options(["/data/TT_0.root", "file:///data/TT_1.root"])
+def test_uproot_options_read_local_files_with_the_file_source(tmp_path):
+    local = uproot_options(["/data/TT_0.root", "rel/QCD_1.root"])
     assert local == {"handler": uproot.source.file.MultithreadedFileSource}
-    # one remote file: uproot's default sources (per scheme) for all
+    # any URL: uproot's default sources (per scheme) for all
     assert uproot_options(["/data/TT_0.root", "root://eoscms.cern.ch//eos/TT_1.root"]) == {}
+    assert uproot_options(["/data/TT_0.root", "file:///data/TT_1.root"]) == {}
+    # and file:// inputs are read (the file source itself cannot open them)
+    path = write_ntuple(tmp_path / "TT_0.root", "tree", {"jet_pt": np.arange(5.0)})
+    url = f"file://{path}"
+    assert inspect_files([url], "tree", ["jet_pt"]) == {url: 5}

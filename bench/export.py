@@ -74,8 +74,9 @@ def export_rate(config: Config, files: list[str], out: Path, executor: str,
 
 def measure(config: Config, files: list[str], tmp: Path, args: argparse.Namespace,
             label: str) -> dict[str, float]:
-    """Median uproot read rate and export rate per executor on ``files`` (jets/s), from
-    ``args.rounds`` interleaved rounds after an untimed one."""
+    """Median rates (jets/s) on ``files`` of the uproot read with its default source and
+    with the export's source (the same where a file is a URL), and of the export per
+    executor, from ``args.rounds`` interleaved rounds after an untimed one."""
     branches = list(config.branches)
     entries = sum(uproot.open(f)[config.tree_name].num_entries for f in files)
     print(f"{label}: {len(files)} files, {entries:,} jets, {len(branches)} branches, "
@@ -116,7 +117,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3,
-                        help="timed rounds (uproot read, export) after an untimed one")
+                        help="timed rounds (uproot reads, export) after an untimed one")
     parser.add_argument("--executor", default="futures",
                         help="comma-separated executors to measure (futures, dask, iterative)")
     args = parser.parse_args()

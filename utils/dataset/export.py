@@ -227,14 +227,13 @@ def run_processor(config: Config, by_process: dict[str, list[str]],
     fileset = {name: {"files": {f: config.tree_name for f in fs},
                       **({"preload": preload} if preload else {})}
                for name, fs in by_process.items() if fs}
+    files = [f for fs in by_process.values() for f in fs]
     if retries is None:
-        remote = any(is_remote(f) for fs in by_process.values() for f in fs)
-        retries = REMOTE_RETRIES if remote else 0
+        retries = REMOTE_RETRIES if any(is_remote(f) for f in files) else 0
     with _runner(executor, workers, rows_per_chunk, DEBUG_MAX_CHUNKS if debug else None,
                  retries, scheduler_address) as runner:
         result = dict(runner(fileset, _Guarded(proc, staging), treename=config.tree_name,
-                             uproot_options=uproot_options([f for fs in by_process.values()
-                                                            for f in fs])))
+                             uproot_options=uproot_options(files)))
     errors = result.get("errors") or {}
     if errors:
         raise ExportError(f"{len(errors)} input file(s) could not be exported:\n  " +

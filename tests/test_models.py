@@ -337,6 +337,10 @@ def test_deepjet_lstm_reads_the_real_candidates_backwards():
         else:
             _, (hidden, _) = summary.lstm(x[jet : jet + 1, :n].flip(1))
             assert torch.allclose(out[jet], hidden[-1, 0], atol=1e-6)
+    # a batch in which no jet has a candidate of the group (e.g. no secondary vertex)
+    empty = torch.zeros(4, 6, 3, requires_grad=True)
+    out = summary(empty, torch.zeros(4, 6, dtype=torch.bool))
+    assert out.shape == (4, 5) and (out == 0).all()
 
 
 def test_original_config_names_and_lost_tracks_in_particle_transformer():

@@ -19,6 +19,8 @@ from utils.models.layers import (
 
 CONV_WIDTHS = {"cpf": (64, 32, 32, 8), "npf": (32, 16, 4), "vtx": (64, 32, 32, 8)}
 LSTM_WIDTHS = {"cpf": 150, "npf": 50, "vtx": 50}
+# modelled cost of one more LSTM slice, in candidate slots of a row (see length_slices)
+LSTM_OVERHEAD = 512.0
 
 
 class SequenceSummary(nn.Module):
@@ -26,11 +28,13 @@ class SequenceSummary(nn.Module):
     so the leading candidates, which the ntupliser sorts first, are read last); returns the
     final hidden state, zero for jets without candidates.
 
-    The batch is sorted by candidate count and the fused dense LSTM runs on a few slices of
-    similar count, each over the slots up to its longest jet, reading every jet at its
-    last real step (padding after it cannot change that output); the ONNX export runs it
-    over all slots at once. Both give the same output; the slicing never changes which
-    jets share a batch (the fused LSTM beats a packed sequence, which runs step by step).
+    Jets without candidates are skipped (their summary is zero). The others are sorted by
+    candidate count and the fused dense LSTM runs on a few slices of similar count, each
+    over the slots up to its longest jet, reading every jet at its last real step (padding
+    after it cannot change that output); the ONNX export runs it over all slots at once.
+    Both give the same output; the slicing never changes which jets share a batch (the
+    fused LSTM beats a packed sequence, which runs step by step). An LSTM call costs about
+    as much as 512 more slots (``LSTM_OVERHEAD``, measured for all three widths).
     """
 
     def __init__(self, in_features: int, hidden: int) -> None:
@@ -42,13 +46,15 @@ class SequenceSummary(nn.Module):
         has_real = (n_real > 0).unsqueeze(1).to(x.dtype)
         if exporting():
             return self._dense(self._backwards(x, n_real), n_real) * has_real
-        out = x.new_empty(x.shape[0], self.lstm.hidden_size)
-        for rows, longest in length_slices(n_real.cpu()):
-            rows = rows.to(x.device)
+        out = x.new_zeros(x.shape[0], self.lstm.hidden_size)
+        lengths = n_real.cpu()
+        filled = lengths.nonzero().squeeze(1)  # jets without candidates keep a zero summary
+        for rows, longest in length_slices(lengths[filled], LSTM_OVERHEAD) if len(filled) else ():
+            rows = filled[rows].to(x.device)
             counts = n_real[rows]
             part = self._backwards(x[rows, :longest], counts)
             out = out.index_copy(0, rows, self._dense(part, counts))
-        return out * has_real
+        return out
 
     @staticmethod
     def _backwards(x: torch.Tensor, n_real: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from utils.config import Config, load_config
-from utils.models import BaseModel, InputSpec, ModelInputError, available_models, get_model
+from utils.models import BaseModel, InputSpec, ModelInputError, available_models, get_model, layers
 from utils.models.deepjet import DeepJet, SequenceSummary
 from utils.models.layers import (
     BatchNorm,
+    Linear,
     axis_offsets,
     candidate_four_vectors,
     export_mode,
@@ -364,6 +365,40 @@ def test_original_config_names_and_lost_tracks_in_particle_transformer():
     has_lt = (batch["lt"] != 0).any(-1).any(-1)
     changed = (nominal - without_lt).abs().amax(-1) > 1e-5
     assert torch.equal(changed, has_lt) and has_lt.any()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_nn_linear_on_both_paths(bias, monkeypatch):
+    """:class:`Linear` gives nn.Linear's outputs and gradients (float32 rounding) on the
+    oneDNN path for large CPU batches, keeps nn.Linear's parameter names (checkpoints load
+    either way), and takes F.linear for small batches, float64 and the ONNX export form."""
+    calls = []
+    apply = layers._OneDNNLinear.apply
+    monkeypatch.setattr(layers._OneDNNLinear, "apply",
+                        lambda *args: calls.append(args[0].shape) or apply(*args))
+    torch.manual_seed(0)
+    ours, reference = Linear(48, 96, bias=bias), nn.Linear(48, 96, bias=bias)
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(20, 150, 48, requires_grad=True)  # 3000 rows
+    outputs, gradients = [], []
+    for layer in (ours, reference):
+        out = layer(x)
+        out.backward(torch.linspace(0.5, 1, out.numel()).view_as(out))
+        outputs.append(out.detach())
+        gradients.append([x.grad.clone()] + [p.grad.clone() for p in layer.parameters()])
+        x.grad = None
+    expected = [(3000, 48)] if layers._ONEDNN_CPU else []
+    assert calls == expected
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for ours_grad, reference_grad in zip(*gradients, strict=True):
+        torch.testing.assert_close(ours_grad, reference_grad, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        ours(x[:1])  # 150 rows: below the size where oneDNN pays
+        ours.double()(x.double())
+        with export_mode():
+            ours.float()(x)
+    assert calls == expected
 
 
 def test_length_slices_partition_the_batch_at_minimal_modelled_cost():

@@ -3,7 +3,7 @@ and the candidate kinematics (jet axis, wrapped azimuth) used by the 4-vector mo
 
 Conventions: candidate tensors are channels-last, ``(batch, candidates, channels)``, with a
 boolean ``mask`` ``(batch, candidates)`` that is True for real candidates (see
-:meth:`BaseModel.padding_mask`). Pointwise ("1x1 convolution") layers are ``nn.Linear`` on
+:meth:`BaseModel.padding_mask`). Pointwise ("1x1 convolution") layers are :class:`Linear` on
 the last dimension and run on the packed real entries only (:func:`on_real`), so padding
 never enters batch statistics and comes back as zeros; pooling and attention are masked.
 Appending padding therefore never changes a real output.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import platform
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -51,6 +52,68 @@ def identity(n: int, device: torch.device) -> torch.Tensor:
     no boolean EyeLike)."""
     r = torch.arange(n, device=device)
     return r.unsqueeze(1) == r.unsqueeze(0)
+
+
+# -- pointwise layers --------------------------------------------------------------------
+ONEDNN_MIN_PRODUCTS = 1 << 23  # rows x in x out; below: F.linear (set-up outweighs the gain)
+_ONEDNN_CPU = torch.backends.mkldnn.is_available() and \
+    platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _image(rows: torch.Tensor) -> torch.Tensor:
+    """Row-major ``rows`` ``(n, C)`` viewed as a channels-last image ``(1, C, n, 1)``."""
+    return rows.t().unsqueeze(0).unsqueeze(-1)
+
+
+def _kernel(weight: torch.Tensor) -> torch.Tensor:
+    """A row-major weight ``(out, in)`` viewed as a channels-last 1x1 kernel."""
+    n_out, n_in = weight.shape
+    return weight.as_strided((n_out, n_in, 1, 1), (n_in, 1, n_in, n_in))
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``x @ weight.T + bias`` on row-major ``x`` ``(rows, in)``, forward and backward run
+    as oneDNN 1x1 convolutions on channels-last views of the same memory (no copies)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor,  # type: ignore[override]
+                bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.conv2d(_image(x), _kernel(weight), bias)[0, :, :, 0].t()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor  # type: ignore[override]
+                 ) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        n_out, n_in = weight.shape
+        need_x, need_weight, need_bias = ctx.needs_input_grad
+        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            _image(grad.contiguous()), _image(x), _kernel(weight),
+            [n_out] if ctx.has_bias else None, (1, 1), (0, 0), (1, 1), False, (0, 0), 1,
+            (need_x, need_weight, ctx.has_bias and need_bias))
+        return (grad_x[0, :, :, 0].t() if need_x else None,
+                grad_weight.reshape(n_out, n_in) if need_weight else None,
+                grad_bias if ctx.has_bias and need_bias else None)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and results) that runs large float32 batches on x86
+    CPUs through oneDNN's 1x1 convolution, 1.3-1.6x faster in training there than the
+    BLAS product ``nn.Linear`` calls (which on AMD CPUs does not use AVX-512). Small
+    batches, other dtypes and devices, autocast, ``torch.compile`` and the ONNX export
+    (see :func:`exporting`) use ``F.linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (_ONEDNN_CPU and x.device.type == "cpu" and x.dtype == torch.float32
+                and x.numel() * self.out_features >= ONEDNN_MIN_PRODUCTS
+                and self.weight.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and not exporting()
+                and not torch.compiler.is_compiling()):
+            rows = x.reshape(-1, self.in_features).contiguous()
+            return _OneDNNLinear.apply(rows, self.weight, self.bias).view(
+                *x.shape[:-1], self.out_features)
+        return F.linear(x, self.weight, self.bias)
 
 
 class BatchNorm(nn.BatchNorm1d):
@@ -139,7 +202,7 @@ def dense_stack(in_features: int, widths: Sequence[int],
     1x1-convolution blocks)."""
     layers: list[nn.Module] = []
     for width in widths:
-        layers += [nn.Linear(in_features, width), activation(), BatchNorm(width),
+        layers += [Linear(in_features, width), activation(), BatchNorm(width),
                    nn.Dropout(dropout)]
         in_features = width
     return nn.Sequential(*layers)
@@ -232,12 +295,12 @@ class AttentionBlock(nn.Module):
             raise ValueError(f"embedding width {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.norm_attn = nn.LayerNorm(dim)
-        self.query = nn.Linear(dim, dim)
-        self.key_value = nn.Linear(dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
+        self.query = Linear(dim, dim)
+        self.key_value = Linear(dim, 2 * dim)
+        self.out = Linear(dim, dim)
         self.norm_ffn = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_ratio * dim), nn.GELU(),
-                                 nn.Linear(ffn_ratio * dim, dim))
+        self.ffn = nn.Sequential(Linear(dim, ffn_ratio * dim), nn.GELU(),
+                                 Linear(ffn_ratio * dim, dim))
         self.drop = nn.Dropout(dropout)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from utils.models.base_model import BaseModel, InputSpec
 from utils.models.layers import (
     BatchNorm,
     CandidateEncoder,
+    Linear,
     axis_offsets,
     candidate_four_vectors,
     encode_groups,
@@ -63,13 +64,13 @@ class EdgeConv(nn.Module):
     def __init__(self, in_features: int, widths: Sequence[int], k: int) -> None:
         super().__init__()
         self.k = k
-        self.centre = nn.Linear(in_features, widths[0])
-        self.difference = nn.Linear(in_features, widths[0], bias=False)
+        self.centre = Linear(in_features, widths[0])
+        self.difference = Linear(in_features, widths[0], bias=False)
         layers: list[nn.Module] = [BatchNorm(widths[0]), nn.ReLU()]
         for a, b in zip(widths[:-1], widths[1:], strict=True):
-            layers += [nn.Linear(a, b), BatchNorm(b), nn.ReLU()]
+            layers += [Linear(a, b), BatchNorm(b), nn.ReLU()]
         self.edge_layers = nn.Sequential(*layers)
-        self.shortcut = nn.Sequential(nn.Linear(in_features, widths[-1], bias=False),
+        self.shortcut = nn.Sequential(Linear(in_features, widths[-1], bias=False),
                                       BatchNorm(widths[-1]))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor,

@@ -12,7 +12,9 @@ default: the multiplicities our loader delivers) or is uniform in [0, slots] (``
 Peers, configured to the same dimensions and fed the same jets: a plain PyTorch DeepJet
 (bench/peers.py) for DeepJet, and, when weaver-core is installed (``pip install .[bench]``),
 weaver's ParticleTransformer and ParticleNet. Each model is warmed up, then all models
-alternate round by round (``--steps`` steps each); the median seconds per step give jets/s.
+alternate round by round (one untimed step, then ``--steps`` timed steps each: a model that
+follows a large one would otherwise start on cold caches); the median seconds per step
+give jets/s.
 The last line is ``RESULT {json}`` with every rate and our/peer ratio.
 """
 
@@ -193,6 +195,7 @@ def main() -> None:
         seconds: dict[str, list[float]] = {label: [] for label, *_ in steps}
         for _ in range(args.rounds):
             for label, _, _, step in steps:
+                step()  # untimed: the previous model's run left cold caches and heap
                 start = time.perf_counter()
                 for _ in range(args.steps):
                     step()

@@ -19,7 +19,7 @@ from utils.models.layers import (
 
 CONV_WIDTHS = {"cpf": (64, 32, 32, 8), "npf": (32, 16, 4), "vtx": (64, 32, 32, 8)}
 LSTM_WIDTHS = {"cpf": 150, "npf": 50, "vtx": 50}
-# modelled cost of one more LSTM slice, in candidate slots of a row (see length_slices)
+# modelled cost of one more LSTM slice, in row-slots (see length_slices)
 LSTM_OVERHEAD = 512.0
 
 
@@ -43,8 +43,8 @@ class SequenceSummary(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         n_real = mask.sum(1)
-        has_real = (n_real > 0).unsqueeze(1).to(x.dtype)
         if exporting():
+            has_real = (n_real > 0).unsqueeze(1).to(x.dtype)
             return self._dense(self._backwards(x, n_real), n_real) * has_real
         out = x.new_zeros(x.shape[0], self.lstm.hidden_size)
         lengths = n_real.cpu()

@@ -3,6 +3,7 @@ determinism, and the padding-aware building blocks they share."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -14,6 +15,7 @@ from utils.models import BaseModel, InputSpec, ModelInputError, available_models
 from utils.models.deepjet import DeepJet, SequenceSummary
 from utils.models.layers import (
     BatchNorm,
+    CandidateEncoder,
     Linear,
     axis_offsets,
     candidate_four_vectors,
@@ -399,6 +401,43 @@ def test_linear_matches_nn_linear_on_both_paths(bias, monkeypatch):
         with export_mode():
             ours.float()(x)
     assert calls == expected
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.GELU])
+def test_eval_mode_folds_batch_norm_into_the_next_linear(activation):
+    """In eval mode a CandidateEncoder's stack runs with every BatchNorm folded into the next
+    Linear (no BatchNorm module runs) and gives the unfolded outputs and input gradients
+    (what adversarial attacks need), also on raw inputs with a mean far above their spread;
+    the ONNX export form runs the modules one by one."""
+    torch.manual_seed(0)
+    encoder = CandidateEncoder(5, (32, 16), activation, dropout=0.3)
+    norms = [m for m in encoder.modules() if isinstance(m, BatchNorm)]
+    for norm in norms:
+        nn.init.uniform_(norm.weight, 0.5, 2.0)
+        nn.init.uniform_(norm.bias, -1.0, 1.0)
+    x = torch.randn(64, 10, 5) * torch.tensor([1.0, 0.01, 3.0, 1e-3, 5.0]) \
+        + torch.tensor([0.0, 1000.0, -2.0, 5e3, 1.0])
+    mask = torch.rand(64, 10) < 0.7
+    with torch.no_grad():
+        for _ in range(20):
+            encoder(x, mask)  # running statistics
+    encoder.eval()
+    calls = []
+    for norm in norms:
+        norm.register_forward_hook(lambda *_: calls.append(1))
+    outputs, gradients = [], []
+    for form in (contextlib.nullcontext, export_mode):
+        inputs = x.clone().requires_grad_()
+        with form():
+            out = encoder(inputs, mask)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        outputs.append(out.detach())
+        gradients.append(inputs.grad)
+    assert calls == [1] * len(norms)  # the export form only
+    assert outputs[0].abs().max() > 1  # not a vanishing output
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-4)
+    assert (outputs[0][~mask] == 0).all()
 
 
 def test_length_slices_partition_the_batch_at_minimal_modelled_cost():

@@ -45,23 +45,25 @@ class SequenceSummary(nn.Module):
         n_real = mask.sum(1)
         if exporting():
             has_real = (n_real > 0).unsqueeze(1).to(x.dtype)
-            return self._dense(self._backwards(x, n_real), n_real) * has_real
+            backwards = self._backwards(n_real, x.shape[1])
+            return self._dense(x.gather(1, backwards.unsqueeze(-1).expand_as(x)),
+                               n_real) * has_real
         out = x.new_zeros(x.shape[0], self.lstm.hidden_size)
         lengths = n_real.cpu()
         filled = lengths.nonzero().squeeze(1)  # jets without candidates keep a zero summary
         for rows, longest in length_slices(lengths[filled], LSTM_OVERHEAD) if len(filled) else ():
             rows = filled[rows].to(x.device)
             counts = n_real[rows]
-            part = self._backwards(x[rows, :longest], counts)
+            part = x[rows.unsqueeze(1), self._backwards(counts, longest)]  # one gather
             out = out.index_copy(0, rows, self._dense(part, counts))
         return out
 
     @staticmethod
-    def _backwards(x: torch.Tensor, n_real: torch.Tensor) -> torch.Tensor:
-        """Each jet's real candidates in reverse order, then copies of its first one."""
-        positions = torch.arange(x.shape[1], device=x.device)
-        backwards = (n_real.unsqueeze(1) - 1 - positions).clamp_min(0)
-        return x.gather(1, backwards.unsqueeze(-1).expand_as(x))
+    def _backwards(n_real: torch.Tensor, slots: int) -> torch.Tensor:
+        """Slot indices ``(jets, slots)``: each jet's real candidates in reverse order, then
+        its first one repeated."""
+        positions = torch.arange(slots, device=n_real.device)
+        return (n_real.unsqueeze(1) - 1 - positions).clamp_min(0)
 
     def _dense(self, x: torch.Tensor, n_real: torch.Tensor) -> torch.Tensor:
         """Dense LSTM over all slots of ``x``, read at each jet's last real step."""

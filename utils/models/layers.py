@@ -88,32 +88,39 @@ class _OneDNNLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         n_out, n_in = weight.shape
         need_x, need_weight, need_bias = ctx.needs_input_grad
-        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            _image(grad.contiguous()), _image(x), _kernel(weight),
-            [n_out] if ctx.has_bias else None, (1, 1), (0, 0), (1, 1), False, (0, 0), 1,
-            (need_x, need_weight, ctx.has_bias and need_bias))
+        grad = grad.contiguous()
+        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+            _image(grad), _image(x), _kernel(weight), None, (1, 1), (0, 0), (1, 1), False,
+            (0, 0), 1, (need_x, need_weight, False))
+        # the bias gradient as a column sum: through oneDNN it cost 5-30 % of this backward
         return (grad_x[0, :, :, 0].t() if need_x else None,
                 grad_weight.reshape(n_out, n_in) if need_weight else None,
-                grad_bias if ctx.has_bias and need_bias else None)
+                grad.sum(0) if ctx.has_bias and need_bias else None)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias``: large float32 batches on x86 CPUs run through oneDNN's 1x1
+    convolution, 1.3-1.6x faster in training there than the BLAS product ``F.linear`` calls
+    (which on AMD CPUs does not use AVX-512). Small batches, other dtypes and devices,
+    autocast, ``torch.compile`` and the ONNX export (see :func:`exporting`) use
+    ``F.linear``."""
+    n_out, n_in = weight.shape
+    if (_ONEDNN_CPU and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.numel() * n_out >= ONEDNN_MIN_PRODUCTS
+            and weight.dtype == torch.float32 and weight.is_contiguous()
+            and not torch.is_autocast_enabled("cpu") and not exporting()
+            and not torch.compiler.is_compiling()):
+        rows = x.reshape(-1, n_in).contiguous()
+        return _OneDNNLinear.apply(rows, weight, bias).view(*x.shape[:-1], n_out)
+    return F.linear(x, weight, bias)
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters; same results up to float32 rounding) that runs large
-    float32 batches on x86 CPUs through oneDNN's 1x1 convolution, 1.3-1.6x faster in
-    training there than the BLAS product ``nn.Linear`` calls (which on AMD CPUs does not use
-    AVX-512). Small batches, other dtypes and devices, autocast, ``torch.compile`` and the
-    ONNX export (see :func:`exporting`) use ``F.linear``."""
+    """``nn.Linear`` (same parameters; same results up to float32 rounding) computed by
+    :func:`linear`: through oneDNN for large float32 CPU batches."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (_ONEDNN_CPU and x.device.type == "cpu" and x.dtype == torch.float32
-                and x.numel() * self.out_features >= ONEDNN_MIN_PRODUCTS
-                and self.weight.dtype == torch.float32 and self.weight.is_contiguous()
-                and not torch.is_autocast_enabled("cpu") and not exporting()
-                and not torch.compiler.is_compiling()):
-            rows = x.reshape(-1, self.in_features).contiguous()
-            return _OneDNNLinear.apply(rows, self.weight, self.bias).view(
-                *x.shape[:-1], self.out_features)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class BatchNorm(nn.BatchNorm1d):
@@ -126,15 +133,18 @@ class BatchNorm(nn.BatchNorm1d):
     their spread (the fused ``x * scale + shift`` loses up to 1e-4 there), in PyTorch and in
     the exported ONNX graph alike."""
 
+    def eval_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, scale, bias) of the eval-mode map ``(x - mean) * scale + bias``."""
+        scale = torch.rsqrt(self.running_var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        bias = self.bias if self.bias is not None else torch.zeros_like(scale)
+        return self.running_mean, scale, bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            scale = torch.rsqrt(self.running_var + self.eps)
-            if self.weight is not None:
-                scale = scale * self.weight
-            out = (x - self.running_mean) * scale
-            if self.bias is not None:
-                out = out + self.bias
-            return out.to(x.dtype)  # the input's dtype under autocast too
+            mean, scale, bias = self.eval_terms()
+            return ((x - mean) * scale + bias).to(x.dtype)  # the input's dtype under autocast
         if x.shape[0] < 2:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
@@ -173,12 +183,14 @@ def length_slices(lengths: torch.Tensor, overhead: float = 128.0, power: float =
     ends = np.cumsum(counts)  # rows up to and including each distinct length
     starts = np.concatenate(([0], ends[:-1]))
     width = values.astype(np.float64) ** power
-    best = np.zeros(len(values) + 1)  # best[j]: cost of the first j distinct lengths
-    cut = np.zeros(len(values), dtype=np.int64)
-    for j in range(len(values)):  # slice = distinct lengths i..j
-        cost = best[:j + 1] + overhead + (ends[j] - starts[:j + 1]) * width[j]
-        cut[j] = int(np.argmin(cost))
-        best[j + 1] = cost[cut[j]]
+    # cost[j][i]: one slice of the distinct lengths i..j (i <= j)
+    cost = (overhead + (ends[:, None] - starts[None, :]) * width[:, None]).tolist()
+    best = [0.0]  # best[j]: cost of the first j distinct lengths
+    cut = []
+    for row in cost:  # plain floats: a few microseconds per length, not per numpy call
+        totals = [b + c for b, c in zip(best, row, strict=False)]
+        best.append(min(totals))
+        cut.append(totals.index(best[-1]))
     slices, j = [], len(values) - 1
     while j >= 0:
         i = cut[j]
@@ -195,9 +207,41 @@ def real_first(mask: torch.Tensor, *tokens: torch.Tensor) -> tuple[torch.Tensor,
             *(t.gather(1, order.unsqueeze(-1).expand_as(t)) for t in tokens))
 
 
+class DenseStack(nn.Sequential):
+    """``Linear -> activation -> BatchNorm -> Dropout`` blocks (see :func:`dense_stack`).
+
+    In eval mode (outside the ONNX export) each BatchNorm is folded into the next block's
+    ``Linear`` (weights scaled per input, the shift moved into its bias) and the last one is
+    one fused multiply-add: the same function, without three passes over every layer's
+    output. The folding happens on every call, so it always matches the current parameters.
+    """
+
+    def forward(self, x: torch.Tensor,  # type: ignore[override]
+                input_norm: BatchNorm | None = None) -> torch.Tensor:
+        """The stack on ``x`` ``(..., in)``, after ``input_norm`` when given (also folded in
+        eval mode; there ``x`` has its mean subtracted first, which keeps raw inputs precise,
+        see :class:`BatchNorm`)."""
+        if self.training or exporting():
+            return super().forward(x if input_norm is None else input_norm(x))
+        scale = shift = None
+        if input_norm is not None:
+            mean, scale, shift = input_norm.eval_terms()
+            x = x - mean
+        layers = list(self)
+        for dense, activation, norm in zip(layers[::4], layers[1::4], layers[2::4], strict=True):
+            weight, bias = dense.weight, dense.bias
+            if scale is not None:
+                bias = weight @ shift if bias is None else torch.addmv(bias, weight, shift)
+                weight = weight * scale
+            x = activation(linear(x, weight, bias))
+            mean, scale, bias = norm.eval_terms()
+            shift = bias - mean * scale
+        return x if scale is None else torch.addcmul(shift, x, scale).to(x.dtype)
+
+
 def dense_stack(in_features: int, widths: Sequence[int],
                 activation: Callable[[], nn.Module] = nn.ReLU,
-                dropout: float = 0.0) -> nn.Sequential:
+                dropout: float = 0.0) -> DenseStack:
     """``Linear -> activation -> BatchNorm -> Dropout`` for each width (DeepJet's dense and
     1x1-convolution blocks)."""
     layers: list[nn.Module] = []
@@ -205,7 +249,7 @@ def dense_stack(in_features: int, widths: Sequence[int],
         layers += [Linear(in_features, width), activation(), BatchNorm(width),
                    nn.Dropout(dropout)]
         in_features = width
-    return nn.Sequential(*layers)
+    return DenseStack(*layers)
 
 
 class CandidateEncoder(nn.Module):
@@ -222,7 +266,11 @@ class CandidateEncoder(nn.Module):
                                     dense_stack(in_features, widths, activation, dropout))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return on_real(self.layers, x, mask)
+        return on_real(self._encode, x, mask)
+
+    def _encode(self, rows: torch.Tensor) -> torch.Tensor:
+        norm, stack = self.layers
+        return stack(rows, input_norm=norm)
 
 
 def encode_groups(encoders: nn.ModuleDict, inputs: Mapping[str, torch.Tensor],

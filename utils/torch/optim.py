@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -138,7 +139,9 @@ def make_loss(name: str) -> nn.Module:
     cls = loss_class(name)
     try:
         loss = cls(reduction="none")
-        loss(torch.zeros(2, 3), torch.tensor([0, 2]))
+        with warnings.catch_warnings():  # e.g. MSELoss warns about the shapes before failing
+            warnings.simplefilter("ignore")
+            loss(torch.zeros(2, 3), torch.tensor([0, 2]))
     except Exception as exc:  # the loss must take (logits, class index)
         raise OptimConfigError(f"--loss-function {name!r} cannot take (logits, class index) "
                                f"pairs: {exc}") from exc

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_step import random_batch, with_four_vectors  # noqa: E402
 
+from utils.allocator import keep_freed_memory  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.deploy import OPSET_DEFAULT  # noqa: E402
 from utils.deploy.onnx import OnnxTagger, export_bytes  # noqa: E402
@@ -109,6 +110,7 @@ def main() -> None:
 
     import onnxruntime
 
+    keep_freed_memory()  # as InferenceTask does, for either backend
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
     plain, four_vectors = InputSpec.from_config(config), None

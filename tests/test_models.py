@@ -440,6 +440,36 @@ def test_eval_mode_folds_batch_norm_into_the_next_linear(activation):
     assert (outputs[0][~mask] == 0).all()
 
 
+def test_particle_net_eval_mode_folds_its_batch_norms(specs):
+    """ParticleNet in eval mode runs no BatchNorm of its EdgeConv blocks (each is folded into
+    the Linear before it) and gives the module-by-module export form's outputs and input
+    gradients (float64: only a wrong folding could fail)."""
+    spec = spec_for("ParticleNet", specs)
+    model = build("ParticleNet", spec).double()
+    with torch.no_grad():
+        model({g: x.double() for g, x in make_batch(spec, 64, seed=1).items()})
+    model.eval()
+    calls = []
+    for block in model.edge_convs:
+        for module in block.modules():
+            if isinstance(module, BatchNorm):
+                module.register_forward_hook(lambda *_: calls.append(1))
+    outputs, gradients = [], []
+    for form in (contextlib.nullcontext, export_mode):
+        batch = {g: x.double().requires_grad_() for g, x in make_batch(spec, 40, seed=2).items()}
+        with form():
+            out = model(batch)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+        outputs.append(out.detach())
+        gradients.append(batch["cpf"].grad)
+        if form is contextlib.nullcontext:
+            assert calls == []
+    assert len(calls) == 3 * 4  # the export form: 4 BatchNorms per block
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-10, rtol=1e-10)
+    assert gradients[0].abs().max() > 0
+    torch.testing.assert_close(gradients[0], gradients[1], atol=1e-10, rtol=1e-8)
+
+
 def test_length_slices_partition_the_batch_at_minimal_modelled_cost():
     lengths = torch.tensor([0, 3, 3, 7, 1, 25, 3, 0, 7, 2]).repeat(4)
     for overhead, power in ((0.0, 1.0), (4.0, 1.0), (1e9, 1.0), (10.0, 2.0)):

@@ -151,6 +151,14 @@ class BatchNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
+def fold_norm(dense: nn.Linear, norm: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``norm(dense(x))`` with ``norm`` in eval mode: one linear map."""
+    mean, scale, bias = norm.eval_terms()
+    shift = bias - mean * scale
+    weight = dense.weight * scale.unsqueeze(1)
+    return weight, shift if dense.bias is None else torch.addcmul(shift, dense.bias, scale)
+
+
 def on_real(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
             mask: torch.Tensor) -> torch.Tensor:
     """Apply a row-wise ``module`` to the real entries of ``x`` ``(..., C)`` only (``mask``

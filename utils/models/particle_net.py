@@ -17,8 +17,10 @@ from utils.models.layers import (
     candidate_four_vectors,
     encode_groups,
     exporting,
+    fold_norm,
     identity,
     length_slices,
+    linear,
     masked_mean,
     on_real,
     real_first,
@@ -58,7 +60,9 @@ class EdgeConv(nn.Module):
     ``N * k`` edges of every jet and masks the invalid ones: the same function, because
     ONNX scatters cannot sum duplicate indices). The first layer acts on the concatenation as
     ``W_c x_i + W_d (x_j - x_i)``; both terms are computed per point and then gathered,
-    which is the same function at a fraction of the cost.
+    which is the same function at a fraction of the cost. In eval mode each BatchNorm is
+    folded into the Linear before it (:func:`fold_norm`; the first into both first-layer
+    terms).
     """
 
     def __init__(self, in_features: int, widths: Sequence[int], k: int) -> None:
@@ -81,13 +85,33 @@ class EdgeConv(nn.Module):
             idx, valid = knn(squared_distances(coordinates), mask, self.k)
             return self._dense(x, mask, idx, valid)
         centre, neighbour, count = self._edges(mask, coordinates)
-        diff = self.difference(x).reshape(b * n, -1)
-        centre_term = self.centre(x).reshape(b * n, -1) - diff
-        edges = self.edge_layers(centre_term.index_select(0, centre)
-                                 + diff.index_select(0, neighbour))
+        fold = not self.training  # eval: every BatchNorm folded into the Linear before it
+        first_norm = self.edge_layers[0]
+        centre_weight, centre_bias = fold_norm(self.centre, first_norm) if fold else \
+            (self.centre.weight, self.centre.bias)
+        diff = linear(x, fold_norm(self.difference, first_norm)[0] if fold
+                      else self.difference.weight, None).reshape(b * n, -1)
+        centre_term = linear(x, centre_weight, centre_bias).reshape(b * n, -1) - diff
+        edges = self._edge_mlp(centre_term.index_select(0, centre)
+                               + diff.index_select(0, neighbour), fold)
         summed = edges.new_zeros(b * n, edges.shape[-1]).index_add(0, centre, edges)
         mean = summed.view(b, n, -1) / count.view(b, n, 1).clamp_min(1)
-        return torch.relu(mean + on_real(self.shortcut, x, mask)) * mask.unsqueeze(-1)
+        shortcut = on_real((lambda rows: linear(rows, *fold_norm(*self.shortcut))) if fold
+                           else self.shortcut, x, mask)
+        return torch.relu(mean + shortcut) * mask.unsqueeze(-1)
+
+    def _edge_mlp(self, edges: torch.Tensor, fold: bool) -> torch.Tensor:
+        """The edge layers on the packed edges; with ``fold`` (eval mode) the first
+        BatchNorm is already folded into the centre and difference layers, each later one
+        into the Linear before it: three passes over the edges fewer per layer."""
+        if not fold:
+            return self.edge_layers(edges)
+        relu = torch.relu if torch.is_grad_enabled() else torch.relu_
+        layers = list(self.edge_layers)
+        edges = relu(edges)
+        for dense, norm in zip(layers[2::3], layers[3::3], strict=True):
+            edges = relu(linear(edges, *fold_norm(dense, norm)))
+        return edges
 
     def _edges(self, mask: torch.Tensor, coordinates: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -440,6 +440,23 @@ def test_eval_mode_folds_batch_norm_into_the_next_linear(activation):
     assert (outputs[0][~mask] == 0).all()
 
 
+def test_folded_input_norm_under_float16_autocast_keeps_large_raw_values_finite():
+    """Under autocast the input BatchNorm runs unfolded: the first layer's float16 cast then
+    sees standardised values, not raw ones beyond float16's range (65504)."""
+    torch.manual_seed(0)
+    encoder = CandidateEncoder(3, (16, 8))
+    x = torch.randn(32, 6, 3) * torch.tensor([3e4, 1.0, 1e5])
+    mask = torch.ones(32, 6, dtype=torch.bool)
+    with torch.no_grad():
+        encoder(x, mask)
+        encoder.eval()
+        reference = encoder(x, mask)
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = encoder(x, mask)
+    assert out.isfinite().all()
+    torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
+
+
 def test_particle_net_eval_mode_folds_its_batch_norms(specs):
     """ParticleNet in eval mode runs no BatchNorm of its EdgeConv blocks (each is folded into
     the Linear before it) and gives the module-by-module export form's outputs and input

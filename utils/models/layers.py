@@ -228,11 +228,14 @@ class DenseStack(nn.Sequential):
                 input_norm: BatchNorm | None = None) -> torch.Tensor:
         """The stack on ``x`` ``(..., in)``, after ``input_norm`` when given (also folded in
         eval mode; there ``x`` has its mean subtracted first, which keeps raw inputs precise,
-        see :class:`BatchNorm`)."""
+        see :class:`BatchNorm`; not under autocast, whose float16 cast of raw values could
+        overflow)."""
         if self.training or exporting():
             return super().forward(x if input_norm is None else input_norm(x))
         scale = shift = None
-        if input_norm is not None:
+        if input_norm is not None and torch.is_autocast_enabled(x.device.type):
+            x = input_norm(x)
+        elif input_norm is not None:
             mean, scale, shift = input_norm.eval_terms()
             x = x - mean
         layers = list(self)

@@ -19,6 +19,7 @@ from utils.models.layers import (
     Linear,
     axis_offsets,
     candidate_four_vectors,
+    dense_stack,
     export_mode,
     length_slices,
     on_real,
@@ -403,8 +404,18 @@ def test_linear_matches_nn_linear_on_both_paths(bias, monkeypatch):
     assert calls == expected
 
 
+def count_batch_norm_calls(monkeypatch: pytest.MonkeyPatch) -> list[BatchNorm]:
+    """The BatchNorms that run from now on, one entry per call (no hook: a hook would stop
+    the folding)."""
+    calls: list[BatchNorm] = []
+    forward = BatchNorm.forward
+    monkeypatch.setattr(BatchNorm, "forward",
+                        lambda self, x: calls.append(self) or forward(self, x))
+    return calls
+
+
 @pytest.mark.parametrize("activation", [nn.ReLU, nn.GELU])
-def test_eval_mode_folds_batch_norm_into_the_next_linear(activation):
+def test_eval_mode_folds_batch_norm_into_the_next_linear(activation, monkeypatch):
     """In eval mode a CandidateEncoder's stack runs with every BatchNorm folded into the next
     Linear (no BatchNorm module runs) and gives the unfolded outputs and input gradients
     (what adversarial attacks need), also on raw inputs with a mean far above their spread;
@@ -422,9 +433,7 @@ def test_eval_mode_folds_batch_norm_into_the_next_linear(activation):
         for _ in range(20):
             encoder(x, mask)  # running statistics
     encoder.eval()
-    calls = []
-    for norm in norms:
-        norm.register_forward_hook(lambda *_: calls.append(1))
+    calls = count_batch_norm_calls(monkeypatch)
     outputs, gradients = [], []
     for form in (contextlib.nullcontext, export_mode):
         inputs = x.clone().requires_grad_()
@@ -433,7 +442,7 @@ def test_eval_mode_folds_batch_norm_into_the_next_linear(activation):
         out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
         outputs.append(out.detach())
         gradients.append(inputs.grad)
-    assert calls == [1] * len(norms)  # the export form only
+    assert calls == norms  # the export form only
     assert outputs[0].abs().max() > 1  # not a vanishing output
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-4)
@@ -457,7 +466,7 @@ def test_folded_input_norm_under_float16_autocast_keeps_large_raw_values_finite(
     torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
 
 
-def test_particle_net_eval_mode_folds_its_batch_norms(specs):
+def test_particle_net_eval_mode_folds_its_batch_norms(specs, monkeypatch):
     """ParticleNet in eval mode runs no BatchNorm of its EdgeConv blocks (each is folded into
     the Linear before it) and gives the module-by-module export form's outputs and input
     gradients (float64: only a wrong folding could fail)."""
@@ -466,11 +475,8 @@ def test_particle_net_eval_mode_folds_its_batch_norms(specs):
     with torch.no_grad():
         model({g: x.double() for g, x in make_batch(spec, 64, seed=1).items()})
     model.eval()
-    calls = []
-    for block in model.edge_convs:
-        for module in block.modules():
-            if isinstance(module, BatchNorm):
-                module.register_forward_hook(lambda *_: calls.append(1))
+    edge_norms = {m for m in model.edge_convs.modules() if isinstance(m, BatchNorm)}
+    all_calls = count_batch_norm_calls(monkeypatch)
     outputs, gradients = [], []
     for form in (contextlib.nullcontext, export_mode):
         batch = {g: x.double().requires_grad_() for g, x in make_batch(spec, 40, seed=2).items()}
@@ -479,12 +485,108 @@ def test_particle_net_eval_mode_folds_its_batch_norms(specs):
         out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
         outputs.append(out.detach())
         gradients.append(batch["cpf"].grad)
+        calls = [m for m in all_calls if m in edge_norms]
         if form is contextlib.nullcontext:
             assert calls == []
     assert len(calls) == 3 * 4  # the export form: 4 BatchNorms per block
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-10, rtol=1e-10)
     assert gradients[0].abs().max() > 0
     torch.testing.assert_close(gradients[0], gradients[1], atol=1e-10, rtol=1e-8)
+
+
+def test_folded_dense_stack_on_the_onednn_path_matches_the_unfolded_one(monkeypatch):
+    """A dense stack without input norm (DeepJet's head, the MLP's layers) in eval mode on
+    a batch large enough for oneDNN: folded weights through oneDNN give the unfolded
+    outputs, input gradients and parameter gradients (float32 rounding)."""
+    calls = []
+    apply = layers._OneDNNLinear.apply
+    monkeypatch.setattr(layers._OneDNNLinear, "apply",
+                        lambda *args: calls.append(args[0].shape) or apply(*args))
+    torch.manual_seed(0)
+    stack = dense_stack(32, (128, 64), nn.GELU, dropout=0.2)
+    with torch.no_grad():
+        for _ in range(5):
+            stack(torch.randn(256, 32) * 2 + 1)
+        for norm in (stack[2], stack[6]):
+            nn.init.uniform_(norm.weight, 0.5, 2.0)
+            nn.init.uniform_(norm.bias, -1.0, 1.0)
+    stack.eval()
+    x = torch.randn(4096, 32) * 2 + 1
+    outputs, gradients = [], []
+    for form in (contextlib.nullcontext, export_mode):
+        inputs = x.clone().requires_grad_()
+        with form():
+            out = stack(inputs)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        outputs.append(out.detach())
+        gradients.append([inputs.grad] + [p.grad.clone() for p in stack.parameters()])
+        stack.zero_grad()
+        if form is contextlib.nullcontext:
+            assert calls == ([(4096, 32), (4096, 128)] if layers._ONEDNN_CPU else [])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+    for folded, unfolded in zip(*gradients, strict=True):  # sums over 4096 rows: float32
+        scale = unfolded.abs().max()  # rounding relative to the largest entry
+        assert scale > 0
+        assert (folded - unfolded).abs().max() <= 1e-4 * scale
+
+
+def test_folding_steps_aside_for_modules_in_training_mode_or_with_hooks(specs):
+    """Eval-mode folding only where it changes nothing observable: a Dropout kept on
+    (Monte-Carlo dropout) still drops, a BatchNorm put back in training mode still updates
+    its statistics, and forward hooks on the inner modules still run."""
+    torch.manual_seed(0)
+    stack = dense_stack(8, (16, 16), nn.ReLU, dropout=0.5)
+    x = torch.randn(64, 8)
+    with torch.no_grad():
+        stack(x)
+        stack.eval()
+        for dropout in (stack[3], stack[7]):
+            dropout.train()
+        assert not torch.equal(stack(x), stack(x))  # a new dropout mask on every call
+        stack.eval()
+        stack[2].train()
+        before = stack[2].running_mean.clone()
+        stack(x + 5)
+        assert not torch.equal(stack[2].running_mean, before)
+        stack.eval()
+        seen = []
+        stack[4].register_forward_hook(lambda module, args, out: seen.append(out.shape))
+        stack(x)
+        assert seen == [(64, 16)]
+    spec = spec_for("ParticleNet", specs)
+    model = build("ParticleNet", spec)
+    with torch.no_grad():
+        model(make_batch(spec, 32, seed=1))
+        model.eval()
+        seen = []
+        for block in model.edge_convs:
+            block.centre.register_forward_hook(lambda module, args, out: seen.append(1))
+            block.edge_layers[-1].register_forward_hook(lambda module, args, out: seen.append(2))
+        model(make_batch(spec, 8, seed=2))
+    assert seen == [1, 2] * 3
+
+
+def test_folding_keeps_the_dtype_of_linears_whose_batch_norms_stay_float32(specs):
+    """Float64 Linears with float32 BatchNorms (as in a half model keeping its BatchNorms in
+    float32): the folded form runs and matches the module-by-module form."""
+    spec = spec_for("ParticleNet", specs)
+    torch.manual_seed(0)
+    models = [CandidateEncoder(5, (16, 8)), build("ParticleNet", spec)]
+    inputs = [(torch.randn(16, 6, 5).double(), torch.rand(16, 6) < 0.7),
+              ({g: x.double() for g, x in make_batch(spec, 16, seed=3).items()},)]
+    with torch.no_grad():
+        models[0](torch.randn(16, 6, 5), torch.ones(16, 6, dtype=torch.bool))
+        models[1](make_batch(spec, 32, seed=1))
+        for model, args in zip(models, inputs, strict=True):
+            model.eval().double()
+            for norm in model.modules():
+                if isinstance(norm, BatchNorm):
+                    norm.float()
+            folded = model(*args)
+            with export_mode():
+                reference = model(*args)
+            assert folded.dtype == torch.float64
+            torch.testing.assert_close(folded, reference)
 
 
 def test_length_slices_partition_the_batch_at_minimal_modelled_cost():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import platform
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -152,11 +152,13 @@ class BatchNorm(nn.BatchNorm1d):
 
 
 def fold_norm(dense: nn.Linear, norm: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of ``norm(dense(x))`` with ``norm`` in eval mode: one linear map."""
+    """Weight and bias of ``norm(dense(x))`` with ``norm`` in eval mode: one linear map (in
+    the Linear's dtype)."""
     mean, scale, bias = norm.eval_terms()
     shift = bias - mean * scale
-    weight = dense.weight * scale.unsqueeze(1)
-    return weight, shift if dense.bias is None else torch.addcmul(shift, dense.bias, scale)
+    weight = (dense.weight * scale.unsqueeze(1)).to(dense.weight.dtype)
+    folded = shift if dense.bias is None else torch.addcmul(shift, dense.bias, scale)
+    return weight, folded.to(dense.weight.dtype)
 
 
 def on_real(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -215,13 +217,36 @@ def real_first(mask: torch.Tensor, *tokens: torch.Tensor) -> tuple[torch.Tensor,
             *(t.gather(1, order.unsqueeze(-1).expand_as(t)) for t in tokens))
 
 
+def foldable(modules: Iterable[nn.Module]) -> bool:
+    """Whether an eval-mode call may fold ``modules`` (BatchNorms into Linears) and skip
+    calling them: outside the ONNX export, none of them in training mode (e.g. dropout kept
+    on for Monte-Carlo dropout, a BatchNorm adapting to test data) and none with forward
+    hooks or pre-hooks, which a folded call would never run."""
+    return not exporting() and not any(
+        m.training or m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _fold_into(weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor,
+               shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``x -> weight @ (x * scale + shift) + bias`` as one linear map,
+    computed in the wider of the two dtypes and returned in the weight's."""
+    dtype = weight.dtype
+    if scale.dtype != dtype:  # e.g. float32 BatchNorms in a half model
+        wide = torch.promote_types(dtype, scale.dtype)
+        weight, scale, shift = weight.to(wide), scale.to(wide), shift.to(wide)
+        bias = None if bias is None else bias.to(wide)
+    folded_bias = weight @ shift if bias is None else torch.addmv(bias, weight, shift)
+    return (weight * scale).to(dtype), folded_bias.to(dtype)
+
+
 class DenseStack(nn.Sequential):
     """``Linear -> activation -> BatchNorm -> Dropout`` blocks (see :func:`dense_stack`).
 
-    In eval mode (outside the ONNX export) each BatchNorm is folded into the next block's
-    ``Linear`` (weights scaled per input, the shift moved into its bias) and the last one is
-    one fused multiply-add: the same function, without three passes over every layer's
-    output. The folding happens on every call, so it always matches the current parameters.
+    In eval mode (outside the ONNX export, see :func:`foldable`) each BatchNorm is folded
+    into the next block's ``Linear`` (weights scaled per input, the shift moved into its
+    bias) and the last one is one fused multiply-add: the same function, without three
+    passes over every layer's output. The folding happens on every call, so it always
+    matches the current parameters.
     """
 
     def forward(self, x: torch.Tensor,  # type: ignore[override]
@@ -230,20 +255,20 @@ class DenseStack(nn.Sequential):
         eval mode; there ``x`` has its mean subtracted first, which keeps raw inputs precise,
         see :class:`BatchNorm`; not under autocast, whose float16 cast of raw values could
         overflow)."""
-        if self.training or exporting():
+        norms = [] if input_norm is None else [input_norm]
+        if self.training or not foldable([*norms, *self]):
             return super().forward(x if input_norm is None else input_norm(x))
         scale = shift = None
         if input_norm is not None and torch.is_autocast_enabled(x.device.type):
             x = input_norm(x)
         elif input_norm is not None:
             mean, scale, shift = input_norm.eval_terms()
-            x = x - mean
+            x = (x - mean).to(x.dtype)
         layers = list(self)
         for dense, activation, norm in zip(layers[::4], layers[1::4], layers[2::4], strict=True):
             weight, bias = dense.weight, dense.bias
             if scale is not None:
-                bias = weight @ shift if bias is None else torch.addmv(bias, weight, shift)
-                weight = weight * scale
+                weight, bias = _fold_into(weight, bias, scale, shift)
             x = activation(linear(x, weight, bias))
             mean, scale, bias = norm.eval_terms()
             shift = bias - mean * scale

@@ -18,6 +18,7 @@ from utils.models.layers import (
     encode_groups,
     exporting,
     fold_norm,
+    foldable,
     identity,
     length_slices,
     linear,
@@ -62,7 +63,7 @@ class EdgeConv(nn.Module):
     ``W_c x_i + W_d (x_j - x_i)``; both terms are computed per point and then gathered,
     which is the same function at a fraction of the cost. In eval mode each BatchNorm is
     folded into the Linear before it (:func:`fold_norm`; the first into both first-layer
-    terms).
+    terms) where :func:`foldable` allows.
     """
 
     def __init__(self, in_features: int, widths: Sequence[int], k: int) -> None:
@@ -85,13 +86,17 @@ class EdgeConv(nn.Module):
             idx, valid = knn(squared_distances(coordinates), mask, self.k)
             return self._dense(x, mask, idx, valid)
         centre, neighbour, count = self._edges(mask, coordinates)
-        fold = not self.training  # eval: every BatchNorm folded into the Linear before it
-        first_norm = self.edge_layers[0]
-        centre_weight, centre_bias = fold_norm(self.centre, first_norm) if fold else \
-            (self.centre.weight, self.centre.bias)
-        diff = linear(x, fold_norm(self.difference, first_norm)[0] if fold
-                      else self.difference.weight, None).reshape(b * n, -1)
-        centre_term = linear(x, centre_weight, centre_bias).reshape(b * n, -1) - diff
+        # eval: every BatchNorm folded into the Linear before it
+        fold = not self.training and foldable(
+            [self.centre, self.difference, *self.edge_layers, *self.shortcut])
+        if fold:
+            first_norm = self.edge_layers[0]
+            diff = linear(x, fold_norm(self.difference, first_norm)[0], None)
+            centre_term = linear(x, *fold_norm(self.centre, first_norm))
+        else:
+            diff, centre_term = self.difference(x), self.centre(x)
+        diff = diff.reshape(b * n, -1)
+        centre_term = centre_term.reshape(b * n, -1) - diff
         edges = self._edge_mlp(centre_term.index_select(0, centre)
                                + diff.index_select(0, neighbour), fold)
         summed = edges.new_zeros(b * n, edges.shape[-1]).index_add(0, centre, edges)

@@ -637,3 +637,20 @@ def test_sliced_forward_equals_the_dense_export_form(name, train, specs):
         with export_mode():
             dense = model(batch)
     torch.testing.assert_close(sliced, dense, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["DeepJet", "ParticleNet"])
+def test_compiled_model_runs_under_inference_mode_with_eager_outputs(name, specs):
+    """``torch.compile`` (dynamic shapes, as bench/gpu.py and ``--use-torch-compile`` use it)
+    traces the models, whose length slices are cut on the host, also under
+    ``torch.inference_mode`` (the cut's numpy arrays once failed dynamo's guards there)."""
+    torch._dynamo.reset()
+    spec = spec_for(name, specs)
+    model = build(name, spec).eval()
+    batch = make_batch(spec, 48, seed=4)
+    compiled = torch.compile(model, dynamic=True, backend="eager")
+    with torch.inference_mode():
+        expected = model(batch)
+        outputs = [compiled(batch), compiled(make_batch(spec, 40, seed=5))]
+    torch.testing.assert_close(outputs[0], expected)
+    assert outputs[1].shape == (40, spec.n_classes)

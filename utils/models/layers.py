@@ -175,6 +175,7 @@ def on_real(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
 SMALL_BATCH = 16  # batches up to this size run as one slice (trimmed to the longest jet)
 
 
+@torch.compiler.disable
 def length_slices(lengths: torch.Tensor, overhead: float = 128.0, power: float = 1.0
                   ) -> list[tuple[torch.Tensor, int]]:
     """Rows of a batch sorted by ``lengths`` (per jet, on the CPU) and cut into slices of

@@ -325,3 +325,39 @@ def test_evaluation_figures(tmp_path):
     thresholds, rate = rate_vs_threshold(np.array([0.2, 0.5, 0.5, 0.9]))
     np.testing.assert_array_equal(thresholds, [0.2, 0.5, 0.9])
     np.testing.assert_array_equal(rate, [1.0, 0.75, 0.25])
+
+
+# -- reports: a model and a reference tagger of the same name --------------------------------
+def test_reference_tagger_named_like_the_model_is_reported_apart(tmp_path):
+    """A PFNano sample carries CMS DeepJet scores; a DeepJet trained here must not be
+    overwritten by them in summary.json, the working points or their files."""
+    from utils.config import load_config
+    from utils.evaluation.report import Predictions, roc_report, working_point_report
+
+    tagger = {"DeepJet": "TC_2ndTrackSip2dSig"}  # an observer of the demo config
+    config = load_config("demo").replace(reference_taggers={"BvsL": tagger, "BvsAll": tagger})
+    classes = list(config.classes)
+    n = 4000
+    probs, truth = _model_output(n, tuple(classes))
+    rng = np.random.default_rng(1)
+    is_b = np.isin(truth, [classes.index(c) for c in ("b", "bb", "lepb")])
+    cms = rng.normal(0.0, 1.0, n) + 3.0 * is_b  # much better than the model
+    pred = Predictions("DeepJet", classes, probs, truth, np.full(n, 50.0), np.zeros(n),
+                       np.zeros(n, dtype=np.int64), {"TC_2ndTrackSip2dSig": cms})
+
+    summary = roc_report(config, [pred], tmp_path, binned=False)["TT"]["BvsL"]
+    light = np.isin(truth, [classes.index(c) for c in ("uds", "g")])
+    jets = is_b | light
+    model_auc = roc_auc_score(is_b[jets], disc.score(disc.by_name("BvsL"), probs, classes)[jets])
+    assert set(summary) == {"DeepJet", "DeepJet (reference)"}
+    assert summary["DeepJet"]["auc"] == pytest.approx(model_auc, abs=1e-9)
+    assert summary["DeepJet (reference)"]["auc"] == pytest.approx(
+        roc_auc_score(is_b[jets], cms[jets]), abs=1e-9)
+    assert summary["DeepJet (reference)"]["auc"] > summary["DeepJet"]["auc"] + 0.05
+
+    report = working_point_report(config, pred, tmp_path)["TT"]["BvsL"]
+    assert set(report) == {"DeepJet", "DeepJet (reference)"}
+    assert report["DeepJet"] != report["DeepJet (reference)"]
+    for name, label in (("wp_TT_BvsL.json", "DeepJet"),
+                        ("wp_TT_BvsL__DeepJet_reference.json", "DeepJet (reference)")):
+        assert json.loads((tmp_path / name).read_text()) == report[label]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,11 +119,21 @@ def process_windows(config: Any, pred: Predictions) -> dict[str, Predictions]:
     return out
 
 
-def usable_taggers(config: Any, pred: Predictions) -> dict[str, dict[str, str]]:
+def reference_label(label: str, model_labels: Collection[str]) -> str:
+    """A reference tagger's label, told apart from a model of the same name (e.g. a DeepJet
+    trained here next to the CMS DeepJet scores of a PFNano sample)."""
+    return f"{label} (reference)" if label in model_labels else label
+
+
+def usable_taggers(config: Any, pred: Predictions, model_labels: Collection[str] = ()
+                   ) -> dict[str, dict[str, str]]:
     """The config's reference taggers (``{discriminant: {label: observer}}``) without those
     whose scores some of ``pred``'s jets lack (NaN: input files without the tagger's
-    branches, e.g. RobustParTAK4 in NanoAOD v15); one line names each tagger left out."""
-    taggers = config.reference_taggers or {}
+    branches, e.g. RobustParTAK4 in NanoAOD v15); one line names each tagger left out.
+    Labels equal to one of ``model_labels`` get " (reference)" (:func:`reference_label`)."""
+    taggers = {disc: {reference_label(label, model_labels): observer
+                      for label, observer in entries.items()}
+               for disc, entries in (config.reference_taggers or {}).items()}
     lacking: dict[str, int] = {}
     for entries in taggers.values():
         for label, observer in entries.items():
@@ -166,7 +176,7 @@ def roc_report(config: Any, preds: Sequence[Predictions], out_dir: Path,
     set_figure_label(config.figure_text)
     summary: dict[str, Any] = {}
     windows = [process_windows(config, p) for p in preds]
-    taggers = usable_taggers(config, preds[0])
+    taggers = usable_taggers(config, preds[0], [p.label for p in preds if p.probs is not None])
     for process in config.processes:
         if process.name not in windows[0]:
             continue
@@ -249,7 +259,7 @@ def working_point_report(config: Any, pred: Predictions, out_dir: Path,
     from utils.plotting.working_points import plot_working_points
 
     set_figure_label(config.figure_text)
-    taggers = usable_taggers(config, pred)
+    taggers = usable_taggers(config, pred, [pred.label])
     report: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
     for name, window in process_windows(config, pred).items():
         process = next(p for p in config.processes if p.name == name)

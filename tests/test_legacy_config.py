@@ -4,6 +4,7 @@ name, the Python converter, and an export with a YAML config."""
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -188,6 +189,12 @@ def test_expression_values_and_branch_names():
     ({"n_cpf_candidates": None}, "key 'n_cpf_candidates': missing"),
     ({"truths": {"label_b": [{"hflav": [{"~": 5}]}]}}, "operator maps take one of"),
     ({"reference_flavour": "isX"}, "key 'reference_flavour'"),
+    ({"truths": {"label_b": [{"hflav": {">": "four"}}]}},
+     "condition values are numbers or operator maps, got {'>': 'four'}"),
+    ({"truths": {"label_b": [{"hflav": [True]}]}}, "got True"),
+    ({"TT": {"pt_min": "30", "pt_max": 1000}},
+     "key 'TT': pt_min/pt_max must be (low, high) with low < high, got ('30', 1000)"),
+    ({"QCD": {"eta_min": 2, "eta_max": -2}}, "key 'QCD': eta_min/eta_max must be (low, high)"),
 ])
 def test_yaml_errors_name_the_file_and_key(tmp_path, change, message):
     raw = offline_yaml()
@@ -200,6 +207,19 @@ def test_yaml_errors_name_the_file_and_key(tmp_path, change, message):
     with pytest.raises(ConfigError, match=str(path)) as info:
         read_yaml_config(path)
     assert message in str(info.value)
+
+
+def test_default_process_takes_its_window(tmp_path):
+    """``processes: [default]`` with a ``default:`` window: every file, that window (the
+    original reads it too); a misspelt window key is refused."""
+    config = read_yaml_config(write(tmp_path, PNET_TRUTHS + "default: {pt_min: 100, "
+                                    "pt_max: 200, eta_max: 1.5}\n"))
+    (process,) = config.processes
+    assert (process.name, process.pattern, process.pt_range, process.eta_range) == \
+        ("default", "*", (100.0, 200.0), (-math.inf, 1.5))
+    path = write(tmp_path, PNET_TRUTHS + "default: {pt_min: 100, ptmax: 200}\n")
+    with pytest.raises(ConfigError, match=rf"{path}: key 'default': a process window is"):
+        read_yaml_config(path)
 
 
 def test_config_by_name_reads_config_dir_yaml(tmp_path, monkeypatch):

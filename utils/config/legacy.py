@@ -107,8 +107,8 @@ def _edges(path: Path, key: str, value: Any) -> tuple[float, ...]:
 
 
 def _process(path: Path, name: str, window: Any) -> Process:
-    if name == "default":
-        return Process("default", "*")
+    """The process ``name`` (files whose path contains it; ``default``: every file) with its
+    evaluation window, if the file gives one."""
     pt, eta = (0.0, math.inf), (-math.inf, math.inf)
     if window is not None:
         if not isinstance(window, Mapping) or set(window) - {"pt_min", "pt_max", "eta_min",
@@ -119,7 +119,12 @@ def _process(path: Path, name: str, window: Any) -> Process:
         eta = (window.get("eta_min", -math.inf), window.get("eta_max", math.inf))
     if not name.isidentifier():
         raise _error(path, "processes", f"process name {name!r} must be a valid identifier")
-    return Process(name, f"*{name}*", pt_range=pt, eta_range=eta)
+    try:
+        return Process(name, "*" if name == "default" else f"*{name}*", pt_range=pt,
+                       eta_range=eta)
+    except ConfigError as exc:  # name the YAML keys, not the schema's
+        keys = "eta_min/eta_max" if ".eta_range'" in str(exc) else "pt_min/pt_max"
+        raise _error(path, name, f"{keys} {str(exc).rsplit(': ', 1)[-1]}") from None
 
 
 def _groups(path: Path, raw: Mapping[str, Any]) -> tuple[FeatureGroup, ...]:
@@ -236,7 +241,8 @@ def _truths(path: Path, truths: Any) -> tuple[tuple[str | Derived, ...],
                                                    next(iter(value)) not in OPERATORS):
                     raise _error(path, key, f"operator maps take one of {list(OPERATORS)}, got "
                                 f"{value!r}")
-                if not isinstance(value, (int, float, Mapping)) or isinstance(value, bool):
+                number = next(iter(value.values())) if isinstance(value, Mapping) else value
+                if not isinstance(number, (int, float)) or isinstance(number, bool):
                     raise _error(path, key, f"condition values are numbers or operator maps, "
                                 f"got {value!r}")
             conditions.append((str(branch), list(values)))

@@ -317,6 +317,37 @@ def test_input_errors_are_not_retried(tmp_path, offline_config):
     assert not [w for w in caught if "attempt" in str(w.message)]
 
 
+@pytest.mark.parametrize("part", ["selection", "feature"])
+def test_config_function_failing_on_a_file_names_it_and_is_not_retried(tmp_path, offline_config,
+                                                                       part):
+    """A derived column of the config (selection, feature; truths go the same way) that
+    fails on a file's values, here a jagged branch given to a per-jet function, is one error
+    naming the file, the column and its inputs' types, not a retried traceback."""
+    import warnings
+
+    from utils.dataset.export import run_processor
+
+    def per_jet(Cpfcan_ptrel):  # noqa: N803 (derived functions take the branch names)
+        return np.asarray(Cpfcan_ptrel) > 0  # numpy cannot take one list per jet
+
+    derived = Derived("has_ptrel", ("Cpfcan_ptrel",), per_jet)
+    config = (offline_config.replace(selection=derived) if part == "selection" else
+              offline_config.replace_group("global", derived=(derived,)))
+    path = write_synthetic_ntuple(tmp_path / "TT_f.root", config, 200, seed=3)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with warnings.catch_warnings(record=True) as caught, \
+            pytest.raises(ExportError) as info:
+        warnings.simplefilter("always")
+        run_processor(config, {"TT": [str(path)]}, {str(path): 0}, staging, seed=1,
+                      executor="iterative", retries=3)
+    message = str(info.value)
+    assert f"{path}: 'has_ptrel' of the config, computed from 'Cpfcan_ptrel' (" in message
+    assert "var * float32" in message and "failed: ValueError" in message
+    assert not [w for w in caught if "attempt" in str(w.message)]
+    assert not list(staging.glob("*.raw"))  # nothing staged
+
+
 def test_coffea_chunk_size(offline_config):
     layout = ColumnLayout.from_config(offline_config)
     by_bytes = TARGET_CHUNK_BYTES // (4 * layout.n_columns)

@@ -96,6 +96,12 @@ def scalar_values(values: Any) -> np.ndarray:
     return np.asarray(array)
 
 
+def _value_type(values: Any) -> str:
+    """The type of a column as a message shows it (e.g. ``200 * var * float32``)."""
+    return str(ak.type(ak.without_parameters(values))) if isinstance(values, ak.Array) else \
+        f"{np.shape(values)} {getattr(values, 'dtype', type(values).__name__)}"
+
+
 @dataclass
 class Chunk:
     """One coffea chunk seen as jets: their number, a cached column reader (derived
@@ -112,18 +118,38 @@ class Chunk:
 
     def column(self, name: str) -> Any:
         if name not in self.cache:
-            if name in self.derived:
-                function = self.derived[name]
-                self.cache[name] = function({u: self.column(u) for u in function.uses})
-            else:
-                self.cache[name] = self.read(name)
+            self.cache[name] = (self.apply(self.derived[name]) if name in self.derived
+                                else self.read(name))
         return self.cache[name]
+
+    def apply(self, function: Derived) -> Any:
+        """A derived column of the config on this chunk; its failure, e.g. on a jagged
+        branch given to a per-jet function, is an error naming the file, the column and
+        the types of its inputs."""
+        inputs = {u: self.column(u) for u in function.uses}
+        try:
+            return function(inputs)
+        except BHiveError:
+            raise
+        except Exception as exc:  # the config's function on this file's values
+            shapes = ", ".join(f"'{u}' ({_value_type(v)})" for u, v in inputs.items())
+            raise ColumnError(f"{self.filename}: '{function.name}' of the config, computed "
+                              f"from {shapes}, failed: {type(exc).__name__}: {exc}") from exc
 
     def scalar(self, name: str) -> np.ndarray:
         try:
             return scalar_values(self.column(name))
         except ColumnError as exc:
             raise ColumnError(f"{self.filename}: branch '{name}': {exc}") from exc
+
+    def scalar_of(self, function: Derived) -> np.ndarray:
+        """:meth:`apply` with one value per jet expected."""
+        try:
+            return scalar_values(self.apply(function))
+        except ColumnError as exc:
+            if str(exc).startswith(self.filename):
+                raise
+            raise ColumnError(f"{self.filename}: '{function.name}': {exc}") from exc
 
 
 @dataclass
@@ -205,9 +231,7 @@ class JetTupleProcessor(processor.ProcessorABC):
         keep = in_window & (n_true > 0)
         rejected = 0
         if config.selection is not None:
-            uses = config.selection.uses
-            passed = scalar_values(config.selection({u: chunk.column(u) for u in uses}))
-            passed = passed.astype(bool)
+            passed = chunk.scalar_of(config.selection).astype(bool)
             rejected = int((keep & ~passed).sum())
             keep &= passed
         counts = {"entries": chunk.n, "non_finite": int((~finite).sum()),

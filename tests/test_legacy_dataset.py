@@ -289,6 +289,21 @@ def test_copy_reads_its_own_files_and_histogram_only_warns(tmp_path, capsys):
         in capsys.readouterr().out
 
 
+def test_file_missing_from_a_copy_is_read_from_its_listed_path_and_said(tmp_path, capsys):
+    """A copy that lacks one of the listed files reads it from the absolute path the
+    original listed, and says so (before: silently)."""
+    config = load_config(CONFIG)
+    first = write_legacy(tmp_path / "first", [random_rows(config, 80, seed=5),
+                                              random_rows(config, 30, seed=7)])
+    copy = write_legacy(tmp_path / "copy", [random_rows(config, 60, seed=6)])
+    (copy / "processed_files.txt").write_text(f"{first / 'file_0.lz4'}\n{first / 'file_1.lz4'}")
+    (copy / "weights.json").unlink()  # it counts the copy's one file
+    _, imported = run_import(config, copy, tmp_path)
+    assert imported.n_jets == 60 + 30
+    assert f"lacks 1 of its 2 file(s); read from the paths processed_files.txt lists: " \
+        f"{first / 'file_1.lz4'}" in " ".join(capsys.readouterr().out.split())
+
+
 def test_config_with_observers_refused(tmp_path):
     config = load_config("demo")
     with pytest.raises(LegacyDatasetError, match="config 'demo' declares observers"):

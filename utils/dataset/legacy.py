@@ -95,13 +95,15 @@ def legacy_files(source: Path) -> list[Path]:
     if not listing.is_file():
         raise LegacyDatasetError(f"{source} holds no {PROCESSED_FILES}: not a (finished) "
                                  "dataset of the original b-hive")
-    files, missing = [], []
+    files, missing, elsewhere = [], [], []
     for line in listing.read_text().splitlines():
         if not line.strip():
             continue
         path = Path(line.strip())
         if (source / path.name).is_file() or not path.is_absolute():
             path = source / path.name
+        elif path.is_file():
+            elsewhere.append(path)
         if path.suffix == ".npz":
             raise LegacyDatasetError(
                 f"{listing} lists {path.name}: datasets of the original's structured (npz) "
@@ -114,6 +116,11 @@ def legacy_files(source: Path) -> list[Path]:
                                  + ", ".join(str(p) for p in missing[:5]))
     if not files:
         raise LegacyDatasetError(f"{listing} lists no file")
+    if elsewhere:
+        console.print(f"[yellow]{source} lacks {len(elsewhere)} of its {len(files)} file(s); "
+                      f"read from the paths {PROCESSED_FILES} lists: "
+                      + ", ".join(str(p) for p in elsewhere[:5])
+                      + (", ..." if len(elsewhere) > 5 else "") + "[/]")
     return files
 
 

@@ -55,11 +55,17 @@ TRUTHS = (
 CLASSES = {"b": ("label_b",), "c": ("label_c",), "uds": ("label_uds",), "g": ("label_g",)}
 PT_BINS = (20, 30, 40, 50, 60, 75, 100, 125, 150, 200, 300, 500, 1000, 3000)
 ETA_BINS = (-2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
-PROCESSES = (
-    Process("TT", "*[Tt][Tt]*", pt_range=(30, 1000), eta_range=(-2.5, 2.5)),
-    Process("QCD", "*[Qq][Cc][Dd]*", pt_range=(30, 1000), eta_range=(-2.5, 2.5)),
-    Process("DY", "*[Dd][Yy]*", pt_range=(30, 1000), eta_range=(-2.5, 2.5)),
-)
+
+
+def name_pattern(name: str) -> str:
+    """Paths with ``name``, in any case, at the start of a directory or file name or after
+    ``_``, ``-`` or ``.`` (``/store/mc/<campaign>/TTtoLNu2Q_.../x.root``,
+    ``nano_tt_v12.root``), never inside a word (a user directory ``mattia`` is not TT)."""
+    return "*[/_.-]" + "".join(f"[{c.upper()}{c.lower()}]" for c in name) + "*"
+
+
+PROCESSES = tuple(Process(name, name_pattern(name), pt_range=(30, 1000), eta_range=(-2.5, 2.5))
+                  for name in ("TT", "QCD", "DY"))
 TIGHT_JET_ID = Derived("tight_jet_id", ("Jet_jetId",),
                        lambda Jet_jetId: (np.asarray(Jet_jetId) & 2) > 0)  # noqa: N803
 

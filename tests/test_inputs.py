@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import uproot
 
-from utils.config import Process
+from utils.config import Process, load_config
 from utils.dataset.inputs import (
     InputError,
     assign_processes,
@@ -77,6 +77,22 @@ def test_assign_processes():
     with pytest.raises(InputError,
                        match=r"more than one process: /d/TT_QCD.root \(matches TT, QCD"):
         assign_processes(["/d/TT_QCD.root"], overlapping)
+
+
+def test_nanoaod_processes_match_names_not_parts_of_words():
+    """The NanoAOD configs find TT, QCD and DY in any case at the start of a path part (CMS
+    dataset directories, test file names), not inside a user's directory name."""
+    processes = load_config("nanoaod_run3").processes
+    store = "/store/mc/Run3Summer22NanoAODv12"
+    files = {f"{store}/TTtoLNu2Q_TuneCP5_13p6TeV_powheg-pythia8/NANOAODSIM/0000/A1.root": "TT",
+             f"{store}/QCD_PT-15to7000_TuneCP5_13p6TeV_pythia8/NANOAODSIM/0000/B2.root": "QCD",
+             f"{store}/DYto2L-2Jets_MLL-50_TuneCP5_13p6TeV_amcatnloFXFX-pythia8/C3.root": "DY",
+             "/eos/user/m/mattia/nano_tt_v12.root": "TT", "/eos/user/m/mattia/QCD_x.root": "QCD",
+             "/data/ttbar.root": "TT", "/data/nano_dy.root": "DY"}
+    assert assign_processes(list(files), processes) == {
+        name: [f for f, p in files.items() if p == name] for name in ("TT", "QCD", "DY")}
+    with pytest.raises(InputError, match="match no process pattern: /eos/user/m/mattia/WJets"):
+        assign_processes(["/eos/user/m/mattia/WJets_sample.root"], processes)
 
 
 def test_inspect_files(tmp_path, offline_config):

@@ -288,8 +288,9 @@ class ConfigTask(BaseTask):
     an edited config are never reused."""
 
     config = luigi.Parameter(
-        description="configuration module in config/ (e.g. offline_run3, hlt_run3, demo) "
-        "or the path of a config .py file",
+        description="configuration module in config/ (e.g. offline_run3, hlt_run3, demo), "
+        "an original b-hive YAML config there (config/<name>.yml), or the path of a config "
+        ".py or .yml file",
     )
     debug = luigi.BoolParameter(
         default=False,

@@ -169,7 +169,8 @@ def test_float16_dataset(tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("width", r"file_0.lz4: 625 columns per jet, config 'offline_run3' gives global 15 \+ "
               r"cpf 25 x 16 \+ npf 25 x 6 \+ vtx 4 x 12 \+ process 1 \+ truth 11 \+ weight 1 "
-              r"= 626 columns \(one fewer: no weight column"),
+              r"= 626 columns \(one fewer: a config with one feature more than the export.s, "
+              r"or a per-chunk file of an unfinished export, which has no weight column\)"),
     ("truth", r"file_1.lz4: truth columns hold values other than 0/1"),
     ("process", r"file_0.lz4: 3 jets have process index \[-1.0, 2.0\], config "
                 r"'offline_run3' has 2 process\(es\) \['TT', 'QCD'\]"),

@@ -249,7 +249,8 @@ def _width_error(path: Path, n_cols: int, config: Config,
                  layout: ColumnLayout) -> LegacyDatasetError:
     hint = ""
     if n_cols == layout.n_columns - 1:
-        hint = " (one fewer: no weight column, i.e. a per-chunk file of an unfinished export)"
+        hint = (" (one fewer: a config with one feature more than the export's, or a "
+                "per-chunk file of an unfinished export, which has no weight column)")
     return LegacyDatasetError(
         f"{path}: {n_cols} columns per jet, config '{config.name}' gives "
         f"{width_text(layout)}{hint}: import the dataset with the config it was exported "

@@ -234,7 +234,7 @@ class DatasetConstructorTask(DatasetDependency):
         return diffs + super().record_differences(stored, rest)
 
     def output(self) -> dict[str, Any]:
-        from utils.dataset.directory import HISTOGRAM, INFO, PROCESSED_FILES, WEIGHTS
+        from utils.dataset.directory import HISTOGRAM, INFO, PROCESSED_FILES, SCALES, WEIGHTS
 
         outputs: dict[str, Any] = {
             "processed_files": self.local_target(PROCESSED_FILES),
@@ -247,6 +247,8 @@ class DatasetConstructorTask(DatasetDependency):
         if directory.published:
             outputs["chunks"] = law.TargetCollection([self.local_target(p.name)
                                                       for p in directory.files()])
+            if (directory.path / SCALES).is_file():  # datasets of older versions have none
+                outputs["scales"] = self.local_target(SCALES)
         return outputs
 
     def _merge_stages(self, config: Any, files: list[str], out_dir: Path, work: Path) -> Any:

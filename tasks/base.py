@@ -32,6 +32,10 @@ class ParameterMismatchError(BHiveError):
     """Outputs exist for the same version but were made with other significant parameters."""
 
 
+class StaleResultError(BHiveError):
+    """Outputs made from an upstream file (e.g. a checkpoint) that has changed since."""
+
+
 class ParameterValueError(BHiveError, ValueError):
     """A parameter value (command line or config file) that its parameter cannot read."""
 
@@ -255,22 +259,70 @@ class BaseTask(law.Task):
             raise ParameterMismatchError(
                 f"{self.__class__.__name__} outputs in {self.local_path()} were produced with "
                 f"other significant parameters ({'; '.join(diffs)}). Choose a new version "
-                "(e.g. --dataset-version / --training-version) or delete the old outputs with "
-                "--remove-output 0,a")
+                f"({self.version_hint}) or delete the old outputs with --remove-output 0,a")
+
+    # what to choose instead of a version that holds another result
+    version_hint: ClassVar[str] = "e.g. --dataset-version / --training-version"
 
     def check_result(self) -> None:
-        """Raise if the result this version holds is damaged (default: nothing to check)."""
+        """Raise if the result this version holds is damaged or was made from an upstream
+        file that has changed since (see :meth:`made_from`)."""
+        from utils.io import file_sha256
+
+        recorded = self.stored_record().get("made_from", {})
+        changed = [key for key, path in self._sources().items()
+                   if key in recorded and path.is_file() and file_sha256(path) != recorded[key]]
+        if changed:
+            raise StaleResultError(
+                f"{self.__class__.__name__} outputs in {self.local_path()} were made from "
+                f"{', '.join(changed)}, which has changed since (e.g. a training continued "
+                "with --extend-training): make them again by deleting them with "
+                "--remove-output 0,a (given to this task; --remove-output 1,a to a task "
+                "that needs them deletes both)")
+
+    def made_from(self) -> list[Path]:
+        """Upstream files whose contents this task's result depends on, e.g. the checkpoint
+        of an inference: their SHA-256 is recorded with the result, and a result made from a
+        file that has changed since is refused (:meth:`check_result`). Default: none."""
+        return []
+
+    def _sources(self) -> dict[str, Path]:
+        """:meth:`made_from` keyed by their paths under DATA_PATH (where they lie there)."""
+        root = data_path().resolve()
+        out = {}
+        for path in self.made_from():
+            resolved = Path(path).resolve()
+            out[str(resolved.relative_to(root) if resolved.is_relative_to(root)
+                    else resolved)] = resolved
+        return out
+
+    def check_requirements(self) -> None:
+        """Check the parameters and held results of the tasks this one requires, and theirs.
+        Once this task is complete nothing else asks them, so a value given for an upstream
+        task (e.g. --learning-rate to ROCCurveTask) that contradicts its stored run, or an
+        upstream result changed since, would otherwise pass unnoticed."""
+        for task in law.util.flatten(self.requires()):
+            if isinstance(task, BaseTask):
+                task.check_parameters()
+                if task.holds_result():
+                    task.check_result()
+                    task.check_requirements()
 
     def complete(self) -> bool:
         self.check_parameters()
         if self.holds_result():
             self.check_result()
+            self.check_requirements()
         return super().complete()
 
     def write_parameters(self, directory: Path, record: dict[str, Any] | None = None) -> None:
-        from utils.io import write_json
+        from utils.io import file_sha256, write_json
 
-        write_json(directory / PARAMETERS_FILE, record or self.parameters_record())
+        record = dict(record or self.parameters_record())
+        sources = self._sources()
+        if sources:
+            record["made_from"] = {key: file_sha256(path) for key, path in sources.items()}
+        write_json(directory / PARAMETERS_FILE, record)
 
     def publishing(self, *markers: str) -> Any:
         """:func:`utils.io.publishing` into this task's directory: the ``markers`` (the
@@ -386,6 +438,13 @@ def parameter_message(exc: Exception) -> str:
                   lambda m: f"requires {cli_name(m.group(1))}", str(exc))
 
 
+def _task_names(message: str) -> str:
+    """luigi's "Will not run <Task>(<every parameter value>) ..." with the task's class only
+    (the values run over many lines and hide the error below them)."""
+    return re.sub(r"^Will not run (\w+)\(.*\) or any dependencies",
+                  r"Will not run \1 or any dependencies", message, flags=re.S)
+
+
 class UserErrorFilter(logging.Filter):
     """Shows b-hive's own errors (:class:`BHiveError`) in luigi's log as their message,
     without the Python traceback luigi would print; other errors keep their traceback."""
@@ -395,7 +454,7 @@ class UserErrorFilter(logging.Filter):
         if isinstance(exc, BHiveError | luigi.parameter.ParameterException):
             text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BHiveError) else \
                 parameter_message(exc)
-            record.msg = f"{record.getMessage()}\n{text}"
+            record.msg = f"{_task_names(record.getMessage())}\n{text}"
             record.args, record.exc_info, record.exc_text = (), None, None
             return True
         if isinstance(record.msg, str):
@@ -403,7 +462,7 @@ class UserErrorFilter(logging.Filter):
             short = short_trace(message)
             if short is not None:
                 head = message.split("Traceback (most recent call last)", 1)[0].rstrip()
-                record.msg, record.args = f"{head}\n{short}", ()
+                record.msg, record.args = f"{_task_names(head)}\n{short}", ()
         return True
 
 

@@ -9,7 +9,7 @@ import law
 import luigi
 
 from tasks.base import DatasetDependency, setting
-from tasks.generation import GenerateSamplesTask
+from tasks.generation import DEFAULT_SAMPLE_VERSION, GenerateSamplesTask
 from tasks.remote import BatchWorkflow
 from utils.settings import ExportSettings
 
@@ -122,14 +122,22 @@ class DatasetConstructorTask(DatasetDependency):
         "per file: local, htcondor or slurm; see its --ExportFilesTask-* options) and merge "
         "here; default: none (process in this job with --executor)",
     )
-    sample_version = luigi.Parameter(
-        default="v1",
+    sample_version = luigi.OptionalParameter(
+        default=None,
         description="config with built-in samples and no --filelist: version of the generated "
-        "sample (GenerateSamplesTask); default: v1",
+        f"sample (GenerateSamplesTask); default: {DEFAULT_SAMPLE_VERSION} for a new dataset, "
+        "else the stored value (later commands need only --dataset-version)",
     )
 
     # the shuffling seed of a dataset is its own; a training's --seed is not forwarded
     exclude_params_req_get = {"seed"}
+
+    def value(self, name: str) -> Any:
+        """As for every task; ``sample_version``: given, else stored, else the default."""
+        if name == "sample_version" and self.sample_version is None:
+            stored = self.stored_record().get("parameters", {}).get("sample_version")
+            return stored or DEFAULT_SAMPLE_VERSION
+        return super().value(name)
 
     def resolved_values(self) -> dict[str, Any]:
         """As for every task, with the config's ``chunk_size`` (if it sets one) as the
@@ -164,6 +172,10 @@ class DatasetConstructorTask(DatasetDependency):
     def holds_result(self) -> bool:
         return self.directory().published
 
+    def check_requirements(self) -> None:
+        """Nothing: a published dataset no longer depends on the samples or jobs it was
+        made from."""
+
     def check_result(self) -> None:
         from utils.settings import PARAMETERS_FILE
 
@@ -186,7 +198,7 @@ class DatasetConstructorTask(DatasetDependency):
             if self.debug:
                 kwargs["n_files"] = 1
             requirements[process] = GenerateSamplesTask.req(
-                self, process=process, sample_version=self.sample_version,
+                self, process=process, sample_version=self.value("sample_version"),
                 _prefer_cli={"n_files", "events_per_file", "pthat_min"}, **kwargs)
         return requirements
 

@@ -65,11 +65,14 @@ class ExportONNXTask(TrainingDependency):
                 "epochs": self.epochs, "training_path": "/".join(self.training_parts()),
                 "checkpoint": self.checkpoint}
 
+    def made_from(self) -> list[Path]:
+        """The checkpoint the graph is exported from."""
+        return [Path(self.input()["best_model" if self.checkpoint == "best" else "model"].path)]
+
     def run(self) -> None:
         from utils.deploy.export import run_export
 
-        training = self.input()
-        checkpoint = Path(training["best_model" if self.checkpoint == "best" else "model"].path)
+        (checkpoint,) = self.made_from()
         dataset_dir = Path(self.requires().input()["processed_files"].path).parent
         with self.publishing(CARD_FILE) as work:
             # the training's settings (its split gives the validation jets)

@@ -40,7 +40,17 @@ def _with_figures(task: ConfigTask, outputs: dict[str, Any]) -> dict[str, Any]:
     return outputs
 
 
-class ROCCurveTask(TestDatasetDependency):
+class FromPredictions:
+    """An evaluation made from its inferences' predictions (see ``BaseTask.made_from``):
+    refused once an inference has been made again."""
+
+    def made_from(self) -> list[Path]:
+        inputs = self.input()  # type: ignore[attr-defined]
+        return [Path(i["prediction"].path)
+                for i in (inputs if isinstance(inputs, list) else [inputs])]
+
+
+class ROCCurveTask(FromPredictions, TestDatasetDependency):
     """ROC curves of every discriminant the model provides, per process in its pT/eta window,
     with the config's reference taggers; efficiency and mis-id vs pT and eta at the L/M/T
     working points.
@@ -93,7 +103,7 @@ def _flat(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
             for process, discs in summary.items()}
 
 
-class WorkingPointTask(TestDatasetDependency):
+class WorkingPointTask(FromPredictions, TestDatasetDependency):
     """Thresholds at 10 %, 1 %, 0.1 %, 0.05 %, 0.01 % light mis-id (L, M, T, XT, XXT) for
     BvsAll and BvsL per process, from the sorted scores, with the b efficiency, c and light
     mis-id each gives; also for the config's reference taggers on the same jets.
@@ -198,7 +208,7 @@ class SeveralTrainings(ConfigTask):
                                         f"epochs_{self.epochs}")
 
 
-class CompareTrainingsTask(SeveralTrainings):
+class CompareTrainingsTask(FromPredictions, SeveralTrainings):
     """Overlay the ROC curves of several trainings on one test sample, with a table of AUC
     and efficiencies (what users otherwise write ad-hoc scripts for).
 
@@ -250,7 +260,7 @@ class CompareTrainingsTask(SeveralTrainings):
         console.print(f"  plots in {self.local_path()}")
 
 
-class RobustnessTask(SeveralTrainings):
+class RobustnessTask(FromPredictions, SeveralTrainings):
     """Robustness of one or several trainings: each evaluated on the test jets nominally and
     under every ``--test-attacks`` attack at every ``--test-magnitudes`` magnitude (one
     InferenceTask each).

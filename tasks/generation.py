@@ -13,6 +13,8 @@ from tasks.remote import BatchWorkflow
 from utils.settings import GenerationSettings
 
 FILELIST = "filelist.txt"
+DEFAULT_SAMPLE_VERSION = "v1"  # of a training sample
+TEST_SAMPLE_VERSION = "test"  # of the test sample InferenceTask generates
 
 
 class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
@@ -39,9 +41,12 @@ class GenerateSamplesTask(BaseTask, law.LocalWorkflow, BatchWorkflow):
     mpi = setting(GenerationSettings, "mpi")
     pileup = setting(GenerationSettings, "pileup")
     sample_version = luigi.Parameter(
-        default="v1",
-        description="version tag of the generated sample (a directory name); default: v1",
+        default=DEFAULT_SAMPLE_VERSION,
+        description="version tag of the generated sample (a directory name); default: "
+        f"{DEFAULT_SAMPLE_VERSION}",
     )
+    version_hint = ("--sample-version, or --test-sample-version for the test sample of "
+                    "InferenceTask and the tasks after it")
 
     exclude_params_req_get = {"seed"}
 

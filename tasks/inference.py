@@ -11,11 +11,10 @@ import luigi
 from tasks.base import TORCH_RESOURCES, ConfigTask, setting
 from tasks.dataset import DatasetConstructorTask
 from tasks.deploy import ExportONNXTask
+from tasks.generation import TEST_SAMPLE_VERSION
 from tasks.training import TrainingDependency, TrainingTask
 from utils.deploy import BACKENDS, check_backend
 from utils.settings import EvaluationSettings, TrainSettings, make_attack_settings, stored_defaults
-
-TEST_SAMPLE_VERSION = "test"
 
 
 def _test(name: str) -> luigi.Parameter:
@@ -38,6 +37,12 @@ class TestDatasetDependency(TrainingDependency):
         significant=False,
         description="file list of the test ROOT files; with a config that has built-in "
         "samples (demo) and no list, a test sample is generated with other seeds",
+    )
+    test_sample_version = luigi.OptionalParameter(
+        default=None, significant=False,
+        description="config with built-in samples and no --test-filelist: version of the "
+        f"generated test sample (GenerateSamplesTask); default: {TEST_SAMPLE_VERSION} for a "
+        "new test dataset, else the stored value",
     )
     test_legacy_dataset = luigi.Parameter(
         default="",
@@ -77,10 +82,17 @@ class TestDatasetDependency(TrainingDependency):
         return {**super().parameters_record(), **self.attack_record("test_")}
 
     def test_dataset_task(self) -> DatasetConstructorTask:
-        return DatasetConstructorTask.req(self, dataset_version=self.test_dataset_version,
-                                          filelist=self.test_filelist,
-                                          legacy_dataset=self.test_legacy_dataset,
-                                          sample_version=TEST_SAMPLE_VERSION)
+        """The test dataset: its sample version given, else stored, else the test default."""
+        def task(sample_version: str | None) -> DatasetConstructorTask:
+            return DatasetConstructorTask.req(self, dataset_version=self.test_dataset_version,
+                                              filelist=self.test_filelist,
+                                              legacy_dataset=self.test_legacy_dataset,
+                                              sample_version=sample_version)
+
+        dataset = task(self.test_sample_version)
+        if self.test_sample_version is None and not dataset.holds_result():
+            dataset = task(TEST_SAMPLE_VERSION)
+        return dataset
 
 
 class InferenceTask(TestDatasetDependency):
@@ -101,6 +113,12 @@ class InferenceTask(TestDatasetDependency):
         if self.backend == "onnx":
             required["onnx"] = ExportONNXTask.req(self)
         return required
+
+    def made_from(self) -> list[Path]:
+        """The checkpoint (and with --backend onnx the graph) the predictions come from."""
+        inputs = self.input()
+        return [Path(inputs["training"]["best_model"].path)] + (
+            [Path(inputs["onnx"]["model"].path)] if self.backend == "onnx" else [])
 
     def output(self) -> dict[str, law.LocalFileTarget]:
         from utils.torch.inference import PREDICTION_FILES

@@ -145,3 +145,46 @@ def test_sample_version_only_recorded_for_generated_inputs(synthetic_files):
     assert generated.parameters_record()["parameters"]["sample_version"] == "test"
     offline = DatasetConstructorTask(config="offline_run3", sample_version="test")
     assert "sample_version" not in offline.parameters_record()["parameters"]
+
+
+def test_sample_versions_are_stored_and_found_again(tmp_path, monkeypatch):
+    """A dataset made from a non-default generated sample version finds it again without the
+    option (later commands need only the dataset version); the test dataset of InferenceTask
+    likewise, with --test-sample-version for a new one and 'test' by default."""
+    import json
+
+    from tasks.dataset import DatasetConstructorTask
+    from tasks.inference import InferenceTask
+
+    monkeypatch.setenv("DATA_PATH", str(tmp_path))
+
+    def publish(version: str, sample_version: str) -> None:
+        """A published dataset directory whose record names ``sample_version``."""
+        task = DatasetConstructorTask(config="demo", dataset_version=version,
+                                      sample_version=sample_version)
+        record = task.parameters_record()
+        task.local_path().mkdir(parents=True)
+        (task.local_path() / "parameters.json").write_text(json.dumps(record))
+        (task.local_path() / "processed_files.txt").write_text("")
+
+    fresh = DatasetConstructorTask(config="demo", dataset_version="new")
+    assert fresh.value("sample_version") == "v1"
+    assert {t.sample_version for t in fresh.requires().values()} == {"v1"}
+    publish("v2data", "v2")
+    again = DatasetConstructorTask(config="demo", dataset_version="v2data")
+    assert again.value("sample_version") == "v2"
+    assert {t.sample_version for t in again.requires().values()} == {"v2"}
+    again.check_parameters()  # no mismatch with the stored v2
+    clash = DatasetConstructorTask(config="demo", dataset_version="v2data", sample_version="v3")
+    with pytest.raises(Exception, match="--sample-version: 'v2' -> 'v3'"):
+        clash.check_parameters()
+
+    def test_sample(**kwargs: str) -> str:
+        task = InferenceTask(config="demo", training_version="t", model_name="DeepJet",
+                             test_dataset_version="tests", **kwargs)
+        return task.test_dataset_task().value("sample_version")
+
+    assert test_sample() == "test"
+    assert test_sample(test_sample_version="ideal") == "ideal"
+    publish("tests", "realistic")
+    assert test_sample() == "realistic"

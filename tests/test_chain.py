@@ -356,3 +356,28 @@ def test_readme_onnx_example_runs(chain, monkeypatch, capsys):
     with torch.no_grad():
         expected = model.eval()({g: torch.from_numpy(x) for g, x in feeds.items()})
     assert np.abs(probabilities - expected.softmax(-1).numpy()).max() <= 1e-5
+
+
+def test_complete_chain_refuses_other_upstream_values_and_changed_checkpoints(chain):
+    """A complete ROCCurveTask still checks the tasks it needs: a training option that
+    contradicts the stored training, or a checkpoint changed since the inference (e.g. by
+    --extend-training), is an error instead of a silent reuse of the old results."""
+    other = chain("ROCCurveTask", *CHAIN, *SMALL, "--learning-rate", 0.5, check=False)
+    log = other.stdout + other.stderr
+    assert other.returncode != 0 and "TrainingTask outputs in" in log
+    assert "--learning-rate: '0.001' -> '0.5'" in log
+
+    training = Path("TrainingTask", "demo", "small", "small", "DeepJet", "epochs_2", "nominal")
+    checkpoint = chain.data / training / "best_model.pt"
+    original = checkpoint.read_bytes()
+    try:
+        checkpoint.write_bytes(original + b"\0")  # as a continued training replaces it
+        stale = chain("ROCCurveTask", *CHAIN, *SMALL, check=False)
+        log = stale.stdout + stale.stderr
+        assert stale.returncode != 0
+        assert f"were made from {training / 'best_model.pt'}, which has changed since" in log
+        assert "InferenceTask outputs in" in log
+    finally:
+        checkpoint.write_bytes(original)
+    again = chain("ROCCurveTask", *CHAIN, *SMALL)
+    assert "complete ones were encountered" in again.stdout + again.stderr

@@ -361,3 +361,28 @@ def test_reference_tagger_named_like_the_model_is_reported_apart(tmp_path):
     for name, label in (("wp_TT_BvsL.json", "DeepJet"),
                         ("wp_TT_BvsL__DeepJet_reference.json", "DeepJet (reference)")):
         assert json.loads((tmp_path / name).read_text()) == report[label]
+
+
+def test_working_point_figure_names_shared_thresholds_and_zero_mis_id(tmp_path, monkeypatch):
+    """With few light jets the tight working points select none of them: they share one
+    threshold, are named together on one marker, and that marker sits below every target
+    (not on the tightest target as if it were reached)."""
+    from utils.plotting import working_points as figure
+
+    rng = np.random.default_rng(3)
+    score = np.concatenate([rng.uniform(0.3, 1.0, 400), rng.uniform(0.0, 0.6, 300)])
+    flavour = np.array(["b"] * 400 + ["l"] * 300)
+    wps = working_points(score, flavour)
+    zero = [wp for wp in wps if wp.mistag == 0]
+    assert len(zero) >= 2 and len({wp.threshold for wp in zero}) == 1
+    captured = {}
+    monkeypatch.setattr(figure, "save", lambda fig, path: captured.setdefault("fig", fig) and [])
+    figure.plot_working_points(score, flavour, wps, tmp_path / "wp", "BvsL")
+    ax = captured["fig"].axes[0]
+    texts = [t.get_text() for t in ax.texts if "$t$ =" in t.get_text()]  # the WP labels
+    names = ", ".join(wp.name for wp in zero)
+    shared = [t for t in texts if t.startswith(f"{names}: ")]
+    assert len(shared) == 1 and shared[0].endswith("no mis-id")
+    assert len(texts) == len({wp.threshold for wp in wps})
+    (y,) = [t.xy[1] for t in ax.texts if t.get_text() == shared[0]]
+    assert y < min(wp.target for wp in wps)

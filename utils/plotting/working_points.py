@@ -54,15 +54,25 @@ def plot_working_points(score: np.ndarray, flavour: np.ndarray, wps: Sequence[Wo
     for k, wp in enumerate(wps):
         ax.axhline(wp.target, color="grey", ls="--", lw=1.2,
                    label="Target mis-id rates" if k == 0 else None)
+    # one marker per threshold: working points that share one (e.g. XT and XXT of a small
+    # sample) are named together; one without mis-identified jets sits at the axis bottom
+    same: dict[float, list[WorkingPoint]] = {}
+    for wp in wps:
+        same.setdefault(wp.threshold, []).append(wp)
+    for k, group in enumerate(same.values()):
+        wp = group[0]
         achieved = wp.mistag
+        y = achieved if achieved > 0 else 2 * bottom
         if achieved > 0:
             ax.plot([wp.threshold, wp.threshold], [bottom, achieved], color="black", ls=":", lw=1.2)
-        ax.plot(wp.threshold, max(achieved, smallest), marker="o", ms=9, color="black",
+        ax.plot(wp.threshold, y, marker="o", ms=9, color="black",
                 ls="none", label="Working points" if k == 0 else None)
         signal = FLAVOUR_LABELS.get(wp.signal, wp.signal)
         left = wp.threshold > 0.5  # the text goes where it cannot cross the axis
-        ax.annotate(rf"{wp.name}: $t$ = {wp.threshold:.4f}, $\varepsilon_{{{signal}}}$ = "
-                    f"{100 * wp.efficiency:.1f}%", (wp.threshold, max(achieved, smallest)),
+        names = ", ".join(w.name for w in group)
+        ax.annotate(rf"{names}: $t$ = {wp.threshold:.4f}, $\varepsilon_{{{signal}}}$ = "
+                    f"{100 * wp.efficiency:.1f}%" + ("" if achieved > 0 else ", no mis-id"),
+                    (wp.threshold, y),
                     xytext=(-12 if left else 12, 0), textcoords="offset points",
                     ha="right" if left else "left", va="center",
                     fontsize=14, zorder=5,

@@ -18,6 +18,7 @@ from utils.config import load_config
 from utils.dataset.chunk_format import read_chunk
 from utils.dataset.directory import DatasetDirectory
 from utils.evaluation.discriminants import by_name, evaluate, softmax
+from utils.io import file_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -361,7 +362,11 @@ def test_readme_onnx_example_runs(chain, monkeypatch, capsys):
 def test_complete_chain_refuses_other_upstream_values_and_changed_checkpoints(chain):
     """A complete ROCCurveTask still checks the tasks it needs: a training option that
     contradicts the stored training, or a checkpoint changed since the inference (e.g. by
-    --extend-training), is an error instead of a silent reuse of the old results."""
+    --extend-training), is an error instead of a silent reuse of the old results; the
+    advised --remove-output 1,a makes them again from the new checkpoint. (The chain's
+    inference and ROC curves are then those of the changed checkpoint: keep this test last.)"""
+    import torch
+
     other = chain("ROCCurveTask", *CHAIN, *SMALL, "--learning-rate", 0.5, check=False)
     log = other.stdout + other.stderr
     assert other.returncode != 0 and "TrainingTask outputs in" in log
@@ -369,15 +374,18 @@ def test_complete_chain_refuses_other_upstream_values_and_changed_checkpoints(ch
 
     training = Path("TrainingTask", "demo", "small", "small", "DeepJet", "epochs_2", "nominal")
     checkpoint = chain.data / training / "best_model.pt"
-    original = checkpoint.read_bytes()
-    try:
-        checkpoint.write_bytes(original + b"\0")  # as a continued training replaces it
-        stale = chain("ROCCurveTask", *CHAIN, *SMALL, check=False)
-        log = stale.stdout + stale.stderr
-        assert stale.returncode != 0
-        assert f"were made from {training / 'best_model.pt'}, which has changed since" in log
-        assert "InferenceTask outputs in" in log
-    finally:
-        checkpoint.write_bytes(original)
+    state = torch.load(checkpoint, weights_only=True)
+    weights = state["model_state_dict"]
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = weights[name] + 1e-3  # as a continued training would
+    torch.save(state, checkpoint)
+    stale = chain("ROCCurveTask", *CHAIN, *SMALL, check=False)
+    log = stale.stdout + stale.stderr
+    assert stale.returncode != 0 and "InferenceTask outputs in" in log
+    assert f"were made from {training / 'best_model.pt'}, which has changed since" in log
+    chain("ROCCurveTask", *CHAIN, *SMALL, "--remove-output", "1,a")
     again = chain("ROCCurveTask", *CHAIN, *SMALL)
-    assert "complete ones were encountered" in again.stdout + again.stderr
+    assert "ran successfully" in again.stdout + again.stderr
+    recorded = json.loads((_dir(chain, "InferenceTask") / "parameters.json").read_text())
+    assert recorded["made_from"] == {str(training / "best_model.pt"): file_sha256(checkpoint)}
+    assert chain("ROCCurveTask", *CHAIN, *SMALL).returncode == 0  # now complete

@@ -79,6 +79,20 @@ def data_path() -> Path:
     return Path(os.environ.get("DATA_PATH") or Path.cwd() / "output").resolve()
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 of a file, cached by (path, size, modification time) for this process."""
+    from utils.io import file_sha256
+
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
+
+
 def help_text(text: str) -> str:
     """A parameter description safe for argparse (which %-formats help strings)."""
     return text.replace("%", "%%")
@@ -252,9 +266,10 @@ class BaseTask(law.Task):
         """Raise if this task's directory holds a result made with other significant
         values."""
         stored = self.stored_record()
-        if not stored:
-            return
-        diffs = self.record_differences(stored, self.parameters_record())
+        if stored:
+            self._refuse_differences(self.record_differences(stored, self.parameters_record()))
+
+    def _refuse_differences(self, diffs: list[str]) -> None:
         if diffs:
             raise ParameterMismatchError(
                 f"{self.__class__.__name__} outputs in {self.local_path()} were produced with "
@@ -267,11 +282,9 @@ class BaseTask(law.Task):
     def check_result(self) -> None:
         """Raise if the result this version holds is damaged or was made from an upstream
         file that has changed since (see :meth:`made_from`)."""
-        from utils.io import file_sha256
-
         recorded = self.stored_record().get("made_from", {})
         changed = [key for key, path in self._sources().items()
-                   if key in recorded and path.is_file() and file_sha256(path) != recorded[key]]
+                   if key in recorded and path.is_file() and _sha256(path) != recorded[key]]
         if changed:
             raise StaleResultError(
                 f"{self.__class__.__name__} outputs in {self.local_path()} were made from "
@@ -282,8 +295,9 @@ class BaseTask(law.Task):
 
     def made_from(self) -> list[Path]:
         """Upstream files whose contents this task's result depends on, e.g. the checkpoint
-        of an inference: their SHA-256 is recorded with the result, and a result made from a
-        file that has changed since is refused (:meth:`check_result`). Default: none."""
+        of an inference: their SHA-256 is recorded with the result (taken when the task
+        starts, :meth:`record_sources`), and a result made from a file that has changed
+        since is refused (:meth:`check_result`). Default: none."""
         return []
 
     def _sources(self) -> dict[str, Path]:
@@ -296,32 +310,55 @@ class BaseTask(law.Task):
                     else resolved)] = resolved
         return out
 
-    def check_requirements(self) -> None:
-        """Check the parameters and held results of the tasks this one requires, and theirs.
-        Once this task is complete nothing else asks them, so a value given for an upstream
-        task (e.g. --learning-rate to ROCCurveTask) that contradicts its stored run, or an
-        upstream result changed since, would otherwise pass unnoticed."""
+    def record_sources(self) -> None:
+        """Take the SHA-256 of :meth:`made_from` now, before the work reads those files (a
+        file replaced while the task runs then makes its result stale, not current)."""
+        self._source_digests = {key: _sha256(path) for key, path in self._sources().items()}
+
+    def check_as_requirement(self, seen: set[str]) -> None:
+        """What a task that needs this one checks (:meth:`check_requirements`): its
+        parameters, its held result and, in turn, the tasks it needs."""
+        self.check_parameters()
+        if self.holds_result():
+            self.check_result()
+            self.check_requirements(seen)
+
+    def check_requirements(self, seen: set[str] | None = None) -> None:
+        """Check the parameters and held results of the tasks this one requires, and theirs
+        (each task once). Once this task is complete nothing else asks them, so a value
+        given for an upstream task (e.g. --learning-rate to ROCCurveTask) that contradicts
+        its stored run, or an upstream result changed since, would otherwise pass
+        unnoticed."""
+        seen = set() if seen is None else seen
         for task in law.util.flatten(self.requires()):
-            if isinstance(task, BaseTask):
-                task.check_parameters()
-                if task.holds_result():
-                    task.check_result()
-                    task.check_requirements()
+            if not isinstance(task, BaseTask) or task.task_id in seen:
+                continue
+            seen.add(task.task_id)
+            task.check_as_requirement(seen)
 
     def complete(self) -> bool:
         self.check_parameters()
         if self.holds_result():
             self.check_result()
-            self.check_requirements()
+            try:
+                self.check_requirements()
+            except ParameterMismatchError as exc:  # advice for the command that was run
+                raise ParameterMismatchError(
+                    f"{exc} -- found while checking what the finished "
+                    f"{self.__class__.__name__} needs: to use that result, leave out the "
+                    "options that differ; to make it anew with them, delete it first") from None
         return super().complete()
 
     def write_parameters(self, directory: Path, record: dict[str, Any] | None = None) -> None:
-        from utils.io import file_sha256, write_json
+        """``parameters.json``: the record, with the digests of :meth:`record_sources`."""
+        from utils.io import write_json
 
         record = dict(record or self.parameters_record())
-        sources = self._sources()
-        if sources:
-            record["made_from"] = {key: file_sha256(path) for key, path in sources.items()}
+        digests = getattr(self, "_source_digests", None)
+        if digests is None:
+            digests = {key: _sha256(path) for key, path in self._sources().items()}
+        if digests:
+            record["made_from"] = digests
         write_json(directory / PARAMETERS_FILE, record)
 
     def publishing(self, *markers: str) -> Any:

@@ -172,9 +172,21 @@ class DatasetConstructorTask(DatasetDependency):
     def holds_result(self) -> bool:
         return self.directory().published
 
-    def check_requirements(self) -> None:
+    version_hint = ("--dataset-version; for the test dataset of InferenceTask and the tasks "
+                    "after it --test-dataset-version (or --test-sample-version)")
+
+    def check_requirements(self, seen: set[str] | None = None) -> None:
         """Nothing: a published dataset no longer depends on the samples or jobs it was
         made from."""
+
+    def check_as_requirement(self, seen: set[str]) -> None:
+        """For a task that needs this dataset: its parameters, not its inputs (a published
+        dataset no longer depends on them; they may be gone), and whole chunks."""
+        stored = self.stored_record()
+        if stored:
+            self._refuse_differences(self.record_differences(
+                stored, self.parameters_record(with_inputs=False)))
+            self.check_result()
 
     def check_result(self) -> None:
         from utils.settings import PARAMETERS_FILE
@@ -202,18 +214,21 @@ class DatasetConstructorTask(DatasetDependency):
                 _prefer_cli={"n_files", "events_per_file", "pthat_min"}, **kwargs)
         return requirements
 
-    def parameters_record(self) -> dict[str, Any]:
+    def parameters_record(self, with_inputs: bool = True) -> dict[str, Any]:
         """The parameters, config fingerprint and class mapping; with --filelist also the
-        inputs (compared with the recorded ones)."""
+        inputs (compared with the recorded ones) unless not ``with_inputs``."""
         record = super().parameters_record()
         config = self.load_config()
         if self.filelist or self.legacy_dataset or not config.generated_samples:
             record["parameters"].pop("sample_version", None)  # only generated inputs have one
+        if self.legacy_dataset:
+            for unused in ("chunk_size", "seed"):  # an import keeps the original's files
+                record["parameters"].pop(unused, None)
+        if not with_inputs:
+            return record
         if self.filelist:
             record["inputs"] = self._inputs_record(self.input_files())
         elif self.legacy_dataset:
-            for unused in ("chunk_size", "seed"):  # an import keeps the original's files
-                record["parameters"].pop(unused, None)
             source = Path(self.legacy_dataset).expanduser().resolve()
             if source.is_dir() or not self.holds_result():  # else: imported, source gone
                 record["inputs"] = self._legacy_inputs_record(source)

@@ -70,6 +70,7 @@ class ExportONNXTask(TrainingDependency):
         return [Path(self.input()["best_model" if self.checkpoint == "best" else "model"].path)]
 
     def run(self) -> None:
+        self.record_sources()  # digests of what it is made from, before reading
         from utils.deploy.export import run_export
 
         (checkpoint,) = self.made_from()

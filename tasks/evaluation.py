@@ -73,6 +73,7 @@ class ROCCurveTask(FromPredictions, TestDatasetDependency):
                                     "parameters": self.parameters_target()})
 
     def run(self) -> None:
+        self.record_sources()  # digests of what it is made from, before reading
         from utils.evaluation.report import Predictions, roc_report
         from utils.evaluation.summary import summary_table
         from utils.io import write_json
@@ -120,6 +121,7 @@ class WorkingPointTask(FromPredictions, TestDatasetDependency):
                 "parameters": self.parameters_target()}
 
     def run(self) -> None:
+        self.record_sources()  # digests of what it is made from, before reading
         from utils.evaluation.report import Predictions, working_point_report
         from utils.io import write_json
         from utils.progress import console
@@ -241,6 +243,7 @@ class CompareTrainingsTask(FromPredictions, SeveralTrainings):
                 "parameters": self.parameters_target()}
 
     def run(self) -> None:
+        self.record_sources()  # digests of what it is made from, before reading
         from utils.evaluation.report import Predictions, roc_report
         from utils.evaluation.summary import summary_table
         from utils.io import write_text
@@ -400,6 +403,7 @@ class RobustnessTask(FromPredictions, SeveralTrainings):
                                     "parameters": self.parameters_target()})
 
     def run(self) -> None:
+        self.record_sources()  # digests of what it is made from, before reading
         from utils.evaluation.report import Predictions
         from utils.evaluation.robustness import AttackedRun, robustness_report, robustness_table
         from utils.io import write_json, write_text

@@ -128,6 +128,7 @@ class InferenceTask(TestDatasetDependency):
         return outputs
 
     def run(self) -> None:
+        self.record_sources()  # digests of what it is made from, before reading
         from utils.torch.inference import run_inference
         from utils.torch.run import build_model
 

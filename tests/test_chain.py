@@ -371,6 +371,8 @@ def test_complete_chain_refuses_other_upstream_values_and_changed_checkpoints(ch
     log = other.stdout + other.stderr
     assert other.returncode != 0 and "TrainingTask outputs in" in log
     assert "--learning-rate: '0.001' -> '0.5'" in log
+    assert "found while checking what the finished ROCCurveTask needs: to use that result, " \
+        "leave out the options that differ" in log
 
     training = Path("TrainingTask", "demo", "small", "small", "DeepJet", "epochs_2", "nominal")
     checkpoint = chain.data / training / "best_model.pt"
@@ -383,6 +385,9 @@ def test_complete_chain_refuses_other_upstream_values_and_changed_checkpoints(ch
     log = stale.stdout + stale.stderr
     assert stale.returncode != 0 and "InferenceTask outputs in" in log
     assert f"were made from {training / 'best_model.pt'}, which has changed since" in log
+    demo = chain("DemoRun", "--version", "small", "--epochs", 2, "--batch-size", 256, *SMALL,
+                 check=False)  # the preset's summary too
+    assert demo.returncode != 0 and "has changed since" in demo.stdout + demo.stderr
     chain("ROCCurveTask", *CHAIN, *SMALL, "--remove-output", "1,a")
     again = chain("ROCCurveTask", *CHAIN, *SMALL)
     assert "ran successfully" in again.stdout + again.stderr

@@ -169,3 +169,25 @@ def test_presets_resolve_the_whole_chain(run_law, synthetic_files, preset, confi
         assert f"> {task}(" in status
     assert f"config={config}" in status and f"model_name={model}" in status
     assert "dataset_version=testfiles_v7" in status and "training_version=v7" in status
+
+
+def test_finished_task_does_not_need_the_inputs_of_its_dataset(run_law, synthetic_files,
+                                                              tmp_path):
+    """A task after the export checks the dataset's parameters and chunks, not the input
+    files of its --filelist: they may be moved or touched once the dataset exists."""
+    import shutil
+
+    files, _ = synthetic_files
+    moved = tmp_path / "inputs"
+    moved.mkdir()
+    copies = [shutil.copy(f, moved / f.name) for f in files]
+    filelist = moved / "files.txt"
+    filelist.write_text("\n".join(map(str, copies)) + "\n")
+    common = ("--config", "offline_run3", "--dataset-version", "fl", "--filelist", filelist)
+    run_law("InputHistogrammerTask", *common, "--DatasetConstructorTask-chunk-size", 2000)
+    copies[0].unlink()  # the input moved away, after the export
+    again = run_law("InputHistogrammerTask", *common)
+    assert "complete ones were encountered" in again.stdout + again.stderr
+    # the dataset's own run still checks its inputs
+    export = run_law("DatasetConstructorTask", *common, check=False)
+    assert export.returncode != 0 and "do not exist" in export.stdout + export.stderr

@@ -343,6 +343,7 @@ def test_config_function_failing_on_a_file_names_it_and_is_not_retried(tmp_path,
                       executor="iterative", retries=3)
     message = str(info.value)
     assert f"{path}: 'has_ptrel' of the config, computed from 'Cpfcan_ptrel' (" in message
+    assert message.count(str(path)) == 1
     assert "var * float32" in message and "failed: ValueError" in message
     assert not [w for w in caught if "attempt" in str(w.message)]
     assert not list(staging.glob("*.raw"))  # nothing staged

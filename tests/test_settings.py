@@ -130,3 +130,38 @@ def test_config_chunk_size_is_the_default_of_new_datasets(tmp_path, monkeypatch)
                                   chunk_size=700).settings.chunk_size == 700
     assert DatasetConstructorTask(config="offline_run3",
                                   dataset_version="new").settings.chunk_size == 100_000
+
+
+def test_sources_are_hashed_when_the_task_starts(tmp_path, monkeypatch):
+    """A result records the SHA-256 of what it is made from as it was when the task
+    started: a file replaced while it ran (e.g. by a continued training) makes the result
+    stale, not current. Keys are relative to DATA_PATH, so a moved DATA_PATH still checks."""
+    import hashlib
+    from pathlib import Path
+
+    from tasks.base import BaseTask, StaleResultError
+
+    monkeypatch.setenv("DATA_PATH", str(tmp_path / "data"))
+    source = tmp_path / "data" / "Upstream" / "best_model.pt"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"epoch 5")
+
+    class Downstream(BaseTask):
+        def made_from(self) -> list[Path]:
+            return [source]
+
+        def run(self) -> None:  # (not run here)
+            raise NotImplementedError
+
+    task = Downstream()
+    task.record_sources()
+    source.write_bytes(b"epoch 6")  # replaced while the task ran
+    task.local_path().mkdir(parents=True)
+    task.write_parameters(task.local_path())
+    assert task.stored_record()["made_from"] == {
+        "Upstream/best_model.pt": hashlib.sha256(b"epoch 5").hexdigest()}
+    with pytest.raises(StaleResultError, match=r"outputs in .*Downstream were made from "
+                       r"Upstream/best_model.pt, which has changed since"):
+        Downstream().complete()
+    source.write_bytes(b"epoch 5")
+    Downstream().check_result()  # the same bytes again: current

@@ -9,6 +9,7 @@ and ends with a summary table.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import law
@@ -107,9 +108,13 @@ class DemoRun(BaseTask):
         return {"summary": self.local_target("summary.txt"),
                 "json": self.local_target("summary.json")}
 
-    def run(self) -> None:
-        from pathlib import Path
+    def made_from(self) -> list[Path]:
+        """The ROC summary and working points the summary is made of."""
+        return [Path(self.input()["roc"]["summary"].path),
+                Path(self.input()["wp"]["working_points"].path)]
 
+    def run(self) -> None:
+        self.record_sources()  # digests of what it is made from, before reading
         from rich.text import Text
 
         from utils.evaluation.report import Predictions, headline
@@ -127,5 +132,6 @@ class DemoRun(BaseTask):
             write_json(work / "summary.json", {
                 "BvsL": headline(summary, "BvsL"), "BvsAll": headline(summary, "BvsAll"),
                 "roc_dir": str(roc_dir), "wp_dir": str(wp_dir)})
+            self.write_parameters(work)
         console.print(Text.from_ansi(terminal))
         console.print(text)

@@ -85,10 +85,11 @@ def width_text(layout: ColumnLayout) -> str:
     return " + ".join(parts) + f" = {layout.n_columns} columns"
 
 
-def legacy_files(source: Path) -> list[Path]:
+def legacy_files(source: Path, warn: bool = False) -> list[Path]:
     """The chunk files listed in ``source/processed_files.txt``, taken from ``source`` by
     name (a copy reads its own files, never those of the place it was copied from); a
-    listed path is used only where ``source`` lacks the file."""
+    listed path is used only where ``source`` lacks the file (with ``warn``, a line
+    names those)."""
     listing = source / PROCESSED_FILES
     if not source.is_dir():
         raise LegacyDatasetError(f"--legacy-dataset {source}: no such directory")
@@ -116,7 +117,7 @@ def legacy_files(source: Path) -> list[Path]:
                                  + ", ".join(str(p) for p in missing[:5]))
     if not files:
         raise LegacyDatasetError(f"{listing} lists no file")
-    if elsewhere:
+    if elsewhere and warn:
         console.print(f"[yellow]{source} lacks {len(elsewhere)} of its {len(files)} file(s); "
                       f"read from the paths {PROCESSED_FILES} lists: "
                       + ", ".join(str(p) for p in elsewhere[:5])
@@ -280,7 +281,7 @@ def check_legacy_dataset(config: Config, source: str | Path, workers: int = 1,
     wrong."""
     source = Path(source).expanduser().resolve()
     layout = legacy_layout(config)
-    files = legacy_files(source)
+    files = legacy_files(source, warn=True)
     stored = _stored_rows(source, files)
     _check_histogram(source, config)
     if debug:

@@ -137,19 +137,20 @@ class Chunk:
                               f"from {shapes}, failed: {type(exc).__name__}: {exc}") from exc
 
     def scalar(self, name: str) -> np.ndarray:
-        try:
-            return scalar_values(self.column(name))
-        except ColumnError as exc:
-            raise ColumnError(f"{self.filename}: branch '{name}': {exc}") from exc
+        """Column ``name`` with one value per jet expected."""
+        return self._one_per_jet(lambda: self.column(name), f"branch '{name}'")
 
     def scalar_of(self, function: Derived) -> np.ndarray:
         """:meth:`apply` with one value per jet expected."""
+        return self._one_per_jet(lambda: self.apply(function), f"'{function.name}'")
+
+    def _one_per_jet(self, values: Callable[[], Any], what: str) -> np.ndarray:
         try:
-            return scalar_values(self.apply(function))
+            return scalar_values(values())
         except ColumnError as exc:
-            if str(exc).startswith(self.filename):
+            if str(exc).startswith(f"{self.filename}: "):  # already names the file
                 raise
-            raise ColumnError(f"{self.filename}: '{function.name}': {exc}") from exc
+            raise ColumnError(f"{self.filename}: {what}: {exc}") from exc
 
 
 @dataclass

@@ -226,10 +226,13 @@ class CompareTrainingsTask(FromPredictions, SeveralTrainings):
         if len(models) == 1:
             models *= len(versions)
         if len(versions) != len(models) or len(versions) < 2:
-            raise ValueError("--training-versions and --model-names must list at least two "
+            raise SettingsError("--training-versions and --model-names must list at least two "
                              "trainings (equal lengths, or one of them a single value); got "
                              f"{self.training_versions!r} and {self.model_names!r}")
         return list(zip(versions, models, strict=True))
+
+    def validate_parameters(self) -> None:
+        self.entries()  # the lists, when the task is made
 
     def default_name(self) -> str:
         return "__".join(f"{v}-{m}" for v, m in self.entries())

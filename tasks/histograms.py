@@ -65,6 +65,10 @@ class HistogramPlotterTask(DatasetDependency):
     def requires(self) -> InputHistogrammerTask:
         return InputHistogrammerTask.req(self)
 
+    def store_parts(self) -> tuple[str, ...]:
+        """``.../<dataset_version>[/ylog]``: linear and log plots side by side."""
+        return super().store_parts() + (("ylog",) if self.ylog else ())
+
     def output(self) -> dict[str, Any]:
         return {"index": self.local_target("plots.txt"), "parameters": self.parameters_target()}
 

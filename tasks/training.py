@@ -184,6 +184,9 @@ class TrainingTask(TrainingDependency):
             raise SettingsError(f"--extend-training must be >= 0; got {self.extend_training}")
         if self.ddp < 1:
             raise SettingsError(f"--ddp must be >= 1; got {self.ddp}")
+        if self.settings.batch_size % self.ddp:  # (checked again in each process)
+            raise SettingsError(f"--batch-size {self.settings.batch_size} must be divisible by "
+                                f"--ddp {self.ddp} (the distributed processes)")
         if self.resume_epoch is not None and self.resume_epoch < 0:
             raise SettingsError(f"--resume-epoch must be >= 0; got {self.resume_epoch}")
 

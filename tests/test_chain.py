@@ -188,6 +188,11 @@ def test_compare_trainings_and_input_histograms(chain):
     index = (plots / "plots.txt").read_text().split()
     assert any(p.endswith("TT/Cpfcan_BtagPf_trackSip2dSig.png") for p in index)
     assert all(Path(p).exists() for p in index)
+    # log axes beside the linear ones, not a clash with them
+    chain("HistogramPlotterTask", "--config", "demo", "--dataset-version", "small", "--ylog",
+          *SMALL)
+    logs = (plots / "ylog" / "plots.txt").read_text().split()
+    assert len(logs) == len(index) and all(Path(p).exists() for p in logs)
 
 
 def test_adversarial_training_and_robustness(chain):

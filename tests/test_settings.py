@@ -51,6 +51,28 @@ def test_other_steps_validate_too():
     assert GenerationSettings(events_per_file=10).events("TT") == 10
 
 
+def test_task_options_checked_when_the_task_is_made(tmp_path, monkeypatch):
+    """Options that only a task knows are checked when it is created, before any process
+    starts: the distributed batch split (was found after torchrun had started them)."""
+    monkeypatch.setenv("DATA_PATH", str(tmp_path))
+    with pytest.raises(SettingsError, match="--batch-size 256 must be divisible by --ddp 3"):
+        TrainingTask(config="demo", training_version="t", model_name="DeepJet",
+                     batch_size=256, ddp=3)
+    assert TrainingTask(config="demo", training_version="t", model_name="DeepJet",
+                        batch_size=256, ddp=4).ddp == 4
+    from tasks.evaluation import CompareTrainingsTask
+
+    with pytest.raises(SettingsError, match="must list at least two trainings .* got 'a,b,c' "
+                       "and 'X,Y'"):
+        CompareTrainingsTask(config="demo", training_versions="a,b,c", model_names="X,Y")
+    assert len(CompareTrainingsTask(config="demo", training_versions="a,b",
+                                    model_names="DeepJet").entries()) == 2
+    from workflows.presets import DemoRun
+
+    training = DemoRun(version="x", seed=7).requires()["roc"].requires().requires()["training"]
+    assert training.settings.seed == 7  # DemoRun's --seed reaches the training (was dropped)
+
+
 def test_tasks_take_defaults_and_help_from_the_settings():
     assert TrainingTask.stored_defaults() == {
         name: default for name, default in stored_defaults(TrainSettings).items()}

@@ -98,7 +98,7 @@ class DemoRun(BaseTask):
         return {"config": self.config, "model_name": self.model_name, "epochs": self.epochs,
                 "batch_size": self.batch_size, "dataset_version": self.version,
                 "training_version": self.version, "test_dataset_version": f"test_{self.version}",
-                "verbose": self.verbose}
+                "seed": self.seed, "verbose": self.verbose}
 
     def requires(self) -> dict[str, law.Task]:
         kwargs = self.chain_kwargs()

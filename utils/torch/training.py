@@ -145,8 +145,12 @@ class Trainer:
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
+            # a rank's batch may leave parameters unused (DeepJet skips a group without
+            # candidates, e.g. no secondary vertex in a few jets): DDP must look for them,
+            # else the ranks' gradient reductions fall out of step
             self.forward = DistributedDataParallel(
-                model, device_ids=[self.device] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
         if settings.use_torch_compile:
             self.forward = torch.compile(self.forward, mode=settings.torch_compile_mode)
         amp = settings.mixed_precision
@@ -156,6 +160,7 @@ class Trainer:
         self.history = History()
         self.best_loss = float("inf")
         self.epoch = 0  # number of completed epochs
+        self.total_epochs = settings.epochs  # epochs to train (fit's, with --extend-training)
 
     # -- one batch ----------------------------------------------------------------------------
     def _to_device(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor,
@@ -222,7 +227,7 @@ class Trainer:
         waiting = 0.0
         lr_start = self.lr
         start = time.perf_counter()
-        description = f"Epoch {self.epoch + 1}/{self.settings.epochs} training"
+        description = f"Epoch {self.epoch + 1}/{self.total_epochs} training"
         error: DataError | None = None
         try:
             with progress_bar(description, total=self.batches_per_epoch, unit="batches",
@@ -270,7 +275,7 @@ class Trainer:
         """Weighted validation loss/accuracy over all validation jets (the reweighted
         distribution, without sampling noise)."""
         start = time.perf_counter()
-        pred = self.predict(self.val_data, f"Epoch {self.epoch + 1}/{self.settings.epochs} "
+        pred = self.predict(self.val_data, f"Epoch {self.epoch + 1}/{self.total_epochs} "
                                            "validation")
         logits = torch.from_numpy(pred.get("logits", np.zeros((0, 1), np.float32)))
         target = torch.from_numpy(pred.get("target", np.zeros(0, np.int64)))
@@ -294,6 +299,7 @@ class Trainer:
     def fit(self, total_epochs: int | None = None) -> History:
         """Train until ``total_epochs`` epochs are complete (default: settings.epochs)."""
         total_epochs = total_epochs or self.settings.epochs
+        self.total_epochs = total_epochs  # the progress bars' count (with --extend-training)
         while self.epoch < total_epochs:
             train = self.train_epoch()
             val, pred = self.validate()

@@ -299,22 +299,28 @@ def test_input_errors_are_not_retried(tmp_path, offline_config):
     """Even where coffea would retry a failing chunk, b-hive's own input errors (here a
     jagged branch where one value per jet is expected) are reported at once, with the
     file."""
+    arrays = synthetic_arrays(offline_config, 200, seed=6)
+    arrays["jet_pt"] = arrays["Cpfcan_ptrel"]
+    bad = write_ntuple(tmp_path / "TT_jagged.root", offline_config.tree_name, arrays)
+    message, retries = _export_error(offline_config, bad, tmp_path / "staging")
+    assert f"{bad}: branch 'jet_pt': expected one value per jet" in message
+    assert not retries
+
+
+def _export_error(config, path, staging):
+    """``(message, retry warnings)`` of an export of ``path`` that fails (coffea allowed
+    3 retries)."""
     import warnings
 
     from utils.dataset.export import run_processor
 
-    arrays = synthetic_arrays(offline_config, 200, seed=6)
-    arrays["jet_pt"] = arrays["Cpfcan_ptrel"]
-    bad = write_ntuple(tmp_path / "TT_jagged.root", offline_config.tree_name, arrays)
-    staging = tmp_path / "staging"
     staging.mkdir()
     with warnings.catch_warnings(record=True) as caught, \
             pytest.raises(ExportError) as info:
         warnings.simplefilter("always")
-        run_processor(offline_config, {"TT": [str(bad)]}, {str(bad): 0}, staging, seed=1,
+        run_processor(config, {"TT": [str(path)]}, {str(path): 0}, staging, seed=1,
                       executor="iterative", retries=3)
-    assert f"{bad}: branch 'jet_pt': expected one value per jet" in str(info.value)
-    assert not [w for w in caught if "attempt" in str(w.message)]
+    return str(info.value), [w for w in caught if "attempt" in str(w.message)]
 
 
 @pytest.mark.parametrize("part", ["selection", "feature"])
@@ -323,10 +329,6 @@ def test_config_function_failing_on_a_file_names_it_and_is_not_retried(tmp_path,
     """A derived column of the config (selection, feature; truths go the same way) that
     fails on a file's values, here a jagged branch given to a per-jet function, is one error
     naming the file, the column and its inputs' types, not a retried traceback."""
-    import warnings
-
-    from utils.dataset.export import run_processor
-
     def per_jet(Cpfcan_ptrel):  # noqa: N803 (derived functions take the branch names)
         return np.asarray(Cpfcan_ptrel) > 0  # numpy cannot take one list per jet
 
@@ -335,17 +337,11 @@ def test_config_function_failing_on_a_file_names_it_and_is_not_retried(tmp_path,
               offline_config.replace_group("global", derived=(derived,)))
     path = write_synthetic_ntuple(tmp_path / "TT_f.root", config, 200, seed=3)
     staging = tmp_path / "staging"
-    staging.mkdir()
-    with warnings.catch_warnings(record=True) as caught, \
-            pytest.raises(ExportError) as info:
-        warnings.simplefilter("always")
-        run_processor(config, {"TT": [str(path)]}, {str(path): 0}, staging, seed=1,
-                      executor="iterative", retries=3)
-    message = str(info.value)
+    message, retries = _export_error(config, path, staging)
     assert f"{path}: 'has_ptrel' of the config, computed from 'Cpfcan_ptrel' (" in message
     assert message.count(str(path)) == 1
     assert "var * float32" in message and "failed: ValueError" in message
-    assert not [w for w in caught if "attempt" in str(w.message)]
+    assert not retries
     assert not list(staging.glob("*.raw"))  # nothing staged
 
 

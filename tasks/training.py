@@ -71,6 +71,16 @@ class TrainingDependency(DatasetDependency):
     attack_overshoot = _train("attack_overshoot")
     attack_uncertainty = _train("attack_uncertainty")
 
+    def complete(self) -> bool:
+        """Also checks the model and optimiser names against the config (imports torch),
+        here and in every task after the training: luigi asks the task that was run first,
+        so a wrong name stops the chain before any task of it (e.g. the test dataset's
+        export) writes a file."""
+        from utils.torch.run import check_training
+
+        check_training(self.load_config(), self.model_name, self.settings)
+        return super().complete()
+
     def attack_record(self, prefix: str = "") -> dict[str, Any]:
         """What the ``--<prefix>attack`` keeps nominal (config edits there change results
         without changing the exported data), for parameters.json; {} without an attack."""
@@ -147,14 +157,6 @@ class TrainingTask(TrainingDependency):
     @property
     def total_epochs(self) -> int:
         return self.settings.epochs + self.extend_training
-
-    def complete(self) -> bool:
-        """Also checks the model and optimiser names against the config (imports torch):
-        this runs while luigi schedules, before any task of the chain writes a file."""
-        from utils.torch.run import check_training
-
-        check_training(self.load_config(), self.model_name, self.settings)
-        return super().complete()
 
     def holds_result(self) -> bool:
         from utils.torch.checkpoint import completed_epochs

@@ -112,6 +112,13 @@ def test_invalid_values_write_nothing_and_failed_starts_do_not_lock(law, demo_fi
         assert proc.returncode != 0 and message in proc.log, proc.log[-2000:]
         assert "Traceback" not in proc.log
         assert not (law.data / "TrainingTask").exists()
+    # a model that cannot run on the config stops the whole chain before any of it runs
+    # (before: the test dataset was exported first)
+    roc = law("ROCCurveTask", *training(3, 64)[1:7], "--model-name", "ParticleNet",
+              "--test-dataset-version", "d2", "--test-filelist", demo_files[2])
+    assert roc.returncode != 0 and "ModelInputError" in roc.log, roc.log[-2000:]
+    assert "Will not run ROCCurveTask or any dependencies" in roc.log
+    assert not (law.data / "DatasetConstructorTask" / "demo" / "d2").exists()
     # a run stopped before its first epoch finished does not lock the version
     stopped = law(*TRAINING, fault="signal-at-epoch:INT:0")
     assert stopped.returncode == 130

@@ -79,18 +79,26 @@ def data_path() -> Path:
     return Path(os.environ.get("DATA_PATH") or Path.cwd() / "output").resolve()
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+RECENT_NS = 2_000_000_000  # files changed this recently are hashed afresh every time
 
 
 def _sha256(path: Path) -> str:
-    """SHA-256 of a file, cached by (path, size, modification time) for this process."""
+    """SHA-256 of a file, cached for this process by (path, inode, size, modification and
+    change times); not for a file changed in the last 2 s, which a coarse file-system
+    clock (AFS, EOS, older ext4) could change again under the same times (as git does)."""
+    import time
+
     from utils.io import file_sha256
 
     stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = file_sha256(path)
-    return _DIGESTS[key]
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    digest = file_sha256(path)
+    if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > RECENT_NS:
+        _DIGESTS[key] = digest
+    return digest
 
 
 def help_text(text: str) -> str:

@@ -162,6 +162,9 @@ def test_rerun_does_nothing_and_status_shows_chain(chain):
     again = chain("DemoRun", "--version", "small", "--epochs", 2, "--batch-size", 256, *SMALL)
     log = again.stdout + again.stderr
     assert "complete ones were encountered" in log and "ran successfully" not in log
+    # without --batch-size the stored training's is taken: no clash with the first run
+    plain = chain("DemoRun", "--version", "small", "--epochs", 2, *SMALL)
+    assert "complete ones were encountered" in plain.stdout + plain.stderr
     status = chain("ROCCurveTask", *CHAIN, *SMALL, "--print-status", "-1")
     for task in ("ROCCurveTask", "InferenceTask", "TrainingTask", "DatasetConstructorTask",
                  "GenerateSamplesTask"):

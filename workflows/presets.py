@@ -90,6 +90,11 @@ class DemoRun(BaseTask):
     epochs = luigi.IntParameter(default=15, description="training epochs; default: 15")
     batch_size = setting(TrainSettings, "batch_size")
 
+    # the training's record holds the batch size actually used (checked there, as the
+    # chain's); here a re-run without --batch-size must not differ from one with it
+    exclude_from_consistency = frozenset({"batch_size"})
+    version_hint = "--version"
+
     def store_parts(self) -> tuple[str, ...]:
         return super().store_parts() + (self.version, self.config, self.model_name,
                                         f"epochs_{self.epochs}")

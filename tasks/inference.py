@@ -121,7 +121,7 @@ class InferenceTask(TestDatasetDependency):
             [Path(inputs["onnx"]["model"].path)] if self.backend == "onnx" else [])
 
     def output(self) -> dict[str, law.LocalFileTarget]:
-        from utils.torch.inference import PREDICTION_FILES
+        from utils.evaluation.report import PREDICTION_FILES
 
         outputs = {Path(name).stem: self.local_target(name) for name in PREDICTION_FILES}
         outputs["parameters"] = self.parameters_target()

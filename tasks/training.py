@@ -72,13 +72,15 @@ class TrainingDependency(DatasetDependency):
     attack_uncertainty = _train("attack_uncertainty")
 
     def complete(self) -> bool:
-        """Also checks the model and optimiser names against the config (imports torch),
-        here and in every task after the training: luigi asks the task that was run first,
-        so a wrong name stops the chain before any task of it (e.g. the test dataset's
-        export) writes a file."""
-        from utils.torch.run import check_training
+        """Also checks the model and optimiser names against the config (imports torch)
+        where this task is still to run, here and in every task after the training: luigi
+        asks the task that was run first, so a wrong name stops the chain before any task of
+        it (e.g. the test dataset's export) writes a file. A finished task skips it (its
+        result was made with these names; importing torch took seconds)."""
+        if not self.holds_result():
+            from utils.torch.run import check_training
 
-        check_training(self.load_config(), self.model_name, self.settings)
+            check_training(self.load_config(), self.model_name, self.settings)
         return super().complete()
 
     def attack_record(self, prefix: str = "") -> dict[str, Any]:

@@ -372,7 +372,8 @@ def test_distributed_training_matches_single_process(demo_dataset, tmp_path):
     assert len(resumed) == 4 and np.array_equal(resumed[:3], ddp_loss)
     # batches of 2 jets per rank: often one without any secondary vertex, whose DeepJet
     # vtx layers then get no gradient there (the ranks fell out of step before)
-    small = TrainSettings(epochs=1, batch_size=4, learning_rate=1e-3, seed=4, n_threads=1)
+    small = TrainSettings(epochs=1, batch_size=4, learning_rate=1e-3, seed=4, n_threads=1,
+                          n_train_files=2)
     launch(training_spec("demo_part", small, model_name="DeepJet", dataset_dir=directory,
                          out_dir=tmp_path / "small"), 2, tmp_path / "small")
     assert len(np.load(tmp_path / "small" / "validation_metrics.npz")["loss"]) == 1

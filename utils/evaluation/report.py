@@ -23,6 +23,9 @@ from utils.io import save_npz, write_json
 from utils.progress import console
 
 WP_DISCRIMINANTS = ("BvsAll", "BvsL")
+# what an inference writes (utils.torch.inference) and :class:`Predictions` reads
+PREDICTION_FILES = ("prediction.npy", "truth.npy", "kinematics.npy", "process.npy",
+                    "output.root", "classes.json", "inference_time.json", "attack.json")
 
 
 def file_tag(label: str) -> str:

@@ -23,9 +23,6 @@ from utils.settings import AttackSettings, TrainSettings
 from utils.torch.checkpoint import CheckpointError, check_classes, load_checkpoint, pick_device
 from utils.torch.data import TEST, ChunkDataset, dataset_shards, make_loader
 
-PREDICTION_FILES = ("prediction.npy", "truth.npy", "kinematics.npy", "process.npy",
-                    "output.root", "classes.json", "inference_time.json", "attack.json")
-
 
 @torch.no_grad()
 def predict(model: BaseModel | Any, data: ChunkDataset, device: torch.device, workers: int = 0,
